@@ -1,0 +1,82 @@
+# Shared by scripts/test, scripts/demo and scripts/bench: toolchain setup, extension install and
+# throwaway clusters. Source it; it sets -euo pipefail.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGRX_VERSION=0.18.0
+PG_MAJOR=15
+PG_CONFIG=/usr/bin/pg_config
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# Installs what is missing: Debian packages, cargo-pgrx, pgrx's configuration. Quiet when
+# everything is already there.
+setup_toolchain() {
+    local missing=() pkg
+    for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config sudo; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
+    if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        say "installing cargo-pgrx $PGRX_VERSION (takes about 4 minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+    fi
+    if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# Builds and installs the extension into the system PostgreSQL. Extra arguments go to
+# `cargo pgrx install` (e.g. --release).
+install_extension() {
+    local sudo_flag=()
+    [[ $EUID -eq 0 ]] || sudo_flag=(--sudo)
+    mkdir -p "$REPO/target"
+    local log="$REPO/target/install.log"
+    if ! (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@") >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "cargo pgrx install failed (log: $log)" >&2
+        exit 1
+    fi
+}
+
+# The account clusters run as: PostgreSQL refuses to run as root.
+cluster_user() { if [[ $EUID -eq 0 ]]; then echo postgres; else id -un; fi; }
+as_cluster_user() { if [[ $EUID -eq 0 ]]; then sudo -n -u postgres -- "$@"; else "$@"; fi; }
+
+PGBIN=$($PG_CONFIG --bindir 2>/dev/null || echo /usr/lib/postgresql/$PG_MAJOR/bin)
+
+# start_cluster DIR PORT [extra postgresql.conf lines...]: a fresh cluster with the extension
+# preloaded, listening on 127.0.0.1:PORT only. Any earlier cluster in DIR is stopped and removed.
+start_cluster() {
+    local dir=$1 port=$2; shift 2
+    stop_cluster "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    [[ $EUID -ne 0 ]] || chown postgres: "$dir"
+    as_cluster_user "$PGBIN/initdb" -D "$dir" -U postgres --auth=trust --no-sync -E UTF8 --no-locale >/dev/null
+    {
+        echo "port = $port"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = ''"
+        echo "shared_preload_libraries = 'backfill'"
+        echo "log_line_prefix = '%m [%p] %b '"
+        printf '%s\n' "$@"
+    } >>"$dir/postgresql.conf"
+    as_cluster_user "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+stop_cluster() {
+    local dir=$1
+    if [[ -f $dir/postmaster.pid ]]; then
+        as_cluster_user "$PGBIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}

@@ -1,0 +1,39 @@
+//! backfill: keeps process-instance metadata complete, inside PostgreSQL.
+//!
+//! When a process model gains a metadata extraction path, a trigger enqueues a job and a
+//! background worker fills the new key for every existing instance, one committed batch at a
+//! time. See README.md for the whole picture.
+
+mod api;
+mod extract;
+mod jsonb;
+mod paths;
+mod render;
+mod settings;
+#[cfg(any(test, feature = "pg_test"))]
+mod subxact;
+mod trigger;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'backfill'"]
+    }
+}

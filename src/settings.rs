@@ -1,0 +1,98 @@
+//! The `backfill.*` settings (GUCs).
+
+use crate::render::ValueFormat;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use pgrx::pg_sys;
+use std::ffi::CString;
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ValueFormatSetting {
+    #[name = c"python"]
+    Python,
+    #[name = c"json"]
+    Json,
+}
+
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static BATCH_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static VALUE_FORMAT: GucSetting<ValueFormatSetting> =
+    GucSetting::<ValueFormatSetting>::new(ValueFormatSetting::Python);
+
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"backfill.enabled",
+        c"Whether process model updates enqueue backfill jobs.",
+        c"When off, a change of metadata_extraction_paths enqueues nothing (a NOTICE says so); \
+          backfill.enqueue() still works.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"backfill.database",
+        c"The database the backfill worker serves.",
+        c"The worker connects to this database at server start and runs its queued jobs.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backfill.batch_size",
+        c"Process instances per batch; each batch commits on its own.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backfill.batch_delay",
+        c"Pause between two batches, to throttle a backfill.",
+        c"",
+        &BATCH_DELAY_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"backfill.naptime",
+        c"Longest sleep of the idle worker; an enqueue wakes it sooner.",
+        c"",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"backfill.value_format",
+        c"How extracted values are rendered: python (as SpiffWorkflow stores them) or json.",
+        c"python renders as Python's str() does (True, None, ['a', 1], 1e+16); json renders as \
+          jsonb #>> '{}' does.",
+        &VALUE_FORMAT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init after the variables above are defined.
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pg_sys::MarkGUCPrefixReserved(c"backfill".as_ptr())
+    };
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    unsafe {
+        pg_sys::EmitWarningsOnPlaceholders(c"backfill".as_ptr())
+    };
+}
+
+pub fn value_format() -> ValueFormat {
+    match VALUE_FORMAT.get() {
+        ValueFormatSetting::Python => ValueFormat::Python,
+        ValueFormatSetting::Json => ValueFormat::Json,
+    }
+}

@@ -1,0 +1,73 @@
+//! Running a piece of work in a subtransaction, so that an ERROR in it rolls back only that
+//! piece and the caller's transaction goes on (what PL/pgSQL's EXCEPTION blocks do).
+
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+/// An ERROR caught and rolled back.
+#[derive(Debug)]
+pub struct Failure {
+    /// Five-character SQLSTATE, e.g. "40P01".
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(caught: &CaughtError) -> Failure {
+        let report = report_of(caught);
+        Failure {
+            sqlstate: sqlstate_text(report.sql_error_code()),
+            message: report.message().to_owned(),
+        }
+    }
+}
+
+fn report_of(caught: &CaughtError) -> &ErrorReportWithLevel {
+    match caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    }
+}
+
+/// The text form of a packed SQLSTATE (six bits a character, first character lowest).
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let packed = code as i32;
+    (0..5)
+        .map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3f) as u8))
+        .collect()
+}
+
+/// Runs `work` in an internal subtransaction: committed into the current transaction when it
+/// returns, rolled back (and the error returned) when it raises. Values returned must be
+/// owned by Rust: memory of the subtransaction is gone afterwards.
+pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
+    // SAFETY: the standard BeginInternalSubTransaction protocol, as in PL/pgSQL's exception
+    // blocks: remember the memory context and resource owner, restore both on either exit.
+    let (context, owner) = unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        (context, owner)
+    };
+    let restore = move || unsafe {
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        let result = work();
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(result)
+    }))
+    .catch_others(move |caught| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        Err(Failure::new(&caught))
+    })
+    .execute()
+}
