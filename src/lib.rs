@@ -5,14 +5,16 @@
 //! time. See README.md for the whole picture.
 
 mod api;
+mod engine;
 mod extract;
 mod jsonb;
 mod paths;
+mod queue;
 mod render;
 mod settings;
-#[cfg(any(test, feature = "pg_test"))]
 mod subxact;
 mod trigger;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -25,6 +27,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    worker::init();
 }
 
 /// Required by `cargo pgrx test`.

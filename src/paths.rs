@@ -101,6 +101,25 @@ pub fn parse_paths(value: &Value) -> Result<Vec<MetadataPath>, PathsError> {
     Ok(parsed)
 }
 
+/// The elements of a value that was valid once, skipping anything malformed. For OLD rows of
+/// `process_model`, which may predate validation (a restore with triggers disabled).
+pub fn parse_paths_lenient(value: &Value) -> Vec<MetadataPath> {
+    let Value::Array(elements) = value else {
+        return Vec::new();
+    };
+    elements
+        .iter()
+        .filter_map(|e| {
+            let key = e.get("key")?.as_str()?;
+            let path = e.get("path")?.as_str()?;
+            Some(MetadataPath {
+                key: key.to_owned(),
+                path: path.to_owned(),
+            })
+        })
+        .collect()
+}
+
 fn required_text<'v>(member: Option<&'v Value>, name: &str) -> Result<&'v str, String> {
     match member {
         None => Err(format!("{name} is missing")),
@@ -235,6 +254,19 @@ mod tests {
             message.ends_with("the limit is 255") && message.contains("..."),
             "{message}"
         );
+    }
+
+    #[test]
+    fn lenient_parse_skips_malformed_elements() {
+        let paths = parse_paths_lenient(&json!([{"key": "a", "path": "x"}, 3, {"key": "b"}]));
+        assert_eq!(
+            paths,
+            [MetadataPath {
+                key: "a".into(),
+                path: "x".into()
+            }]
+        );
+        assert!(parse_paths_lenient(&json!({"a": 1})).is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::render::ValueFormat;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
 use std::ffi::CString;
+use std::time::Duration;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ValueFormatSetting {
@@ -95,4 +96,27 @@ pub fn value_format() -> ValueFormat {
         ValueFormatSetting::Python => ValueFormat::Python,
         ValueFormatSetting::Json => ValueFormat::Json,
     }
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_owned())
+}
+
+pub fn batch_size() -> i64 {
+    i64::from(BATCH_SIZE.get())
+}
+
+pub fn batch_delay() -> Duration {
+    Duration::from_millis(BATCH_DELAY_MS.get().max(0) as u64)
+}
+
+pub fn naptime() -> Duration {
+    Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
 }

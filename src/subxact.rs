@@ -11,15 +11,22 @@ pub struct Failure {
     /// Five-character SQLSTATE, e.g. "40P01".
     pub sqlstate: String,
     pub message: String,
+    caught: Box<CaughtError>,
 }
 
 impl Failure {
-    fn new(caught: &CaughtError) -> Failure {
-        let report = report_of(caught);
+    fn new(caught: CaughtError) -> Failure {
+        let report = report_of(&caught);
         Failure {
             sqlstate: sqlstate_text(report.sql_error_code()),
             message: report.message().to_owned(),
+            caught: Box::new(caught),
         }
+    }
+
+    /// Raises the error again, as if it had never been caught.
+    pub fn rethrow(self) -> ! {
+        self.caught.rethrow()
     }
 }
 
@@ -67,7 +74,7 @@ pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
         restore();
-        Err(Failure::new(&caught))
+        Err(Failure::new(caught))
     })
     .execute()
 }

@@ -1,7 +1,9 @@
 //! Triggers on `backfill.process_model`.
 
-use crate::api::invalid_parameter;
-use crate::paths::parse_paths;
+use crate::api::{invalid_parameter, warn_if_no_worker};
+use crate::paths::{parse_paths, parse_paths_lenient};
+use crate::queue::{self, JobPath, Origin};
+use crate::settings;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use std::fmt;
@@ -44,4 +46,43 @@ fn validate_metadata_extraction_paths<'a>(
         }
     }
     Ok(Some(new))
+}
+
+/// AFTER UPDATE (when the paths changed): queues one job with every key the update added
+/// (fill where missing) or re-pointed (overwrite), in the updating transaction.
+#[pg_trigger]
+fn enqueue_backfill_on_model_update<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    let old = trigger.old().ok_or(TriggerError::NoRow("OLD"))?;
+    let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
+    let model: String = new
+        .get_by_name("id")
+        .map_err(|e| TriggerError::Column(e.to_string()))?
+        .ok_or(TriggerError::NoRow("model id"))?;
+    let old_paths = paths_of(&old)?
+        .map(|j| parse_paths_lenient(&j.0))
+        .unwrap_or_default();
+    let new_paths = match paths_of(&new)? {
+        Some(JsonB(paths)) => {
+            parse_paths(&paths).unwrap_or_else(|e| invalid_parameter(&e.to_string()))
+        }
+        None => Vec::new(),
+    };
+    let changes = JobPath::changes(&old_paths, &new_paths);
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let keys = JobPath::describe(&changes);
+    if !settings::enabled() {
+        notice!(
+            "backfill.enabled is off: no backfill job queued for {model} (keys {keys}); \
+             SELECT backfill.enqueue('{model}') queues one later"
+        );
+        return Ok(None);
+    }
+    let job_id = queue::insert_job(&model, &changes, Origin::ModelUpdate);
+    notice!("backfill job {job_id} queued for {model}: {keys}");
+    warn_if_no_worker(job_id);
+    Ok(None)
 }

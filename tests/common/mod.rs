@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
@@ -208,6 +209,28 @@ impl Cluster {
         }
     }
 
+    /// A connection that also collects the NOTICE and WARNING messages the server sends.
+    pub fn connect_with_notices(&self, db: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&notices);
+        let client = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname(db)
+            .notice_callback(move |notice| {
+                let hint = notice
+                    .hint()
+                    .map(|h| format!(" (HINT: {h})"))
+                    .unwrap_or_default();
+                let line = format!("{}: {}{hint}", notice.severity(), notice.message());
+                sink.lock().unwrap().push(line)
+            })
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"));
+        (client, notices)
+    }
+
     /// Creates database `db` with the extension installed and returns a connection to it.
     pub fn create_db(&self, db: &str) -> Client {
         let mut admin = self.connect("postgres");
@@ -268,4 +291,78 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The demo's sample (scripts/sample.sql): three models, 6,000 instances with interleaved ids,
+/// 2 to 5 tasks each in mixed states and end orders, 200 instances of each model without a
+/// completed task, and the metadata the live engine wrote for the models' existing paths.
+pub const SAMPLE_SQL: &str = include_str!("../../scripts/sample.sql");
+
+/// Instances of `model` whose row for `key` is missing, duplicated, or not equal to what
+/// `extract_metadata` gives for the latest completed task data through `path`.
+pub fn wrong_rows(db: &mut Client, model: &str, key: &str, path: &str) -> i64 {
+    wrong_rows_where(db, model, key, path, "true")
+}
+
+/// `wrong_rows` over the instances `i` that satisfy `filter`.
+pub fn wrong_rows_where(db: &mut Client, model: &str, key: &str, path: &str, filter: &str) -> i64 {
+    let paths = format!(
+        r#"[{{"key": {}, "path": {}}}]"#,
+        json_string(key),
+        json_string(path)
+    );
+    db.query_one(
+        &format!(
+            "SELECT count(*) FROM backfill.process_instance i
+          WHERE i.process_model_identifier = $1 AND ({filter})
+            AND (SELECT count(*) FROM backfill.process_instance_metadata m
+                  WHERE m.process_instance_id = i.id AND m.key = $2
+                    AND m.value IS NOT DISTINCT FROM
+                        backfill.extract_metadata(backfill.latest_task_data(i.id), $3::text::jsonb) ->> $2) <> 1"
+        ),
+        &[&model, &key, &paths],
+    )
+    .unwrap()
+    .get(0)
+}
+
+pub fn json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn one_i64(db: &mut Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
+pub fn one_text(db: &mut Client, sql: &str) -> String {
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// `n` instances of model `bulk/model` (and `n / 4` of `other/model` interleaved), three tasks
+/// each: two completed with end times out of creation order, one ready.
+pub fn bulk_sql(n: i64) -> String {
+    format!(
+        r#"
+INSERT INTO backfill.process_model (id, metadata_extraction_paths) VALUES
+    ('bulk/model', '[]'),
+    ('other/model', '[]');
+INSERT INTO backfill.process_instance (id, process_model_identifier, status)
+SELECT i, CASE WHEN i % 5 = 4 THEN 'other/model' ELSE 'bulk/model' END, 'complete'
+  FROM generate_series(1, {total}) i;
+CREATE TEMP TABLE bulk_task AS
+SELECT i, t,
+       jsonb_build_object('invoice', jsonb_build_object('number', 'N-' || i, 'status', (ARRAY['draft', 'sent', 'paid'])[t],
+                                                        'total', i * 1.5 + t, 'tags', jsonb_build_array('a', t)),
+                          'step', t) AS data
+  FROM generate_series(1, {total}) i, generate_series(1, 3) t;
+INSERT INTO backfill.json_data SELECT DISTINCT md5(data::text), data FROM bulk_task;
+INSERT INTO backfill.task (guid, process_instance_id, state, json_data_hash, end_in_seconds)
+SELECT md5(i || '/' || t)::uuid, i, CASE WHEN t = 3 THEN 'READY' ELSE 'COMPLETED' END, md5(data::text),
+       CASE WHEN t = 3 THEN NULL ELSE i * 10 + (t * 7 + i) % 3 END
+  FROM bulk_task;
+DROP TABLE bulk_task;
+ANALYZE;
+"#,
+        total = n + n / 4
+    )
 }

@@ -1,0 +1,465 @@
+//! The batch engine: runs a job in batches of instances, each batch and the job's cursor and
+//! counters written in the caller's transaction, so a commit per batch makes progress durable
+//! and a crash loses at most the batch in flight. `CALL backfill.run` and the worker both go
+//! through `begin`, `run_batch` and `end`.
+
+use crate::queue::{self, Claim, JobPath};
+use crate::settings;
+use crate::subxact::{in_subtransaction, Failure};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::JsonB;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// Attempts of a batch that fails as a whole before the job is marked failed.
+const BATCH_ATTEMPTS: u32 = 5;
+/// Pause before the second attempt; doubled for each further one.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Least time between two progress lines in the server log.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A job as a runner sees it at the start of a batch.
+struct Job {
+    id: i64,
+    model: String,
+    state: String,
+    paths: Vec<JobPath>,
+    total: Option<i64>,
+    max_instance_id: Option<i64>,
+    cursor: Option<i64>,
+    processed: i64,
+}
+
+impl Job {
+    /// Reads and row-locks the job: a `cancel` waits for the batch in flight, and the batch
+    /// sees any cancel committed before it.
+    fn lock(id: i64) -> Option<Job> {
+        Spi::connect_mut(|client| {
+            let row = client
+                .update(
+                    "SELECT process_model_identifier, state, paths, instances_total,
+                            max_instance_id, last_instance_id, instances_processed
+                       FROM backfill.job WHERE id = $1 FOR UPDATE",
+                    None,
+                    &[id.into()],
+                )?
+                .first();
+            if row.is_empty() {
+                return Ok(None);
+            }
+            Ok::<_, pgrx::spi::Error>(Some(Job {
+                id,
+                model: row.get(1)?.unwrap_or_default(),
+                state: row.get(2)?.unwrap_or_default(),
+                paths: JobPath::from_json(&row.get::<JsonB>(3)?.map(|j| j.0).unwrap_or_default()),
+                total: row.get(4)?,
+                max_instance_id: row.get(5)?,
+                cursor: row.get(6)?,
+                processed: row.get(7)?.unwrap_or(0),
+            }))
+        })
+        .unwrap_or_else(|e| error!("backfill: could not read job {id}: {e}"))
+    }
+}
+
+/// What `begin` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// The job is running and this process holds it.
+    Started,
+    /// Nothing to do: the job is in this state (succeeded, or stopped and not to be resumed).
+    NotRunnable(String),
+    /// Another process runs it.
+    Busy(Option<i32>),
+}
+
+/// Takes a job for this process and marks it running. A job that starts for the first time
+/// fixes its bounds: the instances of its model with `id <= max(id)` now. `resume_stopped`
+/// lets a failed or cancelled job continue from its cursor (a deliberate `CALL run`); the
+/// worker never resumes those.
+pub fn begin(job_id: i64, resume_stopped: bool) -> Begin {
+    match queue::claim(job_id) {
+        Claim::Acquired => {}
+        Claim::HeldBy(pid) => return Begin::Busy(pid),
+    }
+    let Some(job) = Job::lock(job_id) else {
+        queue::release_claim(job_id);
+        crate::api::invalid_parameter(&format!("backfill job {job_id} does not exist"));
+    };
+    let runnable = match job.state.as_str() {
+        "queued" | "running" => true,
+        "failed" | "cancelled" => resume_stopped,
+        _ => false,
+    };
+    if !runnable {
+        queue::release_claim(job_id);
+        return Begin::NotRunnable(job.state);
+    }
+    let keys = JobPath::describe(&job.paths);
+    if job.total.is_none() {
+        let (total, max_id) = Spi::get_two_with_args::<i64, i64>(
+            "SELECT count(*), max(id) FROM backfill.process_instance WHERE process_model_identifier = $1",
+            &[job.model.as_str().into()],
+        )
+        .unwrap_or_else(|e| error!("backfill: could not count instances of job {job_id}: {e}"));
+        let total = total.unwrap_or(0);
+        Spi::run_with_args(
+            "UPDATE backfill.job SET state = 'running', started_at = now(), finished_at = NULL,
+                    last_error = NULL, instances_total = $2, max_instance_id = $3
+              WHERE id = $1",
+            &[job_id.into(), total.into(), max_id.into()],
+        )
+        .unwrap_or_else(|e| error!("backfill: could not start job {job_id}: {e}"));
+        log!(
+            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{}",
+            job.model,
+            max_id.map(|m| format!(" up to id {m}")).unwrap_or_default()
+        );
+    } else {
+        Spi::run_with_args(
+            "UPDATE backfill.job SET state = 'running', finished_at = NULL, last_error = NULL
+              WHERE id = $1",
+            &[job_id.into()],
+        )
+        .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
+        log!(
+            "backfill: job {job_id} resumed for model {}: keys {keys}; {} of {} instances done, cursor at {}",
+            job.model,
+            job.processed,
+            job.total.unwrap_or(0),
+            job.cursor.map_or("the start".to_owned(), |c| format!("instance {c}"))
+        );
+    }
+    LAST_PROGRESS_LOG.set(Some(Instant::now()));
+    Begin::Started
+}
+
+/// Gives up this process's hold on the job (it stays in whatever state it is).
+pub fn end(job_id: i64) {
+    queue::release_claim(job_id);
+}
+
+/// What one call of `run_batch` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// A batch was committed-to-be; call again for the next.
+    More,
+    /// The job is finished: its state is now this (succeeded or failed), or it was found
+    /// stopped (cancelled).
+    Finished(String),
+}
+
+thread_local! {
+    static LAST_PROGRESS_LOG: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Prepared batch statements, planned once per process: [fill missing, overwrite].
+    static STATEMENTS: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+}
+
+/// Runs the next batch of the job in the current transaction. The caller must hold the job
+/// (`begin`) and commits afterwards.
+pub fn run_batch(job_id: i64) -> Batch {
+    if !queue::holds_claim(job_id) {
+        error!("backfill: this session does not run job {job_id}; use CALL backfill.run({job_id})");
+    }
+    let Some(job) = Job::lock(job_id) else {
+        error!("backfill: job {job_id} disappeared while running");
+    };
+    if job.state != "running" {
+        log!(
+            "backfill: job {job_id} stopped ({}) at cursor {:?}",
+            job.state,
+            job.cursor
+        );
+        return Batch::Finished(job.state);
+    }
+    let Some(max_id) = job.max_instance_id else {
+        return finish(&job);
+    };
+    let limit = settings::batch_size();
+    let mut attempt = 1;
+    let done = loop {
+        match attempt_batch(&job, max_id, limit) {
+            Ok(done) => break done,
+            Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
+            Err(failure) => {
+                let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
+                warning!(
+                    "backfill: job {job_id}: batch after instance {} failed (attempt {attempt} of {BATCH_ATTEMPTS}), \
+                     retrying in {:.1} s: {} ({})",
+                    job.cursor.map_or("<start>".to_owned(), |c| c.to_string()),
+                    delay.as_secs_f64(),
+                    failure.message,
+                    failure.sqlstate
+                );
+                crate::worker::sleep(delay);
+                attempt += 1;
+            }
+        }
+    };
+    if done {
+        return finish(&job);
+    }
+    log_progress(job_id);
+    Batch::More
+}
+
+/// One attempt at the next batch, rolled back as a whole when it fails as a whole. Returns
+/// whether the job has no instances left.
+fn attempt_batch(job: &Job, max_id: i64, limit: i64) -> Result<bool, Failure> {
+    let after = job.cursor.unwrap_or(i64::MIN);
+    let first = guarded(|| execute(job, after, max_id, limit));
+    let outcome = match first {
+        Ok(outcome) => outcome,
+        Err(failure) if is_instance_failure(&failure) => {
+            guarded(|| isolate(job, after, max_id, limit))??
+        }
+        Err(failure) => return Err(failure),
+    };
+    Ok(outcome.instances < limit || outcome.cursor.is_some_and(|c| c >= max_id))
+}
+
+/// What the batch statement did.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    instances: i64,
+    cursor: Option<i64>,
+}
+
+/// The batch: the next `limit` instances of the model after `after` (keyset, up to the job's
+/// bound), the data of each one's latest completed task, the paths extracted in Rust, the rows
+/// written set-based, and the job's cursor and counters advanced, in one statement.
+const BATCH_SQL: &str = "
+WITH batch AS MATERIALIZED (
+    SELECT i.id
+      FROM backfill.process_instance i
+     WHERE i.process_model_identifier = $2 AND i.id > $3 AND i.id <= $4
+     ORDER BY i.id
+     LIMIT $5
+), extracted AS (
+    SELECT b.id, kv.key, kv.value
+      FROM batch b
+      LEFT JOIN LATERAL (
+            SELECT t.json_data_hash
+              FROM backfill.task t
+             WHERE t.process_instance_id = b.id AND t.state = 'COMPLETED'
+             ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
+             LIMIT 1) latest ON true
+      LEFT JOIN backfill.json_data d ON d.hash = latest.json_data_hash
+     CROSS JOIN LATERAL unnest($6::text[],
+                               backfill.extract_values(coalesce(d.data, '{}'::jsonb), $7::text[]))
+                        AS kv(key, value)
+), written AS (
+    INSERT INTO backfill.process_instance_metadata AS m
+           (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+    SELECT e.id, e.key, e.value, extract(epoch FROM now())::bigint, extract(epoch FROM now())::bigint
+      FROM extracted e
+    ON CONFLICT (process_instance_id, key) DO /*on_conflict*/
+    RETURNING m.process_instance_id
+)
+UPDATE backfill.job j
+   SET last_instance_id = coalesce((SELECT max(id) FROM batch), j.last_instance_id),
+       instances_processed = j.instances_processed + (SELECT count(*) FROM batch),
+       instances_updated = j.instances_updated + (SELECT count(DISTINCT process_instance_id) FROM written)
+ WHERE j.id = $1
+RETURNING (SELECT count(*) FROM batch), j.last_instance_id";
+
+const FILL_MISSING: &str = "NOTHING";
+// Only keys whose path the job replaces are overwritten, and only when the value differs.
+const OVERWRITE: &str = "UPDATE
+        SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
+      WHERE m.key = ANY($8::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
+
+fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
+    let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
+    let paths: Vec<String> = job.paths.iter().map(|p| p.path.clone()).collect();
+    let overwrite: Vec<String> = job
+        .paths
+        .iter()
+        .filter(|p| p.overwrite)
+        .map(|p| p.key.clone())
+        .collect();
+    let variant = usize::from(!overwrite.is_empty());
+    Spi::connect_mut(|client| {
+        let args = [
+            job.id.into(),
+            job.model.as_str().into(),
+            after.into(),
+            max_id.into(),
+            limit.into(),
+            keys.into(),
+            paths.into(),
+            overwrite.into(),
+        ];
+        let row = STATEMENTS.with_borrow_mut(|statements| {
+            let statement = prepared(client, &mut statements[variant], variant)?;
+            client
+                .update(statement, None, &args)
+                .map(|table| table.first())
+        })?;
+        Ok::<_, pgrx::spi::Error>(Outcome {
+            instances: row.get(1)?.unwrap_or(0),
+            cursor: row.get(2)?,
+        })
+    })
+    .unwrap_or_else(|e| error!("backfill: batch statement of job {} failed: {e}", job.id))
+}
+
+fn prepared<'s>(
+    client: &SpiClient<'_>,
+    slot: &'s mut Option<OwnedPreparedStatement>,
+    variant: usize,
+) -> Result<&'s OwnedPreparedStatement, pgrx::spi::Error> {
+    if slot.is_none() {
+        let sql = BATCH_SQL.replace("/*on_conflict*/", [FILL_MISSING, OVERWRITE][variant]);
+        let types = [
+            PgBuiltInOids::INT8OID,
+            PgBuiltInOids::TEXTOID,
+            PgBuiltInOids::INT8OID,
+            PgBuiltInOids::INT8OID,
+            PgBuiltInOids::INT8OID,
+            PgBuiltInOids::TEXTARRAYOID,
+            PgBuiltInOids::TEXTARRAYOID,
+            PgBuiltInOids::TEXTARRAYOID,
+        ]
+        .map(PgOid::BuiltIn);
+        *slot = Some(client.prepare_mut(sql.as_str(), &types)?.keep());
+    }
+    Ok(slot.as_ref().expect("just prepared"))
+}
+
+/// The slow path after a batch failed because of one instance's data: each instance in its
+/// own subtransaction, failures counted and logged with the instance id.
+fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
+    let ids: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id FROM backfill.process_instance
+                  WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
+                None,
+                &[job.model.as_str().into(), after.into(), max_id.into(), limit.into()],
+            )?
+            .map(|row| row.get::<i64>(1).map(|id| id.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_else(|e| error!("backfill: could not list the batch of job {}: {e}", job.id));
+    for &id in &ids {
+        match guarded(|| execute(job, id - 1, id, 1)) {
+            Ok(_) => {}
+            Err(failure) if is_instance_failure(&failure) => {
+                record_instance_error(job, id, &failure)
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Ok(Outcome {
+        instances: ids.len() as i64,
+        cursor: ids.last().copied(),
+    })
+}
+
+fn record_instance_error(job: &Job, instance_id: i64, failure: &Failure) {
+    warning!(
+        "backfill: job {}: instance {instance_id} failed and is skipped: {} ({})",
+        job.id,
+        failure.message,
+        failure.sqlstate
+    );
+    Spi::run_with_args(
+        "UPDATE backfill.job
+            SET last_instance_id = $2, instances_processed = instances_processed + 1,
+                errors = errors + 1, last_error = $3
+          WHERE id = $1",
+        &[
+            job.id.into(),
+            instance_id.into(),
+            format!(
+                "instance {instance_id}: {} ({})",
+                failure.message, failure.sqlstate
+            )
+            .into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("backfill: could not count an error of job {}: {e}", job.id));
+}
+
+/// Errors caused by one instance's data (bad values, constraint or trigger failures raised for
+/// that row); anything else is a failure of the batch as a whole.
+fn is_instance_failure(failure: &Failure) -> bool {
+    matches!(
+        &failure.sqlstate[..2],
+        "22" | "23" | "P0" | "2F" | "38" | "39"
+    )
+}
+
+/// `in_subtransaction`, except that a cancel or shutdown request is never swallowed.
+fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
+    in_subtransaction(work).map_err(|failure| {
+        if failure.sqlstate.starts_with("57") {
+            failure.rethrow();
+        }
+        failure
+    })
+}
+
+fn finish(job: &Job) -> Batch {
+    let (processed, updated, errors, seconds) = Spi::connect_mut(|client| {
+        let row = client
+            .update(
+                "UPDATE backfill.job SET state = 'succeeded', finished_at = now() WHERE id = $1
+                 RETURNING instances_processed, instances_updated, errors,
+                           extract(epoch FROM finished_at - started_at)::float8",
+                None,
+                &[job.id.into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<i64>(1)?.unwrap_or(0),
+            row.get::<i64>(2)?.unwrap_or(0),
+            row.get::<i64>(3)?.unwrap_or(0),
+            row.get::<f64>(4)?.unwrap_or(0.0),
+        ))
+    })
+    .unwrap_or_else(|e| error!("backfill: could not finish job {}: {e}", job.id));
+    log!(
+        "backfill: job {} succeeded for model {}: {processed} instances processed, {updated} updated, \
+         {errors} errors in {seconds:.1} s",
+        job.id,
+        job.model
+    );
+    Batch::Finished("succeeded".to_owned())
+}
+
+fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
+    let message = format!("{} ({})", failure.message, failure.sqlstate);
+    warning!(
+        "backfill: job {} failed after {attempts} attempts of the batch after instance {}: {message}",
+        job.id,
+        job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
+    );
+    Spi::run_with_args(
+        "UPDATE backfill.job SET state = 'failed', finished_at = now(), last_error = $2 WHERE id = $1",
+        &[job.id.into(), message.into()],
+    )
+    .unwrap_or_else(|e| error!("backfill: could not mark job {} failed: {e}", job.id));
+    Batch::Finished("failed".to_owned())
+}
+
+fn log_progress(job_id: i64) {
+    let due = LAST_PROGRESS_LOG
+        .get()
+        .is_none_or(|last| last.elapsed() >= PROGRESS_LOG_INTERVAL);
+    if !due {
+        return;
+    }
+    LAST_PROGRESS_LOG.set(Some(Instant::now()));
+    let line = Spi::get_one_with_args::<String>(
+        "SELECT format('%s/%s instances (%s%%), %s updated, %s errors, %s instances/s',
+                       processed, total, percent, updated, errors, instances_per_second)
+           FROM backfill.progress WHERE id = $1",
+        &[job_id.into()],
+    );
+    if let Ok(Some(line)) = line {
+        log!("backfill: job {job_id}: {line}");
+    }
+}

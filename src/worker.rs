@@ -1,0 +1,327 @@
+//! The background worker: one process, `backend_type = 'backfill worker'`, serving the
+//! database named by `backfill.database`. It drains queued jobs oldest first through the same
+//! batch engine as `CALL backfill.run`, one transaction per batch, and sleeps on its latch when
+//! idle; a committed enqueue sets that latch.
+
+use crate::engine::{self, Batch, Begin};
+use crate::settings;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::{
+    pg_shmem_init, register_xact_callback, PGRXSharedMemory, PgAtomic, PgXactCallbackEvent,
+};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BACKEND_TYPE: &str = "backfill worker";
+/// How long the postmaster waits before starting the worker again after it exits abnormally.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// What backends know of the worker, in shared memory.
+#[derive(Default)]
+pub struct WorkerSlot {
+    /// Address of the worker's latch (PGPROC.procLatch, in shared memory), 0 when none.
+    latch: AtomicU64,
+    pid: AtomicI32,
+    /// The database it is connected to.
+    database: AtomicU32,
+    /// Set when the configured database was found missing: the next start waits for it
+    /// without trying to connect, instead of failing to connect in a loop.
+    database_missing: AtomicBool,
+}
+
+unsafe impl PGRXSharedMemory for WorkerSlot {}
+
+static SLOT: PgAtomic<WorkerSlot> = unsafe { PgAtomic::new(c"backfill_worker_slot") };
+
+/// True in every process of a server that loaded the library at start (shared memory and the
+/// worker exist only then).
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+pub fn init() {
+    // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(SLOT);
+    BackgroundWorkerBuilder::new(BACKEND_TYPE)
+        .set_type(BACKEND_TYPE)
+        .set_library("backfill")
+        .set_function("backfill_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_DELAY))
+        .load();
+}
+
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// The pid of the worker serving this database, if one is running and ready.
+pub fn serving_pid() -> Option<i32> {
+    if !preloaded() {
+        return None;
+    }
+    let slot = SLOT.get();
+    // SAFETY: MyDatabaseId is set in every backend connected to a database.
+    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let pid = slot.pid.load(Ordering::Acquire);
+    (pid != 0 && slot.database.load(Ordering::Acquire) == here).then_some(pid)
+}
+
+/// Why no worker will run jobs queued in this database, as (message, hint); `None` when one
+/// will. `live` also asks whether the worker is running right now, not only configured.
+pub fn problem(live: bool) -> Option<(String, String)> {
+    if !preloaded() {
+        return Some((
+            "backfill is not in shared_preload_libraries, so no background worker runs backfill jobs".into(),
+            "Add shared_preload_libraries = 'backfill' to postgresql.conf and restart PostgreSQL; \
+             until then, run a queued job with CALL backfill.run(job_id)."
+                .into(),
+        ));
+    }
+    // SAFETY: the name of the database this backend is connected to.
+    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
+        .to_string_lossy()
+        .into_owned();
+    let served = settings::database();
+    if served != here {
+        return Some((
+            format!("the backfill worker serves database \"{served}\" (backfill.database), not \"{here}\""),
+            format!(
+                "Set backfill.database = '{here}' in postgresql.conf and restart PostgreSQL, \
+                 or run jobs of this database with CALL backfill.run(job_id)."
+            ),
+        ));
+    }
+    if live && serving_pid().is_none() {
+        return Some((
+            format!("no backfill worker is running for database \"{here}\" right now"),
+            "The server log says why (look for \"backfill worker\"); the job stays queued, \
+             and CALL backfill.run(job_id) runs it in your session."
+                .into(),
+        ));
+    }
+    None
+}
+
+thread_local! {
+    static WAKE_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the worker when the current transaction commits (not before: it would find nothing).
+pub fn wake_at_commit() {
+    if !preloaded() || WAKE_REGISTERED.get() {
+        return;
+    }
+    WAKE_REGISTERED.set(true);
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        WAKE_REGISTERED.set(false);
+        let latch = SLOT.get().latch.load(Ordering::Acquire);
+        if latch != 0 {
+            // SAFETY: the address is the worker's PGPROC latch in shared memory, valid for the
+            // life of the server; setting the latch of a process that has exited is harmless.
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.set(false));
+}
+
+/// Sleeps up to `duration` on this process's latch, returning early when the worker is asked
+/// to stop; a backend's cancel request interrupts it with the usual error.
+pub fn sleep(duration: Duration) {
+    let deadline = Instant::now() + duration;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || shutdown_requested() {
+            return;
+        }
+        // SAFETY: the standard wait on MyLatch, as pg_sleep does.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                left.as_millis().clamp(1, i64::MAX as u128) as i64,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn shutdown_requested() -> bool {
+    // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: what the postmaster's children do on SIGHUP.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        log!("{BACKEND_TYPE}: configuration reloaded");
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = settings::database();
+    let slot = SLOT.get();
+    if slot.database_missing.load(Ordering::Acquire) {
+        wait_for_database(&database);
+        exit_for_restart();
+    }
+    // If connecting fails (the database does not exist), the next start waits instead.
+    slot.database_missing.store(true, Ordering::Release);
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    slot.database_missing.store(false, Ordering::Release);
+
+    // SAFETY: MyProc is this process's PGPROC; its latch lives in shared memory.
+    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as u64;
+    slot.latch.store(latch, Ordering::Release);
+    // SAFETY: both are set once the connection is made.
+    slot.database
+        .store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::Release);
+    slot.pid
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+    log!("{BACKEND_TYPE} started for database \"{database}\"");
+
+    let mut extension_present = None;
+    while !shutdown_requested() {
+        reload_config_if_asked();
+        let present = BackgroundWorker::transaction(extension_installed);
+        if extension_present != Some(present) {
+            if !present {
+                log!(
+                    "{BACKEND_TYPE}: extension backfill is not installed in database \"{database}\"; \
+                     waiting for CREATE EXTENSION backfill"
+                );
+            }
+            extension_present = Some(present);
+        }
+        if present && drain_one_job() {
+            continue;
+        }
+        BackgroundWorker::wait_latch(Some(settings::naptime()));
+    }
+    slot.pid.store(0, Ordering::Release);
+    slot.database.store(0, Ordering::Release);
+    slot.latch.store(0, Ordering::Release);
+    log!("{BACKEND_TYPE} exiting on shutdown request");
+    exit_for_restart();
+}
+
+/// Exits with code 1: unless the server is shutting down, the postmaster starts the worker
+/// again after RESTART_DELAY (code 0 would unregister it for good).
+fn exit_for_restart() -> ! {
+    // SAFETY: the normal way for a backend to exit.
+    unsafe { pg_sys::proc_exit(1) }
+}
+
+fn extension_installed() -> bool {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT 1 FROM pg_extension WHERE extname = 'backfill'",
+                None,
+                &[],
+            )
+            .map(|rows| !rows.is_empty())
+    })
+    .unwrap_or(false)
+}
+
+/// Without a database connection: waits, logging once, until the configured database exists,
+/// then exits so that the postmaster starts a worker that connects to it.
+fn wait_for_database(database: &str) {
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    log!(
+        "{BACKEND_TYPE}: database \"{database}\" (backfill.database) does not exist; waiting for it"
+    );
+    let name = std::ffi::CString::new(database).unwrap_or_default();
+    while !shutdown_requested() {
+        let found = BackgroundWorker::transaction(|| database_exists(&name));
+        if found {
+            log!("{BACKEND_TYPE}: database \"{database}\" now exists; restarting to connect to it");
+            SLOT.get().database_missing.store(false, Ordering::Release);
+            return;
+        }
+        BackgroundWorker::wait_latch(Some(settings::naptime().max(Duration::from_secs(5))));
+        reload_config_if_asked();
+    }
+}
+
+/// Whether a database of that name exists, read from pg_database with a plain heap scan: the
+/// only way without a database connection (index lookups need pg_class), as the autovacuum
+/// launcher does.
+fn database_exists(name: &std::ffi::CStr) -> bool {
+    // SAFETY: inside a transaction; pg_database is a shared catalog, its tuples are
+    // FormData_pg_database; the scan and relation are closed before returning.
+    unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+        let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+        let mut found = false;
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if std::ffi::CStr::from_ptr((*database).datname.data.as_ptr()) == name {
+                found = true;
+                break;
+            }
+        }
+        pg_sys::heap_endscan(scan);
+        pg_sys::table_close(relation, lock);
+        found
+    }
+}
+
+/// Runs the oldest runnable job to its end (or until shutdown). Returns whether it found one.
+fn drain_one_job() -> bool {
+    let Some(job_id) = BackgroundWorker::transaction(claim_next_job) else {
+        return false;
+    };
+    loop {
+        if shutdown_requested() {
+            log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
+            BackgroundWorker::transaction(|| engine::end(job_id));
+            return true;
+        }
+        reload_config_if_asked();
+        match BackgroundWorker::transaction(|| engine::run_batch(job_id)) {
+            Batch::More => sleep(settings::batch_delay()),
+            Batch::Finished(_) => {
+                BackgroundWorker::transaction(|| engine::end(job_id));
+                return true;
+            }
+        }
+    }
+}
+
+/// The oldest queued or running job that no one else runs, now held by this process.
+fn claim_next_job() -> Option<i64> {
+    let candidates: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id FROM backfill.job WHERE state IN ('queued', 'running') ORDER BY id",
+                None,
+                &[],
+            )?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not list jobs: {e}"));
+    candidates
+        .into_iter()
+        .find(|&id| engine::begin(id, false) == Begin::Started)
+}
