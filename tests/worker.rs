@@ -1,0 +1,397 @@
+//! The background worker: automatic backfill after a model update, wake-up on commit, settings
+//! on reload, and recovery from SIGTERM, kill -9 and immediate shutdown.
+
+mod common;
+
+use common::{bulk_sql, one_i64, one_text, wait_for, wrong_rows, Cluster};
+use postgres::Client;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BULK: &str = "bulk/model";
+const N: i64 = 10_000;
+
+/// A server whose worker serves database "app", with the bulk data loaded and the worker
+/// connected to it.
+fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
+    let mut conf = vec!["backfill.database = 'app'"];
+    conf.extend_from_slice(extra);
+    let cluster = Cluster::start(name, &conf);
+    let mut db = cluster.create_db("app");
+    db.batch_execute(&bulk_sql(N)).unwrap();
+    wait_for_worker(&cluster);
+    (cluster, db)
+}
+
+fn wait_for_worker(cluster: &Cluster) -> i32 {
+    wait_for(
+        "the worker to serve database app",
+        Duration::from_secs(30),
+        || {
+            let mut db = cluster.connect("app");
+            db.query_one("SELECT backfill.worker_pid()", &[])
+                .ok()?
+                .get::<_, Option<i32>>(0)
+        },
+    )
+}
+
+fn add_key(db: &mut Client, key: &str, path: &str) -> i64 {
+    db.batch_execute(&format!(
+        r#"UPDATE backfill.process_model
+              SET metadata_extraction_paths = metadata_extraction_paths || '[{{"key": "{key}", "path": "{path}"}}]'
+            WHERE id = 'bulk/model'"#
+    ))
+    .unwrap();
+    one_i64(db, "SELECT max(id) FROM backfill.job")
+}
+
+fn processed(db: &mut Client, job: i64) -> i64 {
+    db.query_one(
+        "SELECT instances_processed FROM backfill.job WHERE id = $1",
+        &[&job],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn wait_done(cluster: &Cluster, job: i64) -> String {
+    wait_done_in(cluster, "app", job)
+}
+
+fn wait_done_in(cluster: &Cluster, database: &str, job: i64) -> String {
+    wait_for("the job to end", Duration::from_secs(120), || {
+        let mut db = cluster.connect(database);
+        let state: String = db
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .ok()?
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
+/// Every instance of the bulk model has exactly one row per key, equal to the extraction of
+/// its latest completed task data, and the job processed each instance exactly once.
+fn assert_complete(db: &mut Client, job: i64, keys: &[(&str, &str)]) {
+    let row = db
+        .query_one("SELECT state, instances_total, instances_processed, errors FROM backfill.job WHERE id = $1", &[&job])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+    assert_eq!(row.get::<_, i64>(1), N);
+    assert_eq!(
+        row.get::<_, i64>(2),
+        N,
+        "processed counts every instance once"
+    );
+    assert_eq!(row.get::<_, i64>(3), 0);
+    for (key, path) in keys {
+        assert_eq!(wrong_rows(db, BULK, key, path), 0, "key {key}");
+        assert_eq!(
+            db.query_one(
+                "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = $1",
+                &[key]
+            )
+            .unwrap()
+            .get::<_, i64>(0),
+            N,
+            "no row for another model, none twice"
+        );
+    }
+}
+
+#[test]
+fn model_update_is_backfilled_without_any_call_and_wakes_the_worker_at_once() {
+    // A long naptime: only the wake-up on commit can start the job within a second.
+    let (cluster, mut db) = start("worker-auto", &["backfill.naptime = '30s'"]);
+    let backend_type = one_text(
+        &mut db,
+        "SELECT backend_type FROM pg_stat_activity WHERE pid = backfill.worker_pid()",
+    );
+    assert_eq!(backend_type, "backfill worker");
+    thread::sleep(Duration::from_millis(300)); // let the worker settle into its idle wait
+
+    db.batch_execute("BEGIN").unwrap();
+    db.batch_execute(
+        r#"UPDATE backfill.process_model
+              SET metadata_extraction_paths = metadata_extraction_paths
+                  || '[{"key": "status", "path": "invoice.status"}, {"key": "tags", "path": "invoice.tags"}]'
+            WHERE id = 'bulk/model'"#,
+    )
+    .unwrap();
+    let job = one_i64(&mut db, "SELECT max(id) FROM backfill.job");
+    db.batch_execute("COMMIT").unwrap();
+    let committed = Instant::now();
+    wait_for("the first batch", Duration::from_secs(10), || {
+        (processed(&mut db, job) > 0).then_some(())
+    });
+    let first_batch = committed.elapsed();
+    assert!(
+        first_batch < Duration::from_secs(1),
+        "first batch {first_batch:?} after commit"
+    );
+    println!("commit to first committed batch: {first_batch:?}");
+
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(
+        &mut db,
+        job,
+        &[("status", "invoice.status"), ("tags", "invoice.tags")],
+    );
+    let log = cluster.log();
+    assert!(
+        log.contains(&format!(
+            "backfill: job {job} started for model bulk/model: keys status, tags; {N} instances"
+        )),
+        "{log}"
+    );
+    assert!(log.contains(&format!("backfill: job {job} succeeded for model bulk/model: {N} instances processed, {N} updated, 0 errors")), "{log}");
+}
+
+#[test]
+fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
+    let (cluster, mut db) = start("worker-kill9", &["backfill.batch_delay = '10ms'"]);
+    let pid = wait_for_worker(&cluster);
+    let job = add_key(&mut db, "number", "invoice.number");
+    wait_for("some batches", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 2000).then_some(())
+    });
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    drop(db); // the postmaster resets every connection after a crash
+
+    let restarted = wait_for_worker(&cluster);
+    assert_ne!(restarted, pid);
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let mut db = cluster.connect("app");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+    let log = cluster.log();
+    assert!(
+        log.contains(&format!("(PID {pid}) was terminated by signal 9")),
+        "{log}"
+    );
+    assert!(resumed_after_some(&log, job), "{log}");
+}
+
+#[test]
+fn immediate_shutdown_mid_job_resumes_at_the_cursor() {
+    let (mut cluster, mut db) = start("worker-immediate", &["backfill.batch_delay = '10ms'"]);
+    let job = add_key(&mut db, "number", "invoice.number");
+    wait_for("some batches", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 2000).then_some(())
+    });
+    drop(db);
+    cluster.pg_stop("immediate");
+    cluster.pg_start();
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let mut db = cluster.connect("app");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+    let log = cluster.log();
+    assert!(
+        log.contains("database system was not properly shut down; automatic recovery in progress"),
+        "{log}"
+    );
+    assert!(resumed_after_some(&log, job), "{log}");
+}
+
+/// The log shows the job resumed with instances already done: it did not start over.
+fn resumed_after_some(log: &str, job: i64) -> bool {
+    log.lines().any(|line| {
+        line.split_once(&format!(
+            "backfill: job {job} resumed for model bulk/model: keys number; "
+        ))
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse::<i64>().ok())
+        .is_some_and(|done| done > 0 && done < N)
+    })
+}
+
+#[test]
+fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
+    let (cluster, mut db) = start("worker-sigterm", &["backfill.batch_delay = '10ms'"]);
+    let pid = wait_for_worker(&cluster);
+    let job = add_key(&mut db, "number", "invoice.number");
+    wait_for("some batches", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 1000).then_some(())
+    });
+    assert!(db
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get::<_, bool>(0));
+    let back = wait_for_worker(&cluster);
+    assert_ne!(back, pid);
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+    let log = cluster.log();
+    assert!(
+        log.contains(&format!(
+            "backfill worker: stopping job {job} at a batch boundary on shutdown request"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("backfill worker exiting on shutdown request"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("terminated by signal"),
+        "a clean exit, not a crash: {log}"
+    );
+
+    // A fast shutdown of the whole server stops the worker the same way.
+    let job = add_key(&mut db, "total", "invoice.total");
+    wait_for("some batches", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 1000).then_some(())
+    });
+    drop(db);
+    let mut cluster = cluster;
+    cluster.pg_stop("fast");
+    assert!(
+        cluster
+            .log()
+            .matches("backfill worker exiting on shutdown request")
+            .count()
+            >= 2
+    );
+    cluster.pg_start();
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(
+        &mut cluster.connect("app"),
+        job,
+        &[("total", "invoice.total")],
+    );
+}
+
+#[test]
+fn reload_changes_the_batch_size_of_a_running_job() {
+    let (cluster, mut db) = start("worker-reload", &["backfill.batch_delay = '20ms'"]);
+    let job = add_key(&mut db, "number", "invoice.number");
+    let mut steps = Vec::new();
+    let mut reloaded = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = processed(&mut db, job);
+        if steps.last() != Some(&p) {
+            steps.push(p);
+        }
+        if !reloaded && p >= 1000 {
+            cluster.set_and_reload("backfill.batch_size", "1000");
+            reloaded = true;
+        }
+        if p == N || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(3));
+    }
+    let deltas: Vec<i64> = steps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        deltas.iter().take(5).all(|d| d % 100 == 0 && *d <= 300),
+        "small batches first: {deltas:?}"
+    );
+    assert!(
+        deltas.iter().rev().take(3).all(|d| *d == 1000),
+        "batches of 1000 after the reload: {deltas:?}"
+    );
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+    assert!(cluster
+        .log()
+        .contains("backfill worker: configuration reloaded"));
+}
+
+#[test]
+fn concurrent_writers_are_neither_blocked_nor_overwritten() {
+    let (cluster, mut db) = start("worker-concurrent", &["backfill.batch_delay = '20ms'"]);
+    let job = add_key(&mut db, "number", "invoice.number");
+    wait_for("the job to start", Duration::from_secs(30), || {
+        (processed(&mut db, job) > 0).then_some(())
+    });
+    // The live engine writes the key for instances the job has not reached yet, and for some
+    // it has, one transaction at a time.
+    let mut engine = cluster.connect("app");
+    let mut written = 0;
+    for id in (1..12_500i64).step_by(97) {
+        let n = engine
+            .execute(
+                "INSERT INTO backfill.process_instance_metadata
+                        (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+                 SELECT id, 'number', 'from the engine', 1, 1 FROM backfill.process_instance
+                  WHERE id = $1 AND process_model_identifier = 'bulk/model'
+                 ON CONFLICT DO NOTHING",
+                &[&id],
+            )
+            .unwrap();
+        written += n as i64;
+    }
+    assert!(written > 50);
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let row = db
+        .query_one(
+            "SELECT instances_processed, instances_updated, errors FROM backfill.job WHERE id = $1",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(2)), (N, 0));
+    let engine_rows = one_i64(
+        &mut db,
+        "SELECT count(*) FROM backfill.process_instance_metadata WHERE value = 'from the engine'",
+    );
+    assert_eq!(
+        engine_rows, written,
+        "the job did not overwrite the engine's rows"
+    );
+    assert_eq!(
+        row.get::<_, i64>(1),
+        N - written,
+        "nor counted them as its own"
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'number'"
+        ),
+        N
+    );
+}
+
+#[test]
+fn missing_database_and_extension_are_waited_for_not_crash_looped() {
+    let cluster = Cluster::start(
+        "worker-missing",
+        &["backfill.database = 'later'", "backfill.naptime = '200ms'"],
+    );
+    wait_for("the worker to notice", Duration::from_secs(30), || {
+        cluster
+            .log()
+            .contains("database \"later\" (backfill.database) does not exist; waiting for it")
+            .then_some(())
+    });
+    thread::sleep(Duration::from_secs(3));
+    let log = cluster.log();
+    assert!(
+        log.matches("FATAL:  database \"later\" does not exist")
+            .count()
+            <= 1,
+        "{log}"
+    );
+    assert_eq!(log.matches("waiting for it").count(), 1, "{log}");
+
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE later")
+        .unwrap();
+    wait_for("the worker to connect", Duration::from_secs(30), || {
+        let log = cluster.log();
+        (log.contains("backfill worker started for database \"later\"")
+            && log.contains("extension backfill is not installed in database \"later\"; waiting for CREATE EXTENSION backfill"))
+        .then_some(())
+    });
+    let mut db = cluster.connect("later");
+    db.batch_execute("CREATE EXTENSION backfill").unwrap();
+    db.batch_execute(&bulk_sql(400)).unwrap();
+    let job = add_key(&mut db, "number", "invoice.number");
+    assert_eq!(wait_done_in(&cluster, "later", job), "succeeded");
+    assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
+}
