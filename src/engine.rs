@@ -6,10 +6,13 @@
 use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::{OwnedPreparedStatement, SpiHeapTupleData};
 use pgrx::JsonB;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Attempts of a batch that fails as a whole before the job is marked failed.
@@ -29,26 +32,29 @@ struct Job {
     max_instance_id: Option<i64>,
     cursor: Option<i64>,
     processed: i64,
+    /// Where the row version read is: the batch updates exactly that one.
+    tid: pg_sys::ItemPointerData,
+}
+
+thread_local! {
+    /// The job this process runs and where its row's latest version was written.
+    ///
+    /// Every batch updates the job row, so the row gains a version per batch. While any
+    /// snapshot older than the job is open (a long report, pg_dump, a session in
+    /// backfill.wait), none of those versions can be pruned, and a lookup by id walks the
+    /// whole chain from its start: quadratic in the number of batches. Going to the version
+    /// by its TID skips the walk; an update by someone else (cancel) is still followed,
+    /// forward, by the row lock.
+    static LAST_TID: Cell<Option<(i64, pg_sys::ItemPointerData)>> = const { Cell::new(None) };
 }
 
 impl Job {
     /// Reads and row-locks the job: a `cancel` waits for the batch in flight, and the batch
     /// sees any cancel committed before it.
     fn lock(id: i64) -> Option<Job> {
-        Spi::connect_mut(|client| {
-            let row = client
-                .update(
-                    "SELECT process_model_identifier, state, paths, instances_total,
-                            max_instance_id, last_instance_id, instances_processed
-                       FROM backfill.job WHERE id = $1 FOR UPDATE",
-                    None,
-                    &[id.into()],
-                )?
-                .first();
-            if row.is_empty() {
-                return Ok(None);
-            }
-            Ok::<_, pgrx::spi::Error>(Some(Job {
+        let read = |row: Option<SpiHeapTupleData>| {
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(Job {
                 id,
                 model: row.get(1)?.unwrap_or_default(),
                 state: row.get(2)?.unwrap_or_default(),
@@ -57,9 +63,18 @@ impl Job {
                 max_instance_id: row.get(5)?,
                 cursor: row.get(6)?,
                 processed: row.get(7)?.unwrap_or(0),
+                tid: row.get(9)?.expect("ctid is never null"),
             }))
-        })
-        .unwrap_or_else(|e| error!("backfill: could not read job {id}: {e}"))
+        };
+        let by_tid = match LAST_TID.get() {
+            Some((job_id, tid)) if job_id == id => {
+                run_plan(Plan::LockJobAt, &[id.into(), tid.into()], read)
+            }
+            _ => None,
+        };
+        // No row at the remembered place (first batch, or the version was pruned after an
+        // update by someone else): look it up by id.
+        by_tid.or_else(|| run_plan(Plan::LockJob, &[id.into()], read))
     }
 }
 
@@ -152,8 +167,6 @@ pub enum Batch {
 
 thread_local! {
     static LAST_PROGRESS_LOG: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Prepared batch statements, planned once per process: [fill missing, overwrite].
-    static STATEMENTS: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// Runs the next batch of the job in the current transaction. The caller must hold the job
@@ -178,9 +191,9 @@ pub fn run_batch(job_id: i64) -> Batch {
     };
     let limit = settings::batch_size();
     let mut attempt = 1;
-    let done = loop {
+    let outcome = loop {
         match attempt_batch(&job, max_id, limit) {
-            Ok(done) => break done,
+            Ok(outcome) => break outcome,
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
             Err(failure) => {
                 let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
@@ -197,45 +210,49 @@ pub fn run_batch(job_id: i64) -> Batch {
             }
         }
     };
-    if done {
+    // Outside the batch's subtransaction, in the transaction that locked the job row: a row
+    // locked by a transaction and updated by its subtransaction gets a MultiXact, and every
+    // later read of the row's versions has to look its members up.
+    advance(&job, &outcome);
+    if outcome.instances < limit || outcome.cursor.is_some_and(|c| c >= max_id) {
         return finish(&job);
     }
     log_progress(job_id);
     Batch::More
 }
 
-/// One attempt at the next batch, rolled back as a whole when it fails as a whole. Returns
-/// whether the job has no instances left.
-fn attempt_batch(job: &Job, max_id: i64, limit: i64) -> Result<bool, Failure> {
-    let after = job.cursor.unwrap_or(i64::MIN);
-    let first = guarded(|| execute(job, after, max_id, limit));
-    let outcome = match first {
-        Ok(outcome) => outcome,
-        Err(failure) if is_instance_failure(&failure) => {
-            guarded(|| isolate(job, after, max_id, limit))??
-        }
-        Err(failure) => return Err(failure),
-    };
-    Ok(outcome.instances < limit || outcome.cursor.is_some_and(|c| c >= max_id))
-}
-
-/// What the batch statement did.
-#[derive(Debug, Clone, Copy)]
+/// What a batch did, to be added to the job's counters.
+#[derive(Debug, Default)]
 struct Outcome {
     instances: i64,
     cursor: Option<i64>,
+    updated: i64,
+    errors: i64,
+    last_error: Option<String>,
+}
+
+/// One attempt at the next batch, rolled back as a whole when it fails as a whole.
+fn attempt_batch(job: &Job, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
+    let after = job.cursor.unwrap_or(i64::MIN);
+    match guarded(|| execute(job, after, max_id, limit)) {
+        Ok(outcome) => Ok(outcome),
+        Err(failure) if is_instance_failure(&failure) => {
+            guarded(|| isolate(job, after, max_id, limit))?
+        }
+        Err(failure) => Err(failure),
+    }
 }
 
 /// The batch: the next `limit` instances of the model after `after` (keyset, up to the job's
-/// bound), the data of each one's latest completed task, the paths extracted in Rust, the rows
-/// written set-based, and the job's cursor and counters advanced, in one statement.
+/// bound), the data of each one's latest completed task, the paths extracted in Rust once per
+/// instance, and the rows written set-based, in one statement.
 const BATCH_SQL: &str = "
 WITH batch AS MATERIALIZED (
     SELECT i.id
       FROM backfill.process_instance i
-     WHERE i.process_model_identifier = $2 AND i.id > $3 AND i.id <= $4
+     WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
      ORDER BY i.id
-     LIMIT $5
+     LIMIT $4
 ), extracted AS (
     SELECT b.id, kv.key, kv.value
       FROM batch b
@@ -246,8 +263,8 @@ WITH batch AS MATERIALIZED (
              ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
              LIMIT 1) latest ON true
       LEFT JOIN backfill.json_data d ON d.hash = latest.json_data_hash
-     CROSS JOIN LATERAL unnest($6::text[],
-                               backfill.extract_values(coalesce(d.data, '{}'::jsonb), $7::text[]))
+     CROSS JOIN LATERAL unnest($5::text[],
+                               backfill.extract_values(coalesce(d.data, '{}'::jsonb), $6::text[]))
                         AS kv(key, value)
 ), written AS (
     INSERT INTO backfill.process_instance_metadata AS m
@@ -257,18 +274,107 @@ WITH batch AS MATERIALIZED (
     ON CONFLICT (process_instance_id, key) DO /*on_conflict*/
     RETURNING m.process_instance_id
 )
-UPDATE backfill.job j
-   SET last_instance_id = coalesce((SELECT max(id) FROM batch), j.last_instance_id),
-       instances_processed = j.instances_processed + (SELECT count(*) FROM batch),
-       instances_updated = j.instances_updated + (SELECT count(DISTINCT process_instance_id) FROM written)
- WHERE j.id = $1
-RETURNING (SELECT count(*) FROM batch), j.last_instance_id";
+SELECT (SELECT count(*) FROM batch),
+       (SELECT max(id) FROM batch),
+       (SELECT count(DISTINCT process_instance_id) FROM written)";
 
 const FILL_MISSING: &str = "NOTHING";
 // Only keys whose path the job replaces are overwritten, and only when the value differs.
 const OVERWRITE: &str = "UPDATE
         SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
-      WHERE m.key = ANY($8::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
+      WHERE m.key = ANY($7::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
+
+/// The columns a runner reads of its job, the TID last. Each batch transaction commits
+/// asynchronously (synchronous_commit = off, for this transaction only). That is safe
+/// because a batch's rows and the job's cursor commit together: a crash that loses the last
+/// batches loses them whole, rows and cursor alike, and the job redoes them from the cursor
+/// that survived. Nothing is skipped or written twice; the cost of a crash is at most a few
+/// batches redone, and a batch no longer waits for its WAL flush.
+const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances_total,
+                               max_instance_id, last_instance_id, instances_processed,
+                               set_config('synchronous_commit', 'off', true), ctid
+                          FROM backfill.job";
+
+/// The statements of a batch, prepared once per process and kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Plan {
+    LockJob,
+    LockJobAt,
+    Advance,
+    BatchFillMissing,
+    BatchOverwrite,
+}
+
+impl Plan {
+    fn sql(self) -> String {
+        match self {
+            Plan::LockJob => format!("{LOCK_JOB} WHERE id = $1 FOR UPDATE"),
+            Plan::LockJobAt => format!("{LOCK_JOB} WHERE ctid = $2 AND id = $1 FOR UPDATE"),
+            Plan::Advance => "UPDATE backfill.job
+                                 SET last_instance_id = coalesce($2, last_instance_id),
+                                     instances_processed = instances_processed + $3,
+                                     instances_updated = instances_updated + $4,
+                                     errors = errors + $5,
+                                     last_error = coalesce($6, last_error)
+                               WHERE ctid = $7 AND id = $1
+                           RETURNING ctid"
+                .to_owned(),
+            Plan::BatchFillMissing => BATCH_SQL.replace("/*on_conflict*/", FILL_MISSING),
+            Plan::BatchOverwrite => BATCH_SQL.replace("/*on_conflict*/", OVERWRITE),
+        }
+    }
+
+    fn argument_types(self) -> Vec<PgOid> {
+        const INT8: PgBuiltInOids = PgBuiltInOids::INT8OID;
+        const TEXT: PgBuiltInOids = PgBuiltInOids::TEXTOID;
+        const TEXTS: PgBuiltInOids = PgBuiltInOids::TEXTARRAYOID;
+        const TID: PgBuiltInOids = PgBuiltInOids::TIDOID;
+        let types: &[PgBuiltInOids] = match self {
+            Plan::LockJob => &[INT8],
+            Plan::LockJobAt => &[INT8, TID],
+            Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
+            Plan::BatchFillMissing | Plan::BatchOverwrite => {
+                &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS]
+            }
+        };
+        types.iter().map(|t| PgOid::BuiltIn(*t)).collect()
+    }
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<Plan, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs a kept plan and hands its first row (if any) to `read`.
+fn run_plan<R>(
+    plan: Plan,
+    args: &[DatumWithOid],
+    read: impl FnOnce(Option<SpiHeapTupleData>) -> Result<R, pgrx::spi::Error>,
+) -> R {
+    Spi::connect_mut(|client| {
+        let prepared = match PLANS.with_borrow(|plans| plans.get(&plan).cloned()) {
+            Some(prepared) => prepared,
+            None => {
+                let sql = plan.sql();
+                let prepared = Rc::new(
+                    client
+                        .prepare_mut(sql.as_str(), &plan.argument_types())?
+                        .keep(),
+                );
+                PLANS.with_borrow_mut(|plans| plans.insert(plan, Rc::clone(&prepared)));
+                prepared
+            }
+        };
+        let table = client.update(&*prepared, None, args)?;
+        let row = if table.is_empty() {
+            None
+        } else {
+            table.first().get_heap_tuple()?
+        };
+        read(row)
+    })
+    .unwrap_or_else(|e| error!("backfill: batch statement failed: {e}"))
+}
 
 fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
     let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
@@ -279,53 +385,47 @@ fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
         .filter(|p| p.overwrite)
         .map(|p| p.key.clone())
         .collect();
-    let variant = usize::from(!overwrite.is_empty());
-    Spi::connect_mut(|client| {
-        let args = [
-            job.id.into(),
-            job.model.as_str().into(),
-            after.into(),
-            max_id.into(),
-            limit.into(),
-            keys.into(),
-            paths.into(),
-            overwrite.into(),
-        ];
-        let row = STATEMENTS.with_borrow_mut(|statements| {
-            let statement = prepared(client, &mut statements[variant], variant)?;
-            client
-                .update(statement, None, &args)
-                .map(|table| table.first())
-        })?;
-        Ok::<_, pgrx::spi::Error>(Outcome {
+    let plan = if overwrite.is_empty() {
+        Plan::BatchFillMissing
+    } else {
+        Plan::BatchOverwrite
+    };
+    let args = [
+        job.model.as_str().into(),
+        after.into(),
+        max_id.into(),
+        limit.into(),
+        keys.into(),
+        paths.into(),
+        overwrite.into(),
+    ];
+    run_plan(plan, &args, |row| {
+        let row = row.expect("the batch statement returns one row");
+        Ok(Outcome {
             instances: row.get(1)?.unwrap_or(0),
             cursor: row.get(2)?,
+            updated: row.get(3)?.unwrap_or(0),
+            ..Outcome::default()
         })
     })
-    .unwrap_or_else(|e| error!("backfill: batch statement of job {} failed: {e}", job.id))
 }
 
-fn prepared<'s>(
-    client: &SpiClient<'_>,
-    slot: &'s mut Option<OwnedPreparedStatement>,
-    variant: usize,
-) -> Result<&'s OwnedPreparedStatement, pgrx::spi::Error> {
-    if slot.is_none() {
-        let sql = BATCH_SQL.replace("/*on_conflict*/", [FILL_MISSING, OVERWRITE][variant]);
-        let types = [
-            PgBuiltInOids::INT8OID,
-            PgBuiltInOids::TEXTOID,
-            PgBuiltInOids::INT8OID,
-            PgBuiltInOids::INT8OID,
-            PgBuiltInOids::INT8OID,
-            PgBuiltInOids::TEXTARRAYOID,
-            PgBuiltInOids::TEXTARRAYOID,
-            PgBuiltInOids::TEXTARRAYOID,
-        ]
-        .map(PgOid::BuiltIn);
-        *slot = Some(client.prepare_mut(sql.as_str(), &types)?.keep());
-    }
-    Ok(slot.as_ref().expect("just prepared"))
+fn advance(job: &Job, outcome: &Outcome) {
+    let args = [
+        job.id.into(),
+        outcome.cursor.into(),
+        outcome.instances.into(),
+        outcome.updated.into(),
+        outcome.errors.into(),
+        outcome.last_error.clone().into(),
+        job.tid.into(),
+    ];
+    let tid = run_plan(Plan::Advance, &args, |row| match row {
+        Some(row) => row.get::<pg_sys::ItemPointerData>(1),
+        None => Ok(None),
+    })
+    .unwrap_or_else(|| error!("backfill: job {} changed under its row lock", job.id));
+    LAST_TID.set(Some((job.id, tid)));
 }
 
 /// The slow path after a batch failed because of one instance's data: each instance in its
@@ -343,44 +443,29 @@ fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Fa
             .collect::<Result<Vec<_>, _>>()
     })
     .unwrap_or_else(|e| error!("backfill: could not list the batch of job {}: {e}", job.id));
-    for &id in &ids {
-        match guarded(|| execute(job, id - 1, id, 1)) {
-            Ok(_) => {}
+    let mut outcome = Outcome::default();
+    for id in ids {
+        match guarded(|| execute(job, id.saturating_sub(1), id, 1)) {
+            Ok(one) => outcome.updated += one.updated,
             Err(failure) if is_instance_failure(&failure) => {
-                record_instance_error(job, id, &failure)
+                warning!(
+                    "backfill: job {}: instance {id} failed and is skipped: {} ({})",
+                    job.id,
+                    failure.message,
+                    failure.sqlstate
+                );
+                outcome.errors += 1;
+                outcome.last_error = Some(format!(
+                    "instance {id}: {} ({})",
+                    failure.message, failure.sqlstate
+                ));
             }
             Err(failure) => return Err(failure),
         }
+        outcome.instances += 1;
+        outcome.cursor = Some(id);
     }
-    Ok(Outcome {
-        instances: ids.len() as i64,
-        cursor: ids.last().copied(),
-    })
-}
-
-fn record_instance_error(job: &Job, instance_id: i64, failure: &Failure) {
-    warning!(
-        "backfill: job {}: instance {instance_id} failed and is skipped: {} ({})",
-        job.id,
-        failure.message,
-        failure.sqlstate
-    );
-    Spi::run_with_args(
-        "UPDATE backfill.job
-            SET last_instance_id = $2, instances_processed = instances_processed + 1,
-                errors = errors + 1, last_error = $3
-          WHERE id = $1",
-        &[
-            job.id.into(),
-            instance_id.into(),
-            format!(
-                "instance {instance_id}: {} ({})",
-                failure.message, failure.sqlstate
-            )
-            .into(),
-        ],
-    )
-    .unwrap_or_else(|e| error!("backfill: could not count an error of job {}: {e}", job.id));
+    Ok(outcome)
 }
 
 /// Errors caused by one instance's data (bad values, constraint or trigger failures raised for
@@ -406,7 +491,7 @@ fn finish(job: &Job) -> Batch {
     let (processed, updated, errors, seconds) = Spi::connect_mut(|client| {
         let row = client
             .update(
-                "UPDATE backfill.job SET state = 'succeeded', finished_at = now() WHERE id = $1
+                "UPDATE backfill.job SET state = 'succeeded', finished_at = clock_timestamp() WHERE id = $1
                  RETURNING instances_processed, instances_updated, errors,
                            extract(epoch FROM finished_at - started_at)::float8",
                 None,
@@ -438,7 +523,7 @@ fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
         job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
     );
     Spi::run_with_args(
-        "UPDATE backfill.job SET state = 'failed', finished_at = now(), last_error = $2 WHERE id = $1",
+        "UPDATE backfill.job SET state = 'failed', finished_at = clock_timestamp(), last_error = $2 WHERE id = $1",
         &[job.id.into(), message.into()],
     )
     .unwrap_or_else(|e| error!("backfill: could not mark job {} failed: {e}", job.id));

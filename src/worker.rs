@@ -209,6 +209,9 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
         if present && drain_one_job() {
             continue;
         }
+        // What the batches did shows in pg_stat_* views once the worker is idle.
+        // SAFETY: called between transactions, as backends do before going idle.
+        unsafe { pg_sys::pgstat_report_stat(true) };
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
     slot.pid.store(0, Ordering::Release);
