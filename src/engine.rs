@@ -34,6 +34,24 @@ struct Job {
     processed: i64,
     /// Where the row version read is: the batch updates exactly that one.
     tid: pg_sys::ItemPointerData,
+    /// How this batch's rows meet their foreign key (chosen per batch).
+    foreign_key: ForeignKeyCheck,
+}
+
+/// How the rows a batch writes meet their foreign key to process_instance.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum ForeignKeyCheck {
+    /// The constraint's triggers check each row: three queries an instance for three keys.
+    Triggers,
+    /// The batch locks its instances FOR KEY SHARE itself, once each, and runs with
+    /// session_replication_role = replica, which skips the triggers. This is exactly the
+    /// guarantee the triggers give (each checks its row's instance with that same lock, held
+    /// to commit, so the instance can be neither deleted nor re-keyed before the rows commit);
+    /// an instance deleted before the batch locks it is simply not in the batch. Only the
+    /// worker does this, in its own session, and only while the metadata table has no
+    /// trigger and no rule other than that foreign key's: replica mode would skip (or, for
+    /// ENABLE REPLICA ones, fire) anything else.
+    LockedInstances,
 }
 
 thread_local! {
@@ -64,6 +82,7 @@ impl Job {
                 cursor: row.get(6)?,
                 processed: row.get(7)?.unwrap_or(0),
                 tid: row.get(9)?.expect("ctid is never null"),
+                foreign_key: ForeignKeyCheck::Triggers,
             }))
         };
         let by_tid = match LAST_TID.get() {
@@ -175,9 +194,10 @@ pub fn run_batch(job_id: i64) -> Batch {
     if !queue::holds_claim(job_id) {
         error!("backfill: this session does not run job {job_id}; use CALL backfill.run({job_id})");
     }
-    let Some(job) = Job::lock(job_id) else {
+    let Some(mut job) = Job::lock(job_id) else {
         error!("backfill: job {job_id} disappeared while running");
     };
+    job.foreign_key = foreign_key_check();
     if job.state != "running" {
         log!(
             "backfill: job {job_id} stopped ({}) at cursor {:?}",
@@ -253,8 +273,13 @@ WITH batch AS MATERIALIZED (
      WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
      ORDER BY i.id
      LIMIT $4
+     /*lock*/
 ), extracted AS (
-    SELECT b.id, kv.key, kv.value
+    -- The two unnests in the select list run in lockstep, a (key, value) row each, without
+    -- the tuplestore a set-returning function in FROM would fill per instance.
+    SELECT b.id,
+           unnest($5::text[]) AS key,
+           unnest(backfill.extract_values(coalesce(d.data, '{}'::jsonb), $6::text[])) AS value
       FROM batch b
       LEFT JOIN LATERAL (
             SELECT t.json_data_hash
@@ -263,13 +288,10 @@ WITH batch AS MATERIALIZED (
              ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
              LIMIT 1) latest ON true
       LEFT JOIN backfill.json_data d ON d.hash = latest.json_data_hash
-     CROSS JOIN LATERAL unnest($5::text[],
-                               backfill.extract_values(coalesce(d.data, '{}'::jsonb), $6::text[]))
-                        AS kv(key, value)
 ), written AS (
     INSERT INTO backfill.process_instance_metadata AS m
            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
-    SELECT e.id, e.key, e.value, extract(epoch FROM now())::bigint, extract(epoch FROM now())::bigint
+    SELECT e.id, e.key, e.value, $8, $8
       FROM extracted e
     ON CONFLICT (process_instance_id, key) DO /*on_conflict*/
     RETURNING m.process_instance_id
@@ -295,14 +317,60 @@ const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances
                                set_config('synchronous_commit', 'off', true), ctid
                           FROM backfill.job";
 
+/// Whether the metadata table has no trigger and no rule but those of its foreign key to
+/// process_instance (on process_instance_id); and, in one go, the worker's
+/// session_replication_role set to match (a change resets the plan cache, so it is set for
+/// the session and changes only when the answer does).
+const CHOOSE_FOREIGN_KEY_CHECK: &str = "
+WITH answer AS (
+    SELECT NOT EXISTS (
+               SELECT 1 FROM pg_trigger t
+                WHERE t.tgrelid = 'backfill.process_instance_metadata'::regclass
+                  AND t.tgconstraint IS DISTINCT FROM (
+                        SELECT c.oid FROM pg_constraint c
+                         WHERE c.conrelid = 'backfill.process_instance_metadata'::regclass
+                           AND c.contype = 'f'
+                           AND c.confrelid = 'backfill.process_instance'::regclass
+                           AND c.conkey = ARRAY[(SELECT a.attnum FROM pg_attribute a
+                                                  WHERE a.attrelid = 'backfill.process_instance_metadata'::regclass
+                                                    AND a.attname = 'process_instance_id')]
+                         LIMIT 1))
+       AND NOT (SELECT c.relhasrules FROM pg_class c
+                 WHERE c.oid = 'backfill.process_instance_metadata'::regclass) AS only_foreign_key
+)
+SELECT only_foreign_key,
+       set_config('session_replication_role', CASE WHEN only_foreign_key THEN 'replica' ELSE 'origin' END, false)
+  FROM answer";
+
+fn foreign_key_check() -> ForeignKeyCheck {
+    // SAFETY: reading backend globals.
+    let own_session = unsafe { !pg_sys::MyBgworkerEntry.is_null() && pg_sys::superuser() };
+    if !own_session {
+        return ForeignKeyCheck::Triggers;
+    }
+    let only_foreign_key = run_plan(Plan::ChooseForeignKeyCheck, &[], |row| {
+        Ok(row
+            .and_then(|r| r.get::<bool>(1).ok().flatten())
+            .unwrap_or(false))
+    });
+    if only_foreign_key {
+        ForeignKeyCheck::LockedInstances
+    } else {
+        ForeignKeyCheck::Triggers
+    }
+}
+
 /// The statements of a batch, prepared once per process and kept.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Plan {
     LockJob,
     LockJobAt,
     Advance,
-    BatchFillMissing,
-    BatchOverwrite,
+    ChooseForeignKeyCheck,
+    Batch {
+        overwrite: bool,
+        foreign_key: ForeignKeyCheck,
+    },
 }
 
 impl Plan {
@@ -319,8 +387,22 @@ impl Plan {
                                WHERE ctid = $7 AND id = $1
                            RETURNING ctid"
                 .to_owned(),
-            Plan::BatchFillMissing => BATCH_SQL.replace("/*on_conflict*/", FILL_MISSING),
-            Plan::BatchOverwrite => BATCH_SQL.replace("/*on_conflict*/", OVERWRITE),
+            Plan::ChooseForeignKeyCheck => CHOOSE_FOREIGN_KEY_CHECK.to_owned(),
+            Plan::Batch {
+                overwrite,
+                foreign_key,
+            } => BATCH_SQL
+                .replace(
+                    "/*on_conflict*/",
+                    if overwrite { OVERWRITE } else { FILL_MISSING },
+                )
+                .replace(
+                    "/*lock*/",
+                    match foreign_key {
+                        ForeignKeyCheck::Triggers => "",
+                        ForeignKeyCheck::LockedInstances => "FOR KEY SHARE",
+                    },
+                ),
         }
     }
 
@@ -333,9 +415,9 @@ impl Plan {
             Plan::LockJob => &[INT8],
             Plan::LockJobAt => &[INT8, TID],
             Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
-            Plan::BatchFillMissing | Plan::BatchOverwrite => {
-                &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS]
-            }
+            // The write time is computed once per batch, not twice per row.
+            Plan::ChooseForeignKeyCheck => &[],
+            Plan::Batch { .. } => &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS, INT8],
         };
         types.iter().map(|t| PgOid::BuiltIn(*t)).collect()
     }
@@ -385,10 +467,9 @@ fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
         .filter(|p| p.overwrite)
         .map(|p| p.key.clone())
         .collect();
-    let plan = if overwrite.is_empty() {
-        Plan::BatchFillMissing
-    } else {
-        Plan::BatchOverwrite
+    let plan = Plan::Batch {
+        overwrite: !overwrite.is_empty(),
+        foreign_key: job.foreign_key,
     };
     let args = [
         job.model.as_str().into(),
@@ -398,6 +479,7 @@ fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
         keys.into(),
         paths.into(),
         overwrite.into(),
+        transaction_start_epoch().into(),
     ];
     run_plan(plan, &args, |row| {
         let row = row.expect("the batch statement returns one row");
@@ -408,6 +490,14 @@ fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
             ..Outcome::default()
         })
     })
+}
+
+/// `extract(epoch FROM now())::bigint`: the transaction's start in epoch seconds, rounded.
+fn transaction_start_epoch() -> i64 {
+    const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800 * 1_000_000;
+    // SAFETY: the start timestamp of the current transaction.
+    let since_2000 = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    (since_2000 + POSTGRES_EPOCH_IN_UNIX_MICROS + 500_000).div_euclid(1_000_000)
 }
 
 fn advance(job: &Job, outcome: &Outcome) {

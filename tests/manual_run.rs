@@ -141,7 +141,7 @@ fn model_update_then_run_fills_every_instance_exactly() {
     // The latest task decides, not the last created: the sample's end times are out of order.
     assert!(one_i64(&mut db, "SELECT count(DISTINCT value) FROM backfill.process_instance_metadata WHERE key = 'invoice_status'") >= 3);
     // created/updated timestamps are epoch seconds of the write.
-    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'invoice_status' AND process_instance_id % 7 <> 0 AND created_at_in_seconds < extract(epoch FROM now()) - 600"), 0);
+    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'invoice_status' AND process_instance_id % 7 <> 0 AND (created_at_in_seconds < extract(epoch FROM now()) - 600 OR updated_at_in_seconds > extract(epoch FROM now()) + 1 OR created_at_in_seconds <> updated_at_in_seconds)"), 0);
 
     // The progress view reports the finished job.
     let row = db
@@ -370,7 +370,12 @@ fn interrupt_and_resume(name: &str, how: &str) {
     } else {
         "57P01"
     };
-    assert_eq!(err.code().map(|c| c.code()), Some(expected), "{err}");
+    // A terminated session may also just see its connection close before the message arrives.
+    let closed = how == "pg_terminate_backend" && err.is_closed();
+    assert!(
+        closed || err.code().map(|c| c.code()) == Some(expected),
+        "{err}"
+    );
 
     let (state, total, processed, updated, _, cursor) = job_row(&mut db, job);
     assert_eq!(

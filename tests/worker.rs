@@ -444,3 +444,80 @@ fn batches_reach_the_job_row_without_walking_its_versions() {
         "then by TID"
     );
 }
+
+/// Scans of process_instance's primary key: the foreign-key triggers make one per row.
+fn instance_key_scans(db: &mut Client) -> i64 {
+    one_i64(
+        db,
+        "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE indexrelname = 'process_instance_pkey'",
+    )
+}
+
+#[test]
+fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
+    let (cluster, mut db) = start("worker-fk", &["backfill.batch_delay = '20ms'"]);
+    // The worker meets the foreign key by locking its instances, not through the triggers.
+    let scans_before = instance_key_scans(&mut db);
+    let job = add_key(&mut db, "number", "invoice.number");
+    wait_for("the job to start", Duration::from_secs(30), || {
+        (processed(&mut db, job) > 0).then_some(())
+    });
+    // Meanwhile instances are deleted: behind the cursor, ahead of it, and in the batch in
+    // flight. Each delete waits for the batch that holds its instance, then cascades.
+    let mut deleter = cluster.connect("app");
+    let mut deleted = 0;
+    for id in (3..12_500i64).step_by(131) {
+        deleted += deleter
+            .execute("DELETE FROM backfill.process_instance WHERE id = $1 AND process_model_identifier = 'bulk/model'", &[&id])
+            .unwrap() as i64;
+    }
+    assert!(deleted > 50);
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let orphans = one_i64(
+        &mut db,
+        "SELECT count(*) FROM backfill.process_instance_metadata m
+          WHERE NOT EXISTS (SELECT 1 FROM backfill.process_instance i WHERE i.id = m.process_instance_id)",
+    );
+    assert_eq!(orphans, 0);
+    assert_eq!(
+        wrong_rows(&mut db, BULK, "number", "invoice.number"),
+        0,
+        "every remaining instance has its row"
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'number'"
+        ),
+        N - deleted
+    );
+    thread::sleep(Duration::from_millis(1500)); // the idle worker reports its statistics
+    let fast_scans = instance_key_scans(&mut db) - scans_before;
+    assert!(
+        fast_scans < N / 10,
+        "{fast_scans} primary-key scans: the triggers ran"
+    );
+
+    // With a trigger of the user's on the table, the worker goes through the triggers, and
+    // the user's trigger fires for every row.
+    db.batch_execute(
+        "CREATE TABLE audit (n bigint NOT NULL DEFAULT 0);
+         INSERT INTO audit VALUES (0);
+         CREATE FUNCTION count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE audit SET n = n + 1; RETURN NULL; END $$;
+         CREATE TRIGGER count_rows AFTER INSERT ON backfill.process_instance_metadata
+             FOR EACH ROW EXECUTE FUNCTION count_rows();",
+    )
+    .unwrap();
+    let scans_before = instance_key_scans(&mut db);
+    let job = add_key(&mut db, "total", "invoice.total");
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(one_i64(&mut db, "SELECT n FROM audit"), N - deleted);
+    thread::sleep(Duration::from_millis(1500));
+    let checked_scans = instance_key_scans(&mut db) - scans_before;
+    assert!(
+        checked_scans >= N - deleted,
+        "{checked_scans} primary-key scans for {} rows",
+        N - deleted
+    );
+}
