@@ -197,7 +197,7 @@ pub fn run_batch(job_id: i64) -> Batch {
     let Some(mut job) = Job::lock(job_id) else {
         error!("backfill: job {job_id} disappeared while running");
     };
-    job.foreign_key = foreign_key_check();
+    job.foreign_key = worker_batch_settings();
     if job.state != "running" {
         log!(
             "backfill: job {job_id} stopped ({}) at cursor {:?}",
@@ -317,11 +317,15 @@ const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances
                                set_config('synchronous_commit', 'off', true), ctid
                           FROM backfill.job";
 
-/// Whether the metadata table has no trigger and no rule but those of its foreign key to
-/// process_instance (on process_instance_id); and, in one go, the worker's
-/// session_replication_role set to match (a change resets the plan cache, so it is set for
-/// the session and changes only when the answer does).
-const CHOOSE_FOREIGN_KEY_CHECK: &str = "
+/// The worker's settings for a batch, in one statement:
+/// - whether the metadata table has no trigger and no rule but those of its foreign key to
+///   process_instance (on process_instance_id), with session_replication_role set to match
+///   (a change resets the plan cache, so it is set for the session and changes only when the
+///   answer does);
+/// - a lock wait of at most WORKER_LOCK_TIMEOUT unless lock_timeout is configured: a batch
+///   stuck behind someone's lock fails, is retried, and after the last attempt fails the job,
+///   and the worker goes on to the next job instead of waiting for ever.
+const WORKER_BATCH_SETTINGS: &str = "
 WITH answer AS (
     SELECT NOT EXISTS (
                SELECT 1 FROM pg_trigger t
@@ -339,20 +343,31 @@ WITH answer AS (
                  WHERE c.oid = 'backfill.process_instance_metadata'::regclass) AS only_foreign_key
 )
 SELECT only_foreign_key,
-       set_config('session_replication_role', CASE WHEN only_foreign_key THEN 'replica' ELSE 'origin' END, false)
+       set_config('session_replication_role', CASE WHEN only_foreign_key THEN 'replica' ELSE 'origin' END, false),
+       CASE WHEN current_setting('lock_timeout') = '0'
+            THEN set_config('lock_timeout', $1, true) END
   FROM answer";
 
-fn foreign_key_check() -> ForeignKeyCheck {
+/// How long the worker's batches wait for a lock when lock_timeout is not configured.
+const WORKER_LOCK_TIMEOUT: &str = "10s";
+
+/// In the worker (its own session), applies WORKER_BATCH_SETTINGS and answers how this batch
+/// meets the foreign key; elsewhere, through the triggers, settings untouched.
+fn worker_batch_settings() -> ForeignKeyCheck {
     // SAFETY: reading backend globals.
     let own_session = unsafe { !pg_sys::MyBgworkerEntry.is_null() && pg_sys::superuser() };
     if !own_session {
         return ForeignKeyCheck::Triggers;
     }
-    let only_foreign_key = run_plan(Plan::ChooseForeignKeyCheck, &[], |row| {
-        Ok(row
-            .and_then(|r| r.get::<bool>(1).ok().flatten())
-            .unwrap_or(false))
-    });
+    let only_foreign_key = run_plan(
+        Plan::WorkerBatchSettings,
+        &[WORKER_LOCK_TIMEOUT.into()],
+        |row| {
+            Ok(row
+                .and_then(|r| r.get::<bool>(1).ok().flatten())
+                .unwrap_or(false))
+        },
+    );
     if only_foreign_key {
         ForeignKeyCheck::LockedInstances
     } else {
@@ -366,7 +381,7 @@ enum Plan {
     LockJob,
     LockJobAt,
     Advance,
-    ChooseForeignKeyCheck,
+    WorkerBatchSettings,
     Batch {
         overwrite: bool,
         foreign_key: ForeignKeyCheck,
@@ -387,7 +402,7 @@ impl Plan {
                                WHERE ctid = $7 AND id = $1
                            RETURNING ctid"
                 .to_owned(),
-            Plan::ChooseForeignKeyCheck => CHOOSE_FOREIGN_KEY_CHECK.to_owned(),
+            Plan::WorkerBatchSettings => WORKER_BATCH_SETTINGS.to_owned(),
             Plan::Batch {
                 overwrite,
                 foreign_key,
@@ -416,7 +431,7 @@ impl Plan {
             Plan::LockJobAt => &[INT8, TID],
             Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
             // The write time is computed once per batch, not twice per row.
-            Plan::ChooseForeignKeyCheck => &[],
+            Plan::WorkerBatchSettings => &[TEXT],
             Plan::Batch { .. } => &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS, INT8],
         };
         types.iter().map(|t| PgOid::BuiltIn(*t)).collect()

@@ -521,3 +521,45 @@ fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
         N - deleted
     );
 }
+
+#[test]
+fn a_job_stuck_behind_a_lock_fails_after_retries_and_the_worker_goes_on() {
+    let (cluster, mut db) = start("worker-stuck", &["lock_timeout = '100ms'"]);
+    // Someone holds the first instance of the model: every batch of its job waits for that
+    // row, times out, and is retried until the job fails.
+    let mut blocker = cluster.connect("app");
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM backfill.process_instance WHERE id = 1 FOR UPDATE")
+        .unwrap();
+    let stuck = add_key(&mut db, "number", "invoice.number");
+    db.batch_execute(
+        r#"UPDATE backfill.process_model SET metadata_extraction_paths = '[{"key": "step", "path": "step"}]'
+            WHERE id = 'other/model'"#,
+    )
+    .unwrap();
+    let next = one_i64(&mut db, "SELECT max(id) FROM backfill.job");
+    assert_eq!(wait_done(&cluster, stuck), "failed");
+    let last_error = one_text(
+        &mut db,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {stuck}"),
+    );
+    assert!(
+        last_error.contains("lock") && last_error.ends_with("(55P03)"),
+        "{last_error}"
+    );
+    assert!(cluster.log().contains(&format!("backfill: job {stuck}: batch after instance <start> failed (attempt 4 of 5), retrying in 1.6 s")));
+    // The worker went on to the next job.
+    assert_eq!(wait_done(&cluster, next), "succeeded");
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'step'"
+        ),
+        N / 4
+    );
+    // Once the lock is gone, running the failed job continues it.
+    blocker.batch_execute("ROLLBACK").unwrap();
+    db.batch_execute(&format!("CALL backfill.run({stuck})"))
+        .unwrap();
+    assert_complete(&mut db, stuck, &[("number", "invoice.number")]);
+}
