@@ -33,14 +33,20 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"backfill.database",
-        c"The database the backfill worker serves.",
-        c"The worker connects to this database at server start and runs its queued jobs.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // PostgreSQL refuses to define a postmaster-context setting after server start (the
+    // session loading the library would end with FATAL); without the preload there is no
+    // worker for it to configure anyway.
+    // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"backfill.database",
+            c"The database the backfill worker serves.",
+            c"The worker connects to this database at server start and runs its queued jobs.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"backfill.batch_size",
         c"Process instances per batch; each batch commits on its own.",

@@ -676,3 +676,31 @@ fn instance_errors_are_counted_and_batch_failures_fail_the_job() {
     assert_eq!((state.as_str(), processed), ("succeeded", total));
     assert_eq!(wrong_rows(&mut db, INVOICE, "total", "invoice.total"), 0);
 }
+
+#[test]
+fn without_the_preload_create_extension_warns_and_call_run_still_works() {
+    let cluster = Cluster::start("run-no-preload", &["shared_preload_libraries = ''"]);
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE plain")
+        .unwrap();
+    let (mut db, notices) = cluster.connect_with_notices("plain");
+    db.batch_execute("CREATE EXTENSION backfill").unwrap();
+    let said = notices.lock().unwrap().join("\n");
+    assert!(
+        said.contains(
+            "WARNING: backfill is not in shared_preload_libraries, so no background worker runs backfill jobs \
+             (HINT: Add shared_preload_libraries = 'backfill' to postgresql.conf and restart PostgreSQL"
+        ),
+        "{said}"
+    );
+    db.batch_execute(SAMPLE_SQL).unwrap();
+    let job = add_path(&mut db, "number", "invoice.number");
+    assert!(notices.lock().unwrap().iter().any(|n| n.contains(&format!(
+        "backfill job {job} will wait: backfill is not in shared_preload_libraries"
+    ))));
+    db.batch_execute(&format!("CALL backfill.run({job})"))
+        .unwrap();
+    assert_eq!(job_row(&mut db, job).0, "succeeded");
+    assert_eq!(wrong_rows(&mut db, INVOICE, "number", "invoice.number"), 0);
+}
