@@ -197,7 +197,6 @@ pub fn run_batch(job_id: i64) -> Batch {
     let Some(mut job) = Job::lock(job_id) else {
         error!("backfill: job {job_id} disappeared while running");
     };
-    job.foreign_key = worker_batch_settings();
     if job.state != "running" {
         log!(
             "backfill: job {job_id} stopped ({}) at cursor {:?}",
@@ -209,6 +208,7 @@ pub fn run_batch(job_id: i64) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
+    job.foreign_key = worker_batch_settings();
     let limit = settings::batch_size();
     let mut attempt = 1;
     let outcome = loop {

@@ -175,12 +175,7 @@ fn model_update_then_run_fills_every_instance_exactly() {
 #[test]
 fn create_extension_warns_when_no_worker_will_serve_the_database() {
     let cluster = Cluster::start("run-warn", &["backfill.database = 'postgres'"]);
-    cluster
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE other")
-        .unwrap();
-    let (mut db, notices) = cluster.connect_with_notices("other");
-    db.batch_execute("CREATE EXTENSION backfill").unwrap();
+    let (mut db, notices) = cluster.create_db_with_notices("other");
     let said = notices.lock().unwrap().join("\n");
     assert!(
         said.contains("WARNING: the backfill worker serves database \"postgres\" (backfill.database), not \"other\" \
@@ -680,12 +675,7 @@ fn instance_errors_are_counted_and_batch_failures_fail_the_job() {
 #[test]
 fn without_the_preload_create_extension_warns_and_call_run_still_works() {
     let cluster = Cluster::start("run-no-preload", &["shared_preload_libraries = ''"]);
-    cluster
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE plain")
-        .unwrap();
-    let (mut db, notices) = cluster.connect_with_notices("plain");
-    db.batch_execute("CREATE EXTENSION backfill").unwrap();
+    let (mut db, notices) = cluster.create_db_with_notices("plain");
     let said = notices.lock().unwrap().join("\n");
     assert!(
         said.contains(

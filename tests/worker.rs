@@ -56,6 +56,13 @@ fn processed(db: &mut Client, job: i64) -> i64 {
     .get(0)
 }
 
+/// Waits, at most `within`, until the job has processed at least `least` instances.
+fn wait_until_processed(db: &mut Client, job: i64, least: i64, within: Duration) {
+    wait_for(&format!("{least} instances processed"), within, || {
+        (processed(db, job) >= least).then_some(())
+    });
+}
+
 fn wait_done(cluster: &Cluster, job: i64) -> String {
     wait_done_in(cluster, "app", job)
 }
@@ -122,9 +129,7 @@ fn model_update_is_backfilled_without_any_call_and_wakes_the_worker_at_once() {
     let job = one_i64(&mut db, "SELECT max(id) FROM backfill.job");
     db.batch_execute("COMMIT").unwrap();
     let committed = Instant::now();
-    wait_for("the first batch", Duration::from_secs(10), || {
-        (processed(&mut db, job) > 0).then_some(())
-    });
+    wait_until_processed(&mut db, job, 1, Duration::from_secs(10));
     let first_batch = committed.elapsed();
     assert!(
         first_batch < Duration::from_secs(1),
@@ -153,9 +158,7 @@ fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
     let (cluster, mut db) = start("worker-kill9", &["backfill.batch_delay = '10ms'"]);
     let pid = wait_for_worker(&cluster);
     let job = add_key(&mut db, "number", "invoice.number");
-    wait_for("some batches", Duration::from_secs(60), || {
-        (processed(&mut db, job) >= 2000).then_some(())
-    });
+    wait_until_processed(&mut db, job, 2000, Duration::from_secs(60));
     assert!(Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -180,9 +183,7 @@ fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
 fn immediate_shutdown_mid_job_resumes_at_the_cursor() {
     let (mut cluster, mut db) = start("worker-immediate", &["backfill.batch_delay = '10ms'"]);
     let job = add_key(&mut db, "number", "invoice.number");
-    wait_for("some batches", Duration::from_secs(60), || {
-        (processed(&mut db, job) >= 2000).then_some(())
-    });
+    wait_until_processed(&mut db, job, 2000, Duration::from_secs(60));
     drop(db);
     cluster.pg_stop("immediate");
     cluster.pg_start();
@@ -213,9 +214,7 @@ fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
     let (cluster, mut db) = start("worker-sigterm", &["backfill.batch_delay = '10ms'"]);
     let pid = wait_for_worker(&cluster);
     let job = add_key(&mut db, "number", "invoice.number");
-    wait_for("some batches", Duration::from_secs(60), || {
-        (processed(&mut db, job) >= 1000).then_some(())
-    });
+    wait_until_processed(&mut db, job, 1000, Duration::from_secs(60));
     assert!(db
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap()
@@ -242,9 +241,7 @@ fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
 
     // A fast shutdown of the whole server stops the worker the same way.
     let job = add_key(&mut db, "total", "invoice.total");
-    wait_for("some batches", Duration::from_secs(60), || {
-        (processed(&mut db, job) >= 1000).then_some(())
-    });
+    wait_until_processed(&mut db, job, 1000, Duration::from_secs(60));
     drop(db);
     let mut cluster = cluster;
     cluster.pg_stop("fast");
@@ -309,9 +306,7 @@ fn reload_changes_the_batch_size_of_a_running_job() {
 fn concurrent_writers_are_neither_blocked_nor_overwritten() {
     let (cluster, mut db) = start("worker-concurrent", &["backfill.batch_delay = '20ms'"]);
     let job = add_key(&mut db, "number", "invoice.number");
-    wait_for("the job to start", Duration::from_secs(30), || {
-        (processed(&mut db, job) > 0).then_some(())
-    });
+    wait_until_processed(&mut db, job, 1, Duration::from_secs(30));
     // The live engine writes the key for instances the job has not reached yet, and for some
     // it has, one transaction at a time.
     let mut engine = cluster.connect("app");
@@ -459,9 +454,7 @@ fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
     // The worker meets the foreign key by locking its instances, not through the triggers.
     let scans_before = instance_key_scans(&mut db);
     let job = add_key(&mut db, "number", "invoice.number");
-    wait_for("the job to start", Duration::from_secs(30), || {
-        (processed(&mut db, job) > 0).then_some(())
-    });
+    wait_until_processed(&mut db, job, 1, Duration::from_secs(30));
     // Meanwhile instances are deleted: behind the cursor, ahead of it, and in the batch in
     // flight. Each delete waits for the batch that holds its instance, then cascades.
     let mut deleter = cluster.connect("app");

@@ -233,13 +233,18 @@ impl Cluster {
 
     /// Creates database `db` with the extension installed and returns a connection to it.
     pub fn create_db(&self, db: &str) -> Client {
+        self.create_db_with_notices(db).0
+    }
+
+    /// `create_db`, also collecting what the server said (CREATE EXTENSION's warnings).
+    pub fn create_db_with_notices(&self, db: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
         let mut admin = self.connect("postgres");
         admin
             .batch_execute(&format!("CREATE DATABASE \"{db}\""))
             .unwrap();
-        let mut client = self.connect(db);
+        let (mut client, notices) = self.connect_with_notices(db);
         client.batch_execute("CREATE EXTENSION backfill").unwrap();
-        client
+        (client, notices)
     }
 
     pub fn log(&self) -> String {
