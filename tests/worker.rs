@@ -562,3 +562,40 @@ fn a_job_stuck_behind_a_lock_fails_after_retries_and_the_worker_goes_on() {
         .unwrap();
     assert_complete(&mut db, stuck, &[("number", "invoice.number")]);
 }
+
+#[test]
+fn without_lock_timeout_a_worker_batch_waits_ten_seconds_for_a_lock_then_retries() {
+    // No lock_timeout configured: the worker must not wait for ever behind a forgotten
+    // transaction, and must not give up at once either.
+    let (cluster, mut db) = start("worker-lockwait", &[]);
+    let mut blocker = cluster.connect("app");
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM backfill.process_instance WHERE id = 1 FOR UPDATE")
+        .unwrap();
+    let job = add_key(&mut db, "number", "invoice.number");
+    let enqueued = Instant::now();
+    let retry =
+        format!("backfill: job {job}: batch after instance <start> failed (attempt 1 of 5)");
+    wait_for(
+        "the first attempt to time out",
+        Duration::from_secs(30),
+        || cluster.log().contains(&retry).then_some(()),
+    );
+    let waited = enqueued.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "the batch gave up after {waited:?}"
+    );
+    assert!(
+        cluster.log().lines().any(|line| line.contains(&retry)
+            && line.contains("lock timeout")
+            && line.ends_with("(55P03)")),
+        "{}",
+        cluster.log()
+    );
+    assert_eq!(processed(&mut db, job), 0);
+    // The lock goes away during the back-off: the retry goes through and the job completes.
+    blocker.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+}
