@@ -3,7 +3,8 @@
 use crate::engine::{self, Batch, Begin};
 use crate::extract::extract;
 use crate::jsonb::JsonbArg;
-use crate::paths::{parse_paths, PathExpr};
+use crate::paths::{parse_paths, MetadataPath, PathExpr};
+use crate::query;
 use crate::queue::{self, JobPath, Origin};
 use crate::render::render;
 use crate::settings;
@@ -111,7 +112,7 @@ fn enqueue(
     keys: default!(Option<Vec<String>>, "NULL"),
     overwrite: default!(bool, false),
 ) -> i64 {
-    let paths = queue::optional_value::<JsonB>(
+    let paths = query::optional_value::<JsonB>(
         "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
         &[process_model_identifier.into()],
     )
@@ -121,17 +122,10 @@ fn enqueue(
         ))
     });
     let paths = parse_paths(&paths.0).unwrap_or_else(|e| invalid_parameter(&e.to_string()));
-    let chosen: Vec<JobPath> = match keys {
-        None => paths
-            .iter()
-            .map(|p| JobPath {
-                key: p.key.clone(),
-                path: p.path.clone(),
-                overwrite,
-            })
-            .collect(),
+    let chosen: Vec<&MetadataPath> = match keys {
+        None => paths.iter().collect(),
         Some(keys) => {
-            let mut chosen: Vec<JobPath> = Vec::new();
+            let mut chosen: Vec<&MetadataPath> = Vec::new();
             for key in keys {
                 let Some(p) = paths.iter().find(|p| p.key == key) else {
                     let known: Vec<&str> = paths.iter().map(|p| p.key.as_str()).collect();
@@ -142,16 +136,16 @@ fn enqueue(
                     ));
                 };
                 if !chosen.iter().any(|c| c.key == key) {
-                    chosen.push(JobPath {
-                        key: p.key.clone(),
-                        path: p.path.clone(),
-                        overwrite,
-                    });
+                    chosen.push(p);
                 }
             }
             chosen
         }
     };
+    let chosen: Vec<JobPath> = chosen
+        .into_iter()
+        .map(|p| JobPath::new(p, overwrite))
+        .collect();
     if chosen.is_empty() {
         invalid_parameter(&format!(
             "process model \"{process_model_identifier}\" has no metadata extraction paths to backfill"
@@ -223,8 +217,7 @@ fn wait(job_id: i64, timeout: default!(Interval, "'60 s'")) -> String {
     let timeout = Duration::from_micros(timeout.as_micros().clamp(0, i64::MAX as i128) as u64);
     let deadline = Instant::now() + timeout;
     loop {
-        let state = queue::state_of(job_id)
-            .unwrap_or_else(|| invalid_parameter(&format!("backfill job {job_id} does not exist")));
+        let state = queue::state_of(job_id).unwrap_or_else(|| queue::no_such_job(job_id));
         if (state != "queued" && state != "running") || Instant::now() >= deadline {
             return state;
         }

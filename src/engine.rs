@@ -3,6 +3,7 @@
 //! and a crash loses at most the batch in flight. `CALL backfill.run` and the worker both go
 //! through `begin`, `run_batch` and `end`.
 
+use crate::query;
 use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
@@ -119,7 +120,7 @@ pub fn begin(job_id: i64, resume_stopped: bool) -> Begin {
     }
     let Some(job) = Job::lock(job_id) else {
         queue::release_claim(job_id);
-        crate::api::invalid_parameter(&format!("backfill job {job_id} does not exist"));
+        queue::no_such_job(job_id);
     };
     let runnable = match job.state.as_str() {
         "queued" | "running" => true,
@@ -362,10 +363,9 @@ fn worker_batch_settings() -> ForeignKeyCheck {
     let only_foreign_key = run_plan(
         Plan::WorkerBatchSettings,
         &[WORKER_LOCK_TIMEOUT.into()],
-        |row| {
-            Ok(row
-                .and_then(|r| r.get::<bool>(1).ok().flatten())
-                .unwrap_or(false))
+        |row| match row {
+            Some(row) => Ok(row.get::<bool>(1)?.unwrap_or(false)),
+            None => Ok(false),
         },
     );
     if only_foreign_key {
@@ -536,18 +536,16 @@ fn advance(job: &Job, outcome: &Outcome) {
 /// The slow path after a batch failed because of one instance's data: each instance in its
 /// own subtransaction, failures counted and logged with the instance id.
 fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
-    let ids: Vec<i64> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT id FROM backfill.process_instance
-                  WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
-                None,
-                &[job.model.as_str().into(), after.into(), max_id.into(), limit.into()],
-            )?
-            .map(|row| row.get::<i64>(1).map(|id| id.unwrap_or_default()))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .unwrap_or_else(|e| error!("backfill: could not list the batch of job {}: {e}", job.id));
+    let ids = query::ids(
+        "SELECT id FROM backfill.process_instance
+          WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
+        &[
+            job.model.as_str().into(),
+            after.into(),
+            max_id.into(),
+            limit.into(),
+        ],
+    );
     let mut outcome = Outcome::default();
     for id in ids {
         match guarded(|| execute(job, id.saturating_sub(1), id, 1)) {
@@ -649,7 +647,10 @@ fn log_progress(job_id: i64) {
            FROM backfill.progress WHERE id = $1",
         &[job_id.into()],
     );
-    if let Ok(Some(line)) = line {
-        log!("backfill: job {job_id}: {line}");
+    // A progress line is not worth failing the batch over.
+    match line {
+        Ok(Some(line)) => log!("backfill: job {job_id}: {line}"),
+        Ok(None) => {}
+        Err(e) => warning!("backfill: job {job_id}: could not read its progress: {e}"),
     }
 }

@@ -9,6 +9,7 @@ mod engine;
 mod extract;
 mod jsonb;
 mod paths;
+mod query;
 mod queue;
 mod render;
 mod settings;

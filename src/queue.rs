@@ -2,6 +2,7 @@
 
 use crate::api::invalid_parameter;
 use crate::paths::MetadataPath;
+use crate::query::optional_value;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -16,6 +17,15 @@ pub struct JobPath {
 }
 
 impl JobPath {
+    /// `path` as filled by a job, replacing existing rows or not.
+    pub fn new(path: &MetadataPath, overwrite: bool) -> JobPath {
+        JobPath {
+            key: path.key.clone(),
+            path: path.path.clone(),
+            overwrite,
+        }
+    }
+
     pub fn to_json(paths: &[JobPath]) -> Value {
         Value::Array(
             paths
@@ -50,11 +60,7 @@ impl JobPath {
                     Some(o) if o.path != n.path => true,
                     Some(_) => return None,
                 };
-                Some(JobPath {
-                    key: n.key.clone(),
-                    path: n.path.clone(),
-                    overwrite,
-                })
+                Some(JobPath::new(n, overwrite))
             })
             .collect()
     }
@@ -90,23 +96,6 @@ impl Origin {
     }
 }
 
-/// The first column of the first row of `sql`, or `None` when it returns no row (or NULL).
-/// (pgrx's `Spi::get_one` reports an empty result as an error.)
-pub fn optional_value<T: FromDatum + IntoDatum>(
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid],
-) -> Option<T> {
-    Spi::connect_mut(|client| {
-        let table = client.update(sql, Some(1), args)?;
-        if table.is_empty() {
-            Ok(None)
-        } else {
-            table.first().get_one::<T>()
-        }
-    })
-    .unwrap_or_else(|e| error!("backfill: query failed: {e}: {sql}"))
-}
-
 /// Inserts a queued job in the current transaction and returns its id.
 pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     let overwrite = paths.iter().any(|p| p.overwrite);
@@ -137,9 +126,14 @@ pub fn cancel(job_id: i64) -> bool {
     if cancelled {
         log!("backfill: job {job_id} cancelled");
     } else if state_of(job_id).is_none() {
-        invalid_parameter(&format!("backfill job {job_id} does not exist"));
+        no_such_job(job_id);
     }
     cancelled
+}
+
+/// Raises ERROR 22023 for a job id that is not in `backfill.job`.
+pub fn no_such_job(job_id: i64) -> ! {
+    invalid_parameter(&format!("backfill job {job_id} does not exist"))
 }
 
 /// The job's state, or `None` when there is no such job.

@@ -4,6 +4,7 @@
 //! idle; a committed enqueue sets that latch.
 
 use crate::engine::{self, Batch, Begin};
+use crate::query;
 use crate::settings;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -229,16 +230,8 @@ fn exit_for_restart() -> ! {
 }
 
 fn extension_installed() -> bool {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT 1 FROM pg_extension WHERE extname = 'backfill'",
-                None,
-                &[],
-            )
-            .map(|rows| !rows.is_empty())
-    })
-    .unwrap_or(false)
+    query::optional_value::<i32>("SELECT 1 FROM pg_extension WHERE extname = 'backfill'", &[])
+        .is_some()
 }
 
 /// Without a database connection: waits, logging once, until the configured database exists,
@@ -313,18 +306,10 @@ fn drain_one_job() -> bool {
 
 /// The oldest queued or running job that no one else runs, now held by this process.
 fn claim_next_job() -> Option<i64> {
-    let candidates: Vec<i64> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT id FROM backfill.job WHERE state IN ('queued', 'running') ORDER BY id",
-                None,
-                &[],
-            )?
-            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not list jobs: {e}"));
-    candidates
-        .into_iter()
-        .find(|&id| engine::begin(id, false) == Begin::Started)
+    query::ids(
+        "SELECT id FROM backfill.job WHERE state IN ('queued', 'running') ORDER BY id",
+        &[],
+    )
+    .into_iter()
+    .find(|&id| engine::begin(id, false) == Begin::Started)
 }
