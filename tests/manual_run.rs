@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{one_i64, one_text, wrong_rows, wrong_rows_where, Cluster, SAMPLE_SQL};
+use common::{
+    add_path, one_i64, one_text, start_app, wrong_rows, wrong_rows_where, Cluster, SAMPLE_SQL,
+};
 use postgres::Client;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,26 +14,9 @@ use std::time::{Duration, Instant};
 const INVOICE: &str = "finance/invoice";
 const INVOICES: i64 = 3000;
 
+/// A server whose worker serves another database, with the sample loaded in "app".
 fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
-    let mut conf = vec!["backfill.database = 'postgres'"];
-    conf.extend_from_slice(extra);
-    let cluster = Cluster::start(name, &conf);
-    let mut db = cluster.create_db("app");
-    db.batch_execute(SAMPLE_SQL).unwrap();
-    (cluster, db)
-}
-
-/// Adds `key` at `path` to the invoice model; returns the job id.
-fn add_path(db: &mut Client, key: &str, path: &str) -> i64 {
-    let element = format!(r#"[{{"key": "{key}", "path": "{path}"}}]"#);
-    db.execute(
-        "UPDATE backfill.process_model
-            SET metadata_extraction_paths = metadata_extraction_paths || $1::text::jsonb
-          WHERE id = 'finance/invoice'",
-        &[&element],
-    )
-    .unwrap();
-    one_i64(db, "SELECT max(id) FROM backfill.job")
+    start_app(name, "postgres", extra, SAMPLE_SQL)
 }
 
 fn job_row(db: &mut Client, id: i64) -> (String, i64, i64, i64, i64, Option<i64>) {
@@ -228,10 +213,9 @@ fn trigger_detects_added_changed_and_removed_keys() {
         r#"true [{"key": "customer_id", "path": "customer.name", "overwrite": true}]"#
     );
     // Removing a key queues nothing and deletes nothing.
-    let customer_rows = one_i64(
-        &mut db,
-        "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'customer_id'",
-    );
+    let customer_rows_sql =
+        "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'customer_id'";
+    let customer_rows = one_i64(&mut db, customer_rows_sql);
     assert!(customer_rows > 0);
     db.batch_execute(
         r#"UPDATE backfill.process_model
@@ -240,13 +224,7 @@ fn trigger_detects_added_changed_and_removed_keys() {
     )
     .unwrap();
     assert_eq!(jobs(&mut db), 2);
-    assert_eq!(
-        one_i64(
-            &mut db,
-            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'customer_id'"
-        ),
-        customer_rows
-    );
+    assert_eq!(one_i64(&mut db, customer_rows_sql), customer_rows);
     // Reordering, an unrelated column, or the same value: nothing.
     db.batch_execute(
         r#"UPDATE backfill.process_model
@@ -305,7 +283,7 @@ fn trigger_detects_added_changed_and_removed_keys() {
 #[test]
 fn run_commits_after_every_batch() {
     let (cluster, mut db) = start("run-commits", &["backfill.batch_delay = '20ms'"]);
-    let job = add_path(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, INVOICE, "number", "invoice.number");
     let runner = {
         let mut session = cluster.connect("app");
         thread::spawn(move || session.batch_execute(&format!("CALL backfill.run({job})")))
@@ -344,7 +322,7 @@ fn run_commits_after_every_batch() {
 /// then runs the job again from a fresh session and checks nothing was skipped or repeated.
 fn interrupt_and_resume(name: &str, how: &str) {
     let (cluster, mut db) = start(name, &["backfill.batch_delay = '20ms'"]);
-    let job = add_path(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, INVOICE, "number", "invoice.number");
     let mut session = cluster.connect("app");
     let pid: i32 = session
         .query_one("SELECT pg_backend_pid()", &[])
@@ -421,7 +399,7 @@ fn terminated_run_resumes_at_its_cursor() {
 #[test]
 fn one_runner_per_job_cancel_and_wait() {
     let (cluster, mut db) = start("run-exclusive", &["backfill.batch_delay = '20ms'"]);
-    let job = add_path(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, INVOICE, "number", "invoice.number");
     let mut first = cluster.connect("app");
     let runner = thread::spawn(move || first.batch_execute(&format!("CALL backfill.run({job})")));
     common::wait_for("the first runner to start", Duration::from_secs(30), || {
@@ -489,7 +467,7 @@ fn one_runner_per_job_cancel_and_wait() {
     assert_eq!(wrong_rows(&mut db, INVOICE, "number", "invoice.number"), 0);
 
     // CALL inside a transaction block cannot commit per batch: refused before touching the job.
-    let queued = add_path(&mut db, "total", "invoice.total");
+    let queued = add_path(&mut db, INVOICE, "total", "invoice.total");
     let err = db
         .batch_execute(&format!("BEGIN; CALL backfill.run({queued}); COMMIT;"))
         .unwrap_err();
@@ -600,7 +578,7 @@ fn instance_errors_are_counted_and_batch_failures_fail_the_job() {
              FOR EACH ROW EXECUTE FUNCTION refuse();",
     )
     .unwrap();
-    let job = add_path(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, INVOICE, "number", "invoice.number");
     db.batch_execute(&format!("CALL backfill.run({job})"))
         .unwrap();
     let (state, total, processed, updated, errors, _) = job_row(&mut db, job);
@@ -631,7 +609,7 @@ fn instance_errors_are_counted_and_batch_failures_fail_the_job() {
     );
 
     // A failure of the whole batch (a lock it cannot get) is retried, then fails the job.
-    let second = add_path(&mut db, "total", "invoice.total");
+    let second = add_path(&mut db, INVOICE, "total", "invoice.total");
     let mut blocker = cluster.connect("app");
     blocker
         .batch_execute(
@@ -685,7 +663,7 @@ fn without_the_preload_create_extension_warns_and_call_run_still_works() {
         "{said}"
     );
     db.batch_execute(SAMPLE_SQL).unwrap();
-    let job = add_path(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, INVOICE, "number", "invoice.number");
     assert!(notices.lock().unwrap().iter().any(|n| n.contains(&format!(
         "backfill job {job} will wait: backfill is not in shared_preload_libraries"
     ))));

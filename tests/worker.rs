@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bulk_sql, one_i64, one_text, wait_for, wrong_rows, Cluster};
+use common::{add_path, bulk_sql, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster};
 use postgres::Client;
 use std::process::Command;
 use std::thread;
@@ -15,11 +15,7 @@ const N: i64 = 10_000;
 /// A server whose worker serves database "app", with the bulk data loaded and the worker
 /// connected to it.
 fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
-    let mut conf = vec!["backfill.database = 'app'"];
-    conf.extend_from_slice(extra);
-    let cluster = Cluster::start(name, &conf);
-    let mut db = cluster.create_db("app");
-    db.batch_execute(&bulk_sql(N)).unwrap();
+    let (cluster, db) = start_app(name, "app", extra, &bulk_sql(N));
     wait_for_worker(&cluster);
     (cluster, db)
 }
@@ -43,16 +39,6 @@ fn wait_for_worker_other_than(cluster: &Cluster, gone: Option<i32>) -> i32 {
             (Some(pid) != gone).then_some(pid)
         },
     )
-}
-
-fn add_key(db: &mut Client, key: &str, path: &str) -> i64 {
-    db.batch_execute(&format!(
-        r#"UPDATE backfill.process_model
-              SET metadata_extraction_paths = metadata_extraction_paths || '[{{"key": "{key}", "path": "{path}"}}]'
-            WHERE id = 'bulk/model'"#
-    ))
-    .unwrap();
-    one_i64(db, "SELECT max(id) FROM backfill.job")
 }
 
 fn processed(db: &mut Client, job: i64) -> i64 {
@@ -165,7 +151,7 @@ fn model_update_is_backfilled_without_any_call_and_wakes_the_worker_at_once() {
 fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
     let (cluster, mut db) = start("worker-kill9", &["backfill.batch_delay = '10ms'"]);
     let pid = wait_for_worker(&cluster);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     wait_until_processed(&mut db, job, 2000, Duration::from_secs(60));
     assert!(Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -189,7 +175,7 @@ fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
 #[test]
 fn immediate_shutdown_mid_job_resumes_at_the_cursor() {
     let (mut cluster, mut db) = start("worker-immediate", &["backfill.batch_delay = '10ms'"]);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     wait_until_processed(&mut db, job, 2000, Duration::from_secs(60));
     drop(db);
     cluster.pg_stop("immediate");
@@ -220,7 +206,7 @@ fn resumed_after_some(log: &str, job: i64) -> bool {
 fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
     let (cluster, mut db) = start("worker-sigterm", &["backfill.batch_delay = '10ms'"]);
     let pid = wait_for_worker(&cluster);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     wait_until_processed(&mut db, job, 1000, Duration::from_secs(60));
     assert!(db
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -246,7 +232,7 @@ fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
     );
 
     // A fast shutdown of the whole server stops the worker the same way.
-    let job = add_key(&mut db, "total", "invoice.total");
+    let job = add_path(&mut db, BULK, "total", "invoice.total");
     wait_until_processed(&mut db, job, 1000, Duration::from_secs(60));
     drop(db);
     let mut cluster = cluster;
@@ -270,7 +256,7 @@ fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
 #[test]
 fn reload_changes_the_batch_size_of_a_running_job() {
     let (cluster, mut db) = start("worker-reload", &["backfill.batch_delay = '50ms'"]);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     let mut steps = Vec::new();
     let mut reloaded = false;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -311,7 +297,7 @@ fn reload_changes_the_batch_size_of_a_running_job() {
 #[test]
 fn concurrent_writers_are_neither_blocked_nor_overwritten() {
     let (cluster, mut db) = start("worker-concurrent", &["backfill.batch_delay = '20ms'"]);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     wait_until_processed(&mut db, job, 1, Duration::from_secs(30));
     // The live engine writes the key for instances the job has not reached yet, and for some
     // it has, one transaction at a time.
@@ -396,7 +382,7 @@ fn missing_database_and_extension_are_waited_for_not_crash_looped() {
     let mut db = cluster.connect("later");
     db.batch_execute("CREATE EXTENSION backfill").unwrap();
     db.batch_execute(&bulk_sql(400)).unwrap();
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     assert_eq!(wait_done_in(&cluster, "later", job), "succeeded");
     assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
 }
@@ -420,7 +406,7 @@ fn batches_reach_the_job_row_without_walking_its_versions() {
     holder
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM backfill.job;")
         .unwrap();
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     assert_eq!(wait_done(&cluster, job), "succeeded");
     holder.batch_execute("COMMIT").unwrap();
     assert_complete(&mut db, job, &[("number", "invoice.number")]);
@@ -459,7 +445,7 @@ fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
     let (cluster, mut db) = start("worker-fk", &["backfill.batch_delay = '20ms'"]);
     // The worker meets the foreign key by locking its instances, not through the triggers.
     let scans_before = instance_key_scans(&mut db);
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     wait_until_processed(&mut db, job, 1, Duration::from_secs(30));
     // Meanwhile instances are deleted: behind the cursor, ahead of it, and in the batch in
     // flight. Each delete waits for the batch that holds its instance, then cascades.
@@ -509,7 +495,7 @@ fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
     )
     .unwrap();
     let scans_before = instance_key_scans(&mut db);
-    let job = add_key(&mut db, "total", "invoice.total");
+    let job = add_path(&mut db, BULK, "total", "invoice.total");
     assert_eq!(wait_done(&cluster, job), "succeeded");
     assert_eq!(one_i64(&mut db, "SELECT n FROM audit"), N - deleted);
     thread::sleep(Duration::from_millis(1500));
@@ -530,7 +516,7 @@ fn a_job_stuck_behind_a_lock_fails_after_retries_and_the_worker_goes_on() {
     blocker
         .batch_execute("BEGIN; SELECT * FROM backfill.process_instance WHERE id = 1 FOR UPDATE")
         .unwrap();
-    let stuck = add_key(&mut db, "number", "invoice.number");
+    let stuck = add_path(&mut db, BULK, "number", "invoice.number");
     db.batch_execute(
         r#"UPDATE backfill.process_model SET metadata_extraction_paths = '[{"key": "step", "path": "step"}]'
             WHERE id = 'other/model'"#,
@@ -572,7 +558,7 @@ fn without_lock_timeout_a_worker_batch_waits_ten_seconds_for_a_lock_then_retries
     blocker
         .batch_execute("BEGIN; SELECT * FROM backfill.process_instance WHERE id = 1 FOR UPDATE")
         .unwrap();
-    let job = add_key(&mut db, "number", "invoice.number");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
     let enqueued = Instant::now();
     let retry =
         format!("backfill: job {job}: batch after instance <start> failed (attempt 1 of 5)");

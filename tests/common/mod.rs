@@ -283,6 +283,41 @@ impl Drop for Cluster {
     }
 }
 
+/// A server whose worker serves `worker_database` (`extra_conf` appended), with database
+/// "app" created, the extension installed in it and `data_sql` loaded; and a connection to it.
+pub fn start_app(
+    name: &str,
+    worker_database: &str,
+    extra_conf: &[&str],
+    data_sql: &str,
+) -> (Cluster, Client) {
+    let served = format!("backfill.database = '{worker_database}'");
+    let mut conf = vec![served.as_str()];
+    conf.extend_from_slice(extra_conf);
+    let cluster = Cluster::start(name, &conf);
+    let mut db = cluster.create_db("app");
+    db.batch_execute(data_sql).unwrap();
+    (cluster, db)
+}
+
+/// Appends `key` at `path` to the model's metadata_extraction_paths; returns the newest job
+/// id (the one the update queued, when it queued one).
+pub fn add_path(db: &mut Client, model: &str, key: &str, path: &str) -> i64 {
+    let element = format!(
+        r#"[{{"key": {}, "path": {}}}]"#,
+        json_string(key),
+        json_string(path)
+    );
+    db.execute(
+        "UPDATE backfill.process_model
+            SET metadata_extraction_paths = metadata_extraction_paths || $2::text::jsonb
+          WHERE id = $1",
+        &[&model, &element],
+    )
+    .unwrap();
+    one_i64(db, "SELECT max(id) FROM backfill.job")
+}
+
 /// Polls `probe` until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
