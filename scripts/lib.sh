@@ -48,9 +48,24 @@ install_extension() {
     fi
 }
 
+# Where throwaway clusters live: not under the clone, which may sit where the cluster's account
+# cannot go (root's home is mode 700), but in a directory of the temporary area for this user
+# and clone. BACKFILL_CLUSTER_ROOT overrides it. Exported for the integration tests.
+CLUSTER_ROOT=${BACKFILL_CLUSTER_ROOT:-${TMPDIR:-/tmp}/backfill-$(id -u)-$(printf %s "$REPO" | cksum | cut -d' ' -f1)}
+export BACKFILL_CLUSTER_ROOT=$CLUSTER_ROOT
+
+# make_cluster_dir DIR: an empty directory the cluster's account owns, with parents it can enter.
+make_cluster_dir() {
+    local dir=$1
+    mkdir -p "$dir"
+    chmod 755 "$CLUSTER_ROOT"
+    [[ $EUID -ne 0 ]] || chown postgres: "$dir"
+}
+
 # The account clusters run as: PostgreSQL refuses to run as root.
 cluster_user() { if [[ $EUID -eq 0 ]]; then echo postgres; else id -un; fi; }
-as_cluster_user() { if [[ $EUID -eq 0 ]]; then sudo -n -u postgres -- "$@"; else "$@"; fi; }
+# From /: the account may not be allowed into the current directory.
+as_cluster_user() { if [[ $EUID -eq 0 ]]; then (cd / && sudo -n -u postgres -- "$@"); else "$@"; fi; }
 
 PGBIN=$($PG_CONFIG --bindir 2>/dev/null || echo /usr/lib/postgresql/$PG_MAJOR/bin)
 
@@ -60,8 +75,7 @@ start_cluster() {
     local dir=$1 port=$2; shift 2
     stop_cluster "$dir"
     rm -rf "$dir"
-    mkdir -p "$dir"
-    [[ $EUID -ne 0 ]] || chown postgres: "$dir"
+    make_cluster_dir "$dir"
     as_cluster_user "$PGBIN/initdb" -D "$dir" -U postgres --auth=trust --no-sync -E UTF8 --no-locale >/dev/null
     {
         echo "port = $port"

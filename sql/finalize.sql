@@ -32,56 +32,60 @@ SELECT j.id,
        j.origin,
        j.created_at,
        j.started_at,
-       j.finished_at
+       j.finished_at,
+       j.queued_by
   FROM job j
  CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t;
 
 -- Runs a job to its end in this session, one transaction per batch, so it works on a server
 -- without the worker. A second runner of the same job is refused; a failed, cancelled or
--- interrupted job continues from its cursor.
+-- interrupted job continues from its cursor. An interrupt at any point lets the job go at once
+-- (the run lock is released when the transaction aborts). A procedure that commits cannot
+-- carry SET search_path, so this one calls only schema-qualified functions and uses no
+-- operator: everything it decides is decided by those functions. Its first COMMIT fails,
+-- before the job is touched, when it is called inside a transaction block: each batch needs a
+-- COMMIT of its own. (sql/backfill--0.1.0--0.2.0.sql repeats the body: keep them equal.)
 CREATE PROCEDURE run(job_id bigint)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    state text;
-    pause interval;
-    not_first boolean := false;
-    summary text;
+    more boolean;
 BEGIN
-    -- Fails here, before the job is touched, when called inside a transaction block: each
-    -- batch needs a COMMIT of its own.
     COMMIT;
-    state := @extschema@.run_begin(job_id);
-    IF state <> 'running' THEN
-        RAISE NOTICE 'backfill job % is %: nothing to run', job_id, state;
-        RETURN;
-    END IF;
-    COMMIT;
-    LOOP
-        BEGIN
-            -- The throttle pause too is inside the block: an interrupt may come at any point.
-            pause := current_setting('backfill.batch_delay')::interval;
-            IF pause > interval '0' AND not_first THEN
-                PERFORM pg_sleep(extract(epoch FROM pause));
-            END IF;
-            not_first := true;
-            state := @extschema@.run_batch(job_id);
-        EXCEPTION WHEN OTHERS OR query_canceled THEN
-            -- Interrupted: let the worker or another session take the job from its cursor.
-            PERFORM @extschema@.run_end(job_id);
-            RAISE;
-        END;
+    more := @extschema@.run_begin(job_id);
+    WHILE more LOOP
         COMMIT;
-        EXIT WHEN state <> 'running';
+        more := @extschema@.run_batch(job_id);
     END LOOP;
+    COMMIT;
     PERFORM @extschema@.run_end(job_id);
-    SELECT format('backfill job %s %s: %s of %s instances processed, %s updated, %s errors in %s',
-                  p.id, p.state, p.processed, p.total, p.updated, p.errors, p.elapsed)
-      INTO summary
-      FROM @extschema@.progress p WHERE p.id = job_id;
-    RAISE NOTICE '%', summary;
 END
 $$;
+
+-- Every function that runs SQL does so with a search path no database user can write to.
+-- extract_values is the exception: it runs no SQL and is called once per instance by every
+-- batch, where the setting would cost a save and restore per call.
+ALTER FUNCTION extract_metadata(jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION render_value(jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enqueue(text, text[], boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION cancel(bigint) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION wait(bigint, interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION run_begin(bigint) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION run_batch(bigint) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION run_end(bigint) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION check_worker() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION worker_pid() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION validate_metadata_extraction_paths() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, pg_temp;
+
+-- Queuing, running, cancelling and watching jobs is granted, not open to every role (README,
+-- "Privileges"). A job runs with the privileges of the role that queued it, and job rows are
+-- written by the extension alone: no role but the owner has any privilege on backfill.job.
+REVOKE ALL ON FUNCTION enqueue(text, text[], boolean), cancel(bigint), wait(bigint, interval),
+                       run_begin(bigint), run_batch(bigint), run_end(bigint), worker_pid(),
+                       check_worker()
+    FROM PUBLIC;
+REVOKE ALL ON PROCEDURE run(bigint) FROM PUBLIC;
 
 -- Says so at CREATE EXTENSION when the worker will not serve this database.
 SELECT check_worker();

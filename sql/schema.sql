@@ -79,7 +79,11 @@ CREATE TABLE job (
     last_error text,
     created_at timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz,
-    finished_at timestamptz
+    finished_at timestamptz,
+    -- The role that queued the job (whose UPDATE fired the trigger, or that called enqueue):
+    -- the job reads and writes with its privileges. Written by the extension only. (Last: an
+    -- upgrade from 0.1.0 adds it there.)
+    queued_by regrole NOT NULL
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');
@@ -99,6 +103,7 @@ SELECT pg_catalog.pg_extension_config_dump('job_id_seq', '');
 -- runs the same lookup inline (as a LATERAL join) so it plans together with the batch.
 CREATE FUNCTION latest_task_data(process_instance_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(
         (SELECT d.data

@@ -1,9 +1,10 @@
 //! The SQL functions of schema `backfill` that users call.
 
-use crate::engine::{self, Batch, Begin};
+use crate::engine::{self, Batch, Begin, Runner};
+use crate::error::{self, invalid_parameter, report_with_hint, required};
 use crate::extract::extract;
-use crate::jsonb::JsonbArg;
-use crate::paths::{parse_paths, MetadataPath, PathExpr};
+use crate::jsonb::{JsonbArg, TooDeep, JSONPATH_MAX_DEPTH};
+use crate::paths::{MetadataPath, PathExpr};
 use crate::query;
 use crate::queue::{self, JobPath, Origin};
 use crate::render::render;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 /// `{key: rendered value or null}` for each element of `paths`, read from `task_data`.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn extract_metadata(task_data: JsonbArg, paths: JsonB) -> JsonB {
-    let paths = parse_paths(&paths.0).unwrap_or_else(|e| invalid_parameter(&e.to_string()));
+    let paths = queue::valid_paths(&paths.0);
     let mut document: Option<Value> = None;
     let mut result = Map::with_capacity(paths.len());
     for path in paths {
@@ -34,7 +35,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonB) -> JsonB {
 /// The text `process_instance_metadata.value` gets for a JSON value; NULL for JSON null.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
-    render(&value.to_value(), settings::value_format())
+    render(&value.to_rendered_value(), settings::value_format())
 }
 
 /// The rendered values of `paths` (plain path strings, not the jsonb array) in `task_data`, in
@@ -54,10 +55,22 @@ fn value_at(task_data: &JsonbArg, expr: &PathExpr, document: &mut Option<Value>)
     match expr {
         PathExpr::Dotted(segments) => render(&task_data.lookup_dotted(segments)?, format),
         PathExpr::JsonPath(_) => {
-            let document = document.get_or_insert_with(|| task_data.to_value());
-            render(extract(document, expr)?, format)
+            if document.is_none() {
+                *document = Some(task_data.to_value().unwrap_or_else(|TooDeep| too_deep()));
+            }
+            render(extract(document.as_ref()?, expr)?, format)
         }
     }
+}
+
+/// A document JSONPath evaluation will not go into: an error of this instance's data, which
+/// the batch engine counts and skips.
+fn too_deep() -> ! {
+    error::raise(
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        format!("task data is nested more than {JSONPATH_MAX_DEPTH} levels deep; JSONPath paths cannot be evaluated on it"),
+        "Dotted paths (a.b.c) work at any depth.",
+    )
 }
 
 thread_local! {
@@ -86,32 +99,27 @@ fn compiled_path(path: &str) -> Rc<PathExpr> {
     })
 }
 
-/// Reports a message with a hint (what to do about it) at `level`; ERROR does not return.
-pub fn report_with_hint(level: PgLogLevel, code: PgSqlErrorCode, message: String, hint: String) {
-    pgrx::pg_sys::panic::ErrorReport::new(code, message, "backfill")
-        .set_hint(hint)
-        .report(level);
-}
-
-/// Raises ERROR 22023 (invalid_parameter_value): the user's input is wrong.
-pub fn invalid_parameter(message: &str) -> ! {
-    ereport!(
-        PgLogLevel::ERROR,
-        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        message
-    );
-    unreachable!("ereport(ERROR) does not return")
-}
-
 /// Queues a manual backfill of `keys` (NULL: all) of the model's current paths. With
 /// `overwrite`, existing rows of those keys are replaced; otherwise only missing ones are
 /// filled.
 #[pg_extern(volatile)]
 fn enqueue(
-    process_model_identifier: &str,
-    keys: default!(Option<Vec<String>>, "NULL"),
-    overwrite: default!(bool, false),
+    process_model_identifier: Option<&str>,
+    keys: default!(Option<Vec<Option<String>>>, "NULL"),
+    overwrite: default!(Option<bool>, false),
 ) -> i64 {
+    const ENQUEUE: &str = "backfill.enqueue";
+    let process_model_identifier = required(
+        process_model_identifier,
+        ENQUEUE,
+        "process_model_identifier",
+    );
+    let overwrite = required(overwrite, ENQUEUE, "overwrite");
+    let keys: Option<Vec<String>> = keys.map(|keys| {
+        keys.into_iter()
+            .map(|key| required(key, ENQUEUE, "an element of keys"))
+            .collect()
+    });
     let paths = query::optional_value::<JsonB>(
         "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
         &[process_model_identifier.into()],
@@ -121,7 +129,7 @@ fn enqueue(
             "process model \"{process_model_identifier}\" does not exist"
         ))
     });
-    let paths = parse_paths(&paths.0).unwrap_or_else(|e| invalid_parameter(&e.to_string()));
+    let paths = queue::valid_paths(&paths.0);
     let chosen: Vec<&MetadataPath> = match keys {
         None => paths.iter().collect(),
         Some(keys) => {
@@ -198,20 +206,22 @@ fn worker_pid() -> Option<i32> {
 
 /// Stops a queued or running job at its next batch boundary. False when it had already ended.
 #[pg_extern(volatile)]
-fn cancel(job_id: i64) -> bool {
-    queue::cancel(job_id)
+fn cancel(job_id: Option<i64>) -> bool {
+    queue::cancel(required(job_id, "backfill.cancel", "job_id"))
 }
 
 /// Waits until the job is no longer queued or running and returns its state; after `timeout`
 /// returns the state it is in then.
 #[pg_extern(volatile)]
-fn wait(job_id: i64, timeout: default!(Interval, "'60 s'")) -> String {
+fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> String {
+    let job_id = required(job_id, "backfill.wait", "job_id");
+    let timeout = required(timeout, "backfill.wait", "timeout");
     // SAFETY: reading the isolation level of the current transaction.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        ereport!(
-            PgLogLevel::ERROR,
+        error::raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "backfill.wait needs READ COMMITTED: in this transaction's snapshot the job never changes"
+            "backfill.wait needs READ COMMITTED: in this transaction's snapshot the job never changes".into(),
+            "Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction.",
         );
     }
     let timeout = Duration::from_micros(timeout.as_micros().clamp(0, i64::MAX as i128) as u64);
@@ -227,41 +237,79 @@ fn wait(job_id: i64, timeout: default!(Interval, "'60 s'")) -> String {
 
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
+// CALL backfill.run is a PL/pgSQL loop over the three functions below, one transaction each:
+// run_begin, then run_batch until it returns false, then run_end. Everything it decides is
+// here, so the procedure (which cannot carry a search_path of its own: procedures with SET
+// cannot COMMIT) calls only schema-qualified functions and compares nothing.
+
+thread_local! {
+    /// The job this session ran a batch of last: the next batch of it pauses for batch_delay.
+    static RAN_A_BATCH_OF: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
 /// First step of `CALL backfill.run`: takes the job for this session and marks it running.
-/// Returns 'running', or the state of a job that has nothing to run.
+/// True when there are batches to run; otherwise a NOTICE says why not.
 #[pg_extern(volatile)]
-fn run_begin(job_id: i64) -> String {
-    match engine::begin(job_id, true) {
-        Begin::Started => "running".to_owned(),
-        Begin::NotRunnable(state) => state,
+fn run_begin(job_id: Option<i64>) -> bool {
+    let job_id = required(job_id, "backfill.run", "job_id");
+    queue::check_acts_for(job_id, "run");
+    RAN_A_BATCH_OF.set(None);
+    match engine::begin(job_id, true, Runner::SESSION) {
+        Begin::Started => true,
+        Begin::NotRunnable(state) => {
+            notice!("backfill job {job_id} is {state}: nothing to run");
+            false
+        }
         Begin::Busy(pid) => {
             let who = pid.map_or("another session".to_owned(), |p| format!("process {p}"));
-            report_with_hint(
-                PgLogLevel::ERROR,
+            error::raise(
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                 format!("backfill job {job_id} is being run by {who}"),
                 format!(
-                    "Wait for it with SELECT backfill.wait({job_id}), or stop it with SELECT backfill.cancel({job_id}). \
-                     A session whose CALL backfill.run was interrupted keeps the job until it ends or runs it again."
+                    "Wait for it with SELECT backfill.wait({job_id}), or stop it with SELECT backfill.cancel({job_id})."
                 ),
-            );
-            unreachable!("ERROR does not return")
+            )
         }
     }
 }
 
-/// One batch of a job this session runs (see `run_begin`), in the caller's transaction.
-/// Returns 'running' while there is more, else the job's final state.
+/// One batch of a job this session runs (see `run_begin`), in the caller's transaction, after
+/// the backfill.batch_delay pause when it is not the first. True while there is more.
 #[pg_extern(volatile)]
-fn run_batch(job_id: i64) -> String {
-    match engine::run_batch(job_id) {
-        Batch::More => "running".to_owned(),
-        Batch::Finished(state) => state,
+fn run_batch(job_id: Option<i64>) -> bool {
+    let job_id = required(job_id, "backfill.run", "job_id");
+    if RAN_A_BATCH_OF.get() == Some(job_id) {
+        worker::sleep(settings::batch_delay());
+    }
+    RAN_A_BATCH_OF.set(Some(job_id));
+    match engine::run_batch(job_id, Runner::SESSION) {
+        Batch::More => true,
+        // A session waits for the job row; it is never skipped.
+        Batch::Busy => true,
+        Batch::Finished(_) => false,
     }
 }
 
-/// Last step of `CALL backfill.run`: lets other runners take the job.
+/// Last step of `CALL backfill.run`: lets other runners take the job and says how it ended.
 #[pg_extern(volatile)]
-fn run_end(job_id: i64) {
-    engine::end(job_id)
+fn run_end(job_id: Option<i64>) {
+    let job_id = required(job_id, "backfill.run", "job_id");
+    // After run_begin found nothing to run, its NOTICE said so: no summary.
+    let ran = queue::holds_claim(job_id);
+    engine::end(job_id);
+    RAN_A_BATCH_OF.set(None);
+    if !ran {
+        return;
+    }
+    let summary = crate::privilege::as_job_table_owner(|| {
+        query::optional_value::<String>(
+        "SELECT format('backfill job %s %s: %s of %s instances processed, %s updated, %s errors in %s',
+                       p.id, p.state, p.processed, p.total, p.updated, p.errors, p.elapsed)
+           FROM backfill.progress p WHERE p.id = $1",
+        &[job_id.into()],
+    )
+    });
+    if let Some(summary) = summary {
+        notice!("{summary}");
+    }
 }

@@ -3,11 +3,14 @@
 //! and a crash loses at most the batch in flight. `CALL backfill.run` and the worker both go
 //! through `begin`, `run_batch` and `end`.
 
+use crate::error::raise;
+use crate::privilege::{self, as_job_table_owner, as_role};
 use crate::query;
 use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiHeapTupleData};
 use pgrx::JsonB;
@@ -33,10 +36,33 @@ struct Job {
     max_instance_id: Option<i64>,
     cursor: Option<i64>,
     processed: i64,
+    /// The role that queued the job: its batches run with this role's privileges.
+    role: Oid,
     /// Where the row version read is: the batch updates exactly that one.
     tid: pg_sys::ItemPointerData,
     /// How this batch's rows meet their foreign key (chosen per batch).
     foreign_key: ForeignKeyCheck,
+}
+
+/// What the process running a job decides for its batches; the engine itself sniffs nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Runner {
+    /// A job row locked by someone else (an uncommitted cancel) is skipped, not waited for:
+    /// the runner goes on with other work and comes back to it.
+    pub skip_locked_jobs: bool,
+    /// The foreign-key fast path (ForeignKeyCheck::LockedInstances) may be used.
+    pub foreign_key_fast_path: bool,
+    /// The lock wait of a batch when lock_timeout is not configured (0).
+    pub default_lock_timeout: Option<&'static str>,
+}
+
+impl Runner {
+    /// `CALL backfill.run` in a user's session: waits as the session's settings say.
+    pub const SESSION: Runner = Runner {
+        skip_locked_jobs: false,
+        foreign_key_fast_path: false,
+        default_lock_timeout: None,
+    };
 }
 
 /// How the rows a batch writes meet their foreign key to process_instance.
@@ -44,14 +70,14 @@ struct Job {
 enum ForeignKeyCheck {
     /// The constraint's triggers check each row: three queries an instance for three keys.
     Triggers,
-    /// The batch locks its instances FOR KEY SHARE itself, once each, and runs with
-    /// session_replication_role = replica, which skips the triggers. This is exactly the
-    /// guarantee the triggers give (each checks its row's instance with that same lock, held
-    /// to commit, so the instance can be neither deleted nor re-keyed before the rows commit);
-    /// an instance deleted before the batch locks it is simply not in the batch. Only the
-    /// worker does this, in its own session, and only while the metadata table has no
-    /// trigger and no rule other than that foreign key's: replica mode would skip (or, for
-    /// ENABLE REPLICA ones, fire) anything else.
+    /// The batch locks its instances FOR KEY SHARE itself, once each, and its one statement
+    /// runs in replica mode, which skips the triggers. This is exactly the guarantee the
+    /// triggers give (each checks its row's instance with that same lock, held to commit, so
+    /// the instance can be neither deleted nor re-keyed before the rows commit); an instance
+    /// deleted before the batch locks it is simply not in the batch. Used only when the runner
+    /// allows it (the worker) and only while, with the metadata table locked against DDL, it
+    /// has no trigger and no rule other than that foreign key's: replica mode would skip (or,
+    /// for ENABLE REPLICA ones, fire) anything else. See `fast_path_holds`.
     LockedInstances,
 }
 
@@ -70,7 +96,7 @@ thread_local! {
 impl Job {
     /// Reads and row-locks the job: a `cancel` waits for the batch in flight, and the batch
     /// sees any cancel committed before it.
-    fn lock(id: i64) -> Option<Job> {
+    fn lock(id: i64, runner: Runner) -> Lookup {
         let read = |row: Option<SpiHeapTupleData>| {
             let Some(row) = row else { return Ok(None) };
             Ok(Some(Job {
@@ -82,20 +108,43 @@ impl Job {
                 max_instance_id: row.get(5)?,
                 cursor: row.get(6)?,
                 processed: row.get(7)?.unwrap_or(0),
+                role: row.get(10)?.unwrap_or(Oid::INVALID),
                 tid: row.get(9)?.expect("ctid is never null"),
                 foreign_key: ForeignKeyCheck::Triggers,
             }))
         };
-        let by_tid = match LAST_TID.get() {
-            Some((job_id, tid)) if job_id == id => {
-                run_plan(Plan::LockJobAt, &[id.into(), tid.into()], read)
+        let skip_locked = runner.skip_locked_jobs;
+        as_job_table_owner(|| {
+            let by_tid = match LAST_TID.get() {
+                Some((job_id, tid)) if job_id == id => run_plan(
+                    Plan::LockJobAt { skip_locked },
+                    &[id.into(), tid.into()],
+                    read,
+                ),
+                _ => None,
+            };
+            // No row at the remembered place (first batch, or the version was pruned after an
+            // update by someone else): look it up by id.
+            if let Some(job) =
+                by_tid.or_else(|| run_plan(Plan::LockJob { skip_locked }, &[id.into()], read))
+            {
+                return Lookup::Found(job);
             }
-            _ => None,
-        };
-        // No row at the remembered place (first batch, or the version was pruned after an
-        // update by someone else): look it up by id.
-        by_tid.or_else(|| run_plan(Plan::LockJob, &[id.into()], read))
+            // Not returned: locked by someone (skipped) or not there at all.
+            if skip_locked && queue::state_of(id).is_some() {
+                Lookup::Locked
+            } else {
+                Lookup::Missing
+            }
+        })
     }
+}
+
+enum Lookup {
+    Found(Job),
+    /// Its row is locked by another transaction and the runner does not wait.
+    Locked,
+    Missing,
 }
 
 /// What `begin` found.
@@ -113,14 +162,21 @@ pub enum Begin {
 /// fixes its bounds: the instances of its model with `id <= max(id)` now. `resume_stopped`
 /// lets a failed or cancelled job continue from its cursor (a deliberate `CALL run`); the
 /// worker never resumes those.
-pub fn begin(job_id: i64, resume_stopped: bool) -> Begin {
+pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     match queue::claim(job_id) {
         Claim::Acquired => {}
         Claim::HeldBy(pid) => return Begin::Busy(pid),
     }
-    let Some(job) = Job::lock(job_id) else {
-        queue::release_claim(job_id);
-        queue::no_such_job(job_id);
+    let job = match Job::lock(job_id, runner) {
+        Lookup::Found(job) => job,
+        Lookup::Locked => {
+            queue::release_claim(job_id);
+            return Begin::Busy(None);
+        }
+        Lookup::Missing => {
+            queue::release_claim(job_id);
+            queue::no_such_job(job_id);
+        }
     };
     let runnable = match job.state.as_str() {
         "queued" | "running" => true,
@@ -131,32 +187,65 @@ pub fn begin(job_id: i64, resume_stopped: bool) -> Begin {
         queue::release_claim(job_id);
         return Begin::NotRunnable(job.state);
     }
+    if !privilege::role_exists(job.role) {
+        let message = format!(
+            "role {} that queued the job no longer exists",
+            job.role.to_u32()
+        );
+        mark_failed(&job, &message);
+        queue::release_claim(job_id);
+        return Begin::NotRunnable("failed".to_owned());
+    }
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
-        let (total, max_id) = Spi::get_two_with_args::<i64, i64>(
-            "SELECT count(*), max(id) FROM backfill.process_instance WHERE process_model_identifier = $1",
-            &[job.model.as_str().into()],
-        )
-        .unwrap_or_else(|e| error!("backfill: could not count instances of job {job_id}: {e}"));
+        // Counted as the job's role: instances it cannot see (row-level security) are not
+        // part of its job.
+        let counted = guarded(|| {
+            as_role(job.role, || {
+                Spi::get_two_with_args::<i64, i64>(
+                    "SELECT count(*), max(id) FROM backfill.process_instance WHERE process_model_identifier = $1",
+                    &[job.model.as_str().into()],
+                )
+            })
+        });
+        let (total, max_id) = match counted {
+            Ok(counted) => counted.unwrap_or_else(|e| {
+                error!("backfill: could not count instances of job {job_id}: {e}")
+            }),
+            // The role may not read the instances at all: nothing to retry.
+            Err(failure) if is_permanent(&failure) => {
+                let message = format!("{} ({})", failure.message, failure.sqlstate);
+                warning!("backfill: job {job_id} failed: {message}");
+                mark_failed(&job, &message);
+                queue::release_claim(job_id);
+                return Begin::NotRunnable("failed".to_owned());
+            }
+            Err(failure) => failure.rethrow(),
+        };
         let total = total.unwrap_or(0);
-        Spi::run_with_args(
-            "UPDATE backfill.job SET state = 'running', started_at = now(), finished_at = NULL,
-                    last_error = NULL, instances_total = $2, max_instance_id = $3
-              WHERE id = $1",
-            &[job_id.into(), total.into(), max_id.into()],
-        )
+        as_job_table_owner(|| {
+            Spi::run_with_args(
+                "UPDATE backfill.job SET state = 'running', started_at = now(), finished_at = NULL,
+                        last_error = NULL, instances_total = $2, max_instance_id = $3
+                  WHERE id = $1",
+                &[job_id.into(), total.into(), max_id.into()],
+            )
+        })
         .unwrap_or_else(|e| error!("backfill: could not start job {job_id}: {e}"));
         log!(
-            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{}",
+            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{}, as role {}",
             job.model,
-            max_id.map(|m| format!(" up to id {m}")).unwrap_or_default()
+            max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
+            privilege::role_name(job.role)
         );
     } else {
-        Spi::run_with_args(
-            "UPDATE backfill.job SET state = 'running', finished_at = NULL, last_error = NULL
-              WHERE id = $1",
-            &[job_id.into()],
-        )
+        as_job_table_owner(|| {
+            Spi::run_with_args(
+                "UPDATE backfill.job SET state = 'running', finished_at = NULL, last_error = NULL
+                  WHERE id = $1",
+                &[job_id.into()],
+            )
+        })
         .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
         log!(
             "backfill: job {job_id} resumed for model {}: keys {keys}; {} of {} instances done, cursor at {}",
@@ -180,6 +269,9 @@ pub fn end(job_id: i64) {
 pub enum Batch {
     /// A batch was committed-to-be; call again for the next.
     More,
+    /// The job's row is locked by another transaction (a cancel not yet committed) and the
+    /// runner does not wait: nothing was done; try again later.
+    Busy,
     /// The job is finished: its state is now this (succeeded or failed), or it was found
     /// stopped (cancelled).
     Finished(String),
@@ -191,12 +283,22 @@ thread_local! {
 
 /// Runs the next batch of the job in the current transaction. The caller must hold the job
 /// (`begin`) and commits afterwards.
-pub fn run_batch(job_id: i64) -> Batch {
+pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     if !queue::holds_claim(job_id) {
-        error!("backfill: this session does not run job {job_id}; use CALL backfill.run({job_id})");
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("this session does not run backfill job {job_id}"),
+            format!("Run a job with CALL backfill.run({job_id})."),
+        );
     }
-    let Some(mut job) = Job::lock(job_id) else {
-        error!("backfill: job {job_id} disappeared while running");
+    let mut job = match Job::lock(job_id, runner) {
+        Lookup::Found(job) => job,
+        Lookup::Locked => return Batch::Busy,
+        Lookup::Missing => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("backfill job {job_id} was deleted while it ran"),
+            "Nothing more is run for it.",
+        ),
     };
     if job.state != "running" {
         log!(
@@ -209,12 +311,13 @@ pub fn run_batch(job_id: i64) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
-    job.foreign_key = worker_batch_settings();
+    job.foreign_key = batch_settings(&job, runner);
     let limit = settings::batch_size();
     let mut attempt = 1;
     let outcome = loop {
         match attempt_batch(&job, max_id, limit) {
             Ok(outcome) => break outcome,
+            Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
             Err(failure) => {
                 let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
@@ -315,73 +418,90 @@ const OVERWRITE: &str = "UPDATE
 /// batches redone, and a batch no longer waits for its WAL flush.
 const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances_total,
                                max_instance_id, last_instance_id, instances_processed,
-                               set_config('synchronous_commit', 'off', true), ctid
+                               set_config('synchronous_commit', 'off', true), ctid, queued_by
                           FROM backfill.job";
 
-/// The worker's settings for a batch, in one statement:
-/// - whether the metadata table has no trigger and no rule but those of its foreign key to
-///   process_instance (on process_instance_id), with session_replication_role set to match
-///   (a change resets the plan cache, so it is set for the session and changes only when the
-///   answer does);
-/// - a lock wait of at most WORKER_LOCK_TIMEOUT unless lock_timeout is configured: a batch
-///   stuck behind someone's lock fails, is retried, and after the last attempt fails the job,
-///   and the worker goes on to the next job instead of waiting for ever.
-const WORKER_BATCH_SETTINGS: &str = "
-WITH answer AS (
-    SELECT NOT EXISTS (
-               SELECT 1 FROM pg_trigger t
-                WHERE t.tgrelid = 'backfill.process_instance_metadata'::regclass
-                  AND t.tgconstraint IS DISTINCT FROM (
-                        SELECT c.oid FROM pg_constraint c
-                         WHERE c.conrelid = 'backfill.process_instance_metadata'::regclass
-                           AND c.contype = 'f'
-                           AND c.confrelid = 'backfill.process_instance'::regclass
-                           AND c.conkey = ARRAY[(SELECT a.attnum FROM pg_attribute a
-                                                  WHERE a.attrelid = 'backfill.process_instance_metadata'::regclass
-                                                    AND a.attname = 'process_instance_id')]
-                         LIMIT 1))
-       AND NOT (SELECT c.relhasrules FROM pg_class c
-                 WHERE c.oid = 'backfill.process_instance_metadata'::regclass) AS only_foreign_key
-)
-SELECT only_foreign_key,
-       set_config('session_replication_role', CASE WHEN only_foreign_key THEN 'replica' ELSE 'origin' END, false),
-       CASE WHEN current_setting('lock_timeout') = '0'
-            THEN set_config('lock_timeout', $1, true) END
-  FROM answer";
+/// A lock wait of at most the runner's default unless lock_timeout is configured: a batch
+/// stuck behind someone's lock fails, is retried, and after the last attempt fails the job,
+/// and the worker goes on to the next job instead of waiting for ever.
+const LOCK_TIMEOUT: &str = "SELECT CASE WHEN current_setting('lock_timeout') = '0'
+                                   THEN set_config('lock_timeout', $1, true) END";
 
-/// How long the worker's batches wait for a lock when lock_timeout is not configured.
-const WORKER_LOCK_TIMEOUT: &str = "10s";
+/// Taken before `FAST_PATH_HOLDS` looks at the catalog and held to commit: ROW EXCLUSIVE
+/// conflicts with what CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them
+/// can commit between the look and the batch's commit, and one that committed before the
+/// lock was granted is seen by the look (a statement of its own, with a snapshot taken after).
+const LOCK_METADATA: &str = "LOCK TABLE backfill.process_instance_metadata IN ROW EXCLUSIVE MODE";
 
-/// In the worker (its own session), applies WORKER_BATCH_SETTINGS and answers how this batch
-/// meets the foreign key; elsewhere, through the triggers, settings untouched.
-fn worker_batch_settings() -> ForeignKeyCheck {
-    // SAFETY: reading backend globals.
-    let own_session = unsafe { !pg_sys::MyBgworkerEntry.is_null() && pg_sys::superuser() };
-    if !own_session {
+/// Whether the fast path gives exactly the triggers' guarantee for this batch: the metadata
+/// table has no trigger and no rule but those of its foreign key to process_instance (on
+/// process_instance_id), and the job's role may lock instances FOR KEY SHARE (which needs
+/// UPDATE on some column) as the triggers would on its behalf.
+const FAST_PATH_HOLDS: &str = "
+SELECT NOT EXISTS (
+           SELECT 1 FROM pg_trigger t
+            WHERE t.tgrelid = 'backfill.process_instance_metadata'::regclass
+              AND t.tgconstraint IS DISTINCT FROM (
+                    SELECT c.oid FROM pg_constraint c
+                     WHERE c.conrelid = 'backfill.process_instance_metadata'::regclass
+                       AND c.contype = 'f'
+                       AND c.confrelid = 'backfill.process_instance'::regclass
+                       AND c.conkey = ARRAY[(SELECT a.attnum FROM pg_attribute a
+                                              WHERE a.attrelid = 'backfill.process_instance_metadata'::regclass
+                                                AND a.attname = 'process_instance_id')]
+                     LIMIT 1))
+   AND NOT (SELECT c.relhasrules FROM pg_class c
+             WHERE c.oid = 'backfill.process_instance_metadata'::regclass)
+   AND has_any_column_privilege($1, 'backfill.process_instance'::regclass, 'UPDATE')";
+
+/// Applies the runner's settings to this batch's transaction and answers how the batch meets
+/// the foreign key.
+fn batch_settings(job: &Job, runner: Runner) -> ForeignKeyCheck {
+    if let Some(timeout) = runner.default_lock_timeout {
+        run_plan(Plan::LockTimeout, &[timeout.into()], |_| Ok(()));
+    }
+    if !runner.foreign_key_fast_path {
         return ForeignKeyCheck::Triggers;
     }
-    let only_foreign_key = run_plan(
-        Plan::WorkerBatchSettings,
-        &[WORKER_LOCK_TIMEOUT.into()],
-        |row| match row {
-            Some(row) => Ok(row.get::<bool>(1)?.unwrap_or(false)),
-            None => Ok(false),
-        },
-    );
-    if only_foreign_key {
+    run_plan(Plan::LockMetadata, &[], |_| Ok(()));
+    let holds = run_plan(Plan::FastPathHolds, &[job.role.into()], |row| match row {
+        Some(row) => Ok(row.get::<bool>(1)?.unwrap_or(false)),
+        None => Ok(false),
+    });
+    if holds {
         ForeignKeyCheck::LockedInstances
     } else {
         ForeignKeyCheck::Triggers
     }
 }
 
+/// Runs `work` (one batch statement) in replica mode, which skips the metadata table's
+/// foreign-key triggers. The variable is set for this statement alone and put back however it
+/// ends: through the setting (SET session_replication_role) the mode would also apply to the
+/// job's own updates and every plan would be invalidated at each change.
+fn in_replica_mode<R>(work: impl FnOnce() -> R) -> R {
+    // SAFETY: the backend global behind session_replication_role, read when triggers are
+    // queued; restored before anything else runs.
+    let saved = unsafe { pg_sys::SessionReplicationRole };
+    unsafe { pg_sys::SessionReplicationRole = pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(work))
+        .finally(|| unsafe { pg_sys::SessionReplicationRole = saved })
+        .execute()
+}
+
 /// The statements of a batch, prepared once per process and kept.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Plan {
-    LockJob,
-    LockJobAt,
+    LockJob {
+        skip_locked: bool,
+    },
+    LockJobAt {
+        skip_locked: bool,
+    },
     Advance,
-    WorkerBatchSettings,
+    LockTimeout,
+    LockMetadata,
+    FastPathHolds,
     Batch {
         overwrite: bool,
         foreign_key: ForeignKeyCheck,
@@ -391,8 +511,14 @@ enum Plan {
 impl Plan {
     fn sql(self) -> String {
         match self {
-            Plan::LockJob => format!("{LOCK_JOB} WHERE id = $1 FOR UPDATE"),
-            Plan::LockJobAt => format!("{LOCK_JOB} WHERE ctid = $2 AND id = $1 FOR UPDATE"),
+            Plan::LockJob { skip_locked } => format!(
+                "{LOCK_JOB} WHERE id = $1 FOR UPDATE{}",
+                if skip_locked { " SKIP LOCKED" } else { "" }
+            ),
+            Plan::LockJobAt { skip_locked } => format!(
+                "{LOCK_JOB} WHERE ctid = $2 AND id = $1 FOR UPDATE{}",
+                if skip_locked { " SKIP LOCKED" } else { "" }
+            ),
             Plan::Advance => "UPDATE backfill.job
                                  SET last_instance_id = coalesce($2, last_instance_id),
                                      instances_processed = instances_processed + $3,
@@ -402,7 +528,9 @@ impl Plan {
                                WHERE ctid = $7 AND id = $1
                            RETURNING ctid"
                 .to_owned(),
-            Plan::WorkerBatchSettings => WORKER_BATCH_SETTINGS.to_owned(),
+            Plan::LockTimeout => LOCK_TIMEOUT.to_owned(),
+            Plan::LockMetadata => LOCK_METADATA.to_owned(),
+            Plan::FastPathHolds => FAST_PATH_HOLDS.to_owned(),
             Plan::Batch {
                 overwrite,
                 foreign_key,
@@ -427,11 +555,13 @@ impl Plan {
         const TEXTS: PgBuiltInOids = PgBuiltInOids::TEXTARRAYOID;
         const TID: PgBuiltInOids = PgBuiltInOids::TIDOID;
         let types: &[PgBuiltInOids] = match self {
-            Plan::LockJob => &[INT8],
-            Plan::LockJobAt => &[INT8, TID],
+            Plan::LockJob { .. } => &[INT8],
+            Plan::LockJobAt { .. } => &[INT8, TID],
             Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
+            Plan::LockTimeout => &[TEXT],
+            Plan::LockMetadata => &[],
+            Plan::FastPathHolds => &[PgBuiltInOids::OIDOID],
             // The write time is computed once per batch, not twice per row.
-            Plan::WorkerBatchSettings => &[TEXT],
             Plan::Batch { .. } => &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS, INT8],
         };
         types.iter().map(|t| PgOid::BuiltIn(*t)).collect()
@@ -496,14 +626,24 @@ fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
         overwrite.into(),
         transaction_start_epoch().into(),
     ];
-    run_plan(plan, &args, |row| {
-        let row = row.expect("the batch statement returns one row");
-        Ok(Outcome {
-            instances: row.get(1)?.unwrap_or(0),
-            cursor: row.get(2)?,
-            updated: row.get(3)?.unwrap_or(0),
-            ..Outcome::default()
+    let statement = || {
+        run_plan(plan, &args, |row| {
+            let Some(row) = row else {
+                return Ok(Outcome::default());
+            };
+            Ok(Outcome {
+                instances: row.get(1)?.unwrap_or(0),
+                cursor: row.get(2)?,
+                updated: row.get(3)?.unwrap_or(0),
+                ..Outcome::default()
+            })
         })
+    };
+    // The job's rows are read and written with its role's privileges, row-level security
+    // included.
+    as_role(job.role, || match job.foreign_key {
+        ForeignKeyCheck::Triggers => statement(),
+        ForeignKeyCheck::LockedInstances => in_replica_mode(statement),
     })
 }
 
@@ -525,9 +665,11 @@ fn advance(job: &Job, outcome: &Outcome) {
         outcome.last_error.clone().into(),
         job.tid.into(),
     ];
-    let tid = run_plan(Plan::Advance, &args, |row| match row {
-        Some(row) => row.get::<pg_sys::ItemPointerData>(1),
-        None => Ok(None),
+    let tid = as_job_table_owner(|| {
+        run_plan(Plan::Advance, &args, |row| match row {
+            Some(row) => row.get::<pg_sys::ItemPointerData>(1),
+            None => Ok(None),
+        })
     })
     .unwrap_or_else(|| error!("backfill: job {} changed under its row lock", job.id));
     LAST_TID.set(Some((job.id, tid)));
@@ -536,16 +678,18 @@ fn advance(job: &Job, outcome: &Outcome) {
 /// The slow path after a batch failed because of one instance's data: each instance in its
 /// own subtransaction, failures counted and logged with the instance id.
 fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
-    let ids = query::ids(
-        "SELECT id FROM backfill.process_instance
-          WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
-        &[
-            job.model.as_str().into(),
-            after.into(),
-            max_id.into(),
-            limit.into(),
-        ],
-    );
+    let ids = as_role(job.role, || {
+        query::ids(
+            "SELECT id FROM backfill.process_instance
+              WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
+            &[
+                job.model.as_str().into(),
+                after.into(),
+                max_id.into(),
+                limit.into(),
+            ],
+        )
+    });
     let mut outcome = Outcome::default();
     for id in ids {
         match guarded(|| execute(job, id.saturating_sub(1), id, 1)) {
@@ -573,11 +717,19 @@ fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Fa
 
 /// Errors caused by one instance's data (bad values, constraint or trigger failures raised for
 /// that row); anything else is a failure of the batch as a whole.
+/// Program limits (class 54) count among them: a document too deep for JSONPath, a value too
+/// big for a row.
 fn is_instance_failure(failure: &Failure) -> bool {
     matches!(
         &failure.sqlstate[..2],
-        "22" | "23" | "P0" | "2F" | "38" | "39"
+        "22" | "23" | "P0" | "2F" | "38" | "39" | "54"
     )
+}
+
+/// Failures that a retry cannot cure: the job's role lacks a privilege (42501), or a table or
+/// column the job needs is gone (class 42). The job fails at once, saying why.
+fn is_permanent(failure: &Failure) -> bool {
+    failure.sqlstate.starts_with("42")
 }
 
 /// `in_subtransaction`, except that a cancel or shutdown request is never swallowed.
@@ -591,7 +743,7 @@ fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
 }
 
 fn finish(job: &Job) -> Batch {
-    let (processed, updated, errors, seconds) = Spi::connect_mut(|client| {
+    let (processed, updated, errors, seconds) = as_job_table_owner(|| Spi::connect_mut(|client| {
         let row = client
             .update(
                 "UPDATE backfill.job SET state = 'succeeded', finished_at = clock_timestamp() WHERE id = $1
@@ -607,7 +759,7 @@ fn finish(job: &Job) -> Batch {
             row.get::<i64>(3)?.unwrap_or(0),
             row.get::<f64>(4)?.unwrap_or(0.0),
         ))
-    })
+    }))
     .unwrap_or_else(|e| error!("backfill: could not finish job {}: {e}", job.id));
     log!(
         "backfill: job {} succeeded for model {}: {processed} instances processed, {updated} updated, \
@@ -621,16 +773,30 @@ fn finish(job: &Job) -> Batch {
 fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
     let message = format!("{} ({})", failure.message, failure.sqlstate);
     warning!(
-        "backfill: job {} failed after {attempts} attempts of the batch after instance {}: {message}",
+        "backfill: job {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
         job.id,
+        if attempts == 1 { "" } else { "s" },
         job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
     );
-    Spi::run_with_args(
-        "UPDATE backfill.job SET state = 'failed', finished_at = clock_timestamp(), last_error = $2 WHERE id = $1",
-        &[job.id.into(), message.into()],
-    )
-    .unwrap_or_else(|e| error!("backfill: could not mark job {} failed: {e}", job.id));
+    mark_failed(job, &message);
     Batch::Finished("failed".to_owned())
+}
+
+fn mark_failed(job: &Job, message: &str) {
+    fail_job(job.id, message);
+}
+
+/// Marks a job failed with `message` as its last error (also used by the worker when a job
+/// keeps failing outside its batches).
+pub fn fail_job(job_id: i64, message: &str) {
+    as_job_table_owner(|| {
+        Spi::run_with_args(
+            "UPDATE backfill.job SET state = 'failed', finished_at = clock_timestamp(), last_error = $2
+              WHERE id = $1 AND state IN ('queued', 'running')",
+            &[job_id.into(), message.into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("backfill: could not mark job {job_id} failed: {e}"));
 }
 
 fn log_progress(job_id: i64) {
@@ -641,12 +807,14 @@ fn log_progress(job_id: i64) {
         return;
     }
     LAST_PROGRESS_LOG.set(Some(Instant::now()));
-    let line = Spi::get_one_with_args::<String>(
-        "SELECT format('%s/%s instances (%s%%), %s updated, %s errors, %s instances/s',
+    let line = as_job_table_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT format('%s/%s instances (%s%%), %s updated, %s errors, %s instances/s',
                        processed, total, percent, updated, errors, instances_per_second)
            FROM backfill.progress WHERE id = $1",
-        &[job_id.into()],
-    );
+            &[job_id.into()],
+        )
+    });
     // A progress line is not worth failing the batch over.
     match line {
         Ok(Some(line)) => log!("backfill: job {job_id}: {line}"),

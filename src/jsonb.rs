@@ -8,7 +8,7 @@ use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::nullable::Nullable;
 use pgrx::prelude::*;
 use pgrx::{direct_function_call, impl_sql_translatable};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
@@ -47,13 +47,29 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
 
 impl_sql_translatable!(JsonbArg, arg_only = "jsonb");
 
+/// A document nested deeper than JSONPath evaluation is allowed to go.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooDeep;
+
+/// How deep JSONPath evaluation may go into a document. Evaluation and the value tree recurse
+/// once per level; this keeps them far from the end of the stack.
+pub const JSONPATH_MAX_DEPTH: usize = 1000;
+
+/// Containers nested deeper than this are not converted for rendering. Every level of a
+/// rendered container adds at least one character before anything nested in it ("[" or "{"),
+/// so whatever sits below this depth starts after character 256 of the rendering, which is cut
+/// at 255 (MAX_VALUE_CHARS): the stored value is the same as if it had been converted.
+const RENDER_DEPTH: usize = crate::render::MAX_VALUE_CHARS + 1;
+
 impl JsonbArg {
     fn root(&self) -> *mut pg_sys::JsonbContainer {
         // SAFETY: `jsonb` points at a detoasted Jsonb for the whole call.
         unsafe { &raw mut (*self.jsonb.as_ptr()).root }
     }
 
-    /// The value at a dotted path (objects only), or `None` when nothing is there.
+    /// The value at a dotted path (objects only), or `None` when nothing is there; a container
+    /// found there is converted as deep as its rendering needs. Any depth of document works:
+    /// the walk follows the path in place, without converting what it passes.
     pub fn lookup_dotted(&self, segments: &[String]) -> Option<Value> {
         let mut container = self.root();
         let (last, parents) = segments.split_last()?;
@@ -65,22 +81,140 @@ impl JsonbArg {
             // SAFETY: a jbvBinary value carries a container.
             container = unsafe { found.val.binary.data };
         }
-        object_member(container, last).map(|found| jsonb_value_to_serde(&found))
+        object_member(container, last).map(|found| match found.type_ {
+            // SAFETY: a jbvBinary value carries a container.
+            pg_sys::jbvType::jbvBinary => convert(unsafe { found.val.binary.data }, Depth::Cap),
+            _ => scalar_to_serde(&found),
+        })
     }
 
-    /// The whole document, for JSONPath evaluation.
-    pub fn to_value(&self) -> Value {
-        let root = self.root();
-        // SAFETY: root is a valid container. A scalar document is stored as a one-element
-        // array flagged as scalar; its element is the value.
-        unsafe {
-            if (*root).header & pg_sys::JB_FSCALAR != 0 {
-                let element = pg_sys::getIthJsonbValueFromContainer(root, 0);
-                return jsonb_value_to_serde(&*element);
+    /// The whole document as deep as its rendering needs (see RENDER_DEPTH).
+    pub fn to_rendered_value(&self) -> Value {
+        convert(self.root(), Depth::Cap)
+    }
+
+    /// The whole document, for JSONPath evaluation; `TooDeep` beyond JSONPATH_MAX_DEPTH.
+    pub fn to_value(&self) -> Result<Value, TooDeep> {
+        convert_checked(self.root())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Containers below RENDER_DEPTH become empty arrays (never seen in a rendered value).
+    Cap,
+    /// Containers below JSONPATH_MAX_DEPTH are an error.
+    Limit,
+}
+
+fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Value {
+    convert_with(container, depth).unwrap_or(Value::Null)
+}
+
+fn convert_checked(container: *mut pg_sys::JsonbContainer) -> Result<Value, TooDeep> {
+    convert_with(container, Depth::Limit)
+}
+
+/// An open container while converting: its value so far and, for an object, the key whose
+/// value comes next.
+struct Open {
+    value: Value,
+    key: Option<String>,
+    raw_scalar: bool,
+}
+
+/// Converts a container with jsonb's iterator and a stack of its own: no recursion, however
+/// deep the document. Objects keep jsonb's key order.
+fn convert_with(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value, TooDeep> {
+    use pg_sys::JsonbIteratorToken as T;
+    let max = match depth {
+        Depth::Cap => RENDER_DEPTH,
+        Depth::Limit => JSONPATH_MAX_DEPTH,
+    };
+    let mut stack: Vec<Open> = Vec::new();
+    // SAFETY: the container lives for the whole call; the iterator and its values point into
+    // it, and each value is read only for the type tag that selects its union member.
+    unsafe {
+        let mut iterator = pg_sys::JsonbIteratorInit(container);
+        let mut slot = MaybeUninit::<pg_sys::JsonbValue>::zeroed();
+        loop {
+            // At the deepest allowed level, nested containers come back whole (jbvBinary)
+            // instead of being entered.
+            let skip_nested = stack.len() >= max;
+            let token = pg_sys::JsonbIteratorNext(&mut iterator, slot.as_mut_ptr(), skip_nested);
+            let value = slot.assume_init_ref();
+            match token {
+                T::WJB_DONE => return Ok(Value::Null),
+                T::WJB_BEGIN_ARRAY => stack.push(Open {
+                    value: Value::Array(Vec::new()),
+                    key: None,
+                    raw_scalar: value.val.array.rawScalar,
+                }),
+                T::WJB_BEGIN_OBJECT => stack.push(Open {
+                    value: Value::Object(Map::new()),
+                    key: None,
+                    raw_scalar: false,
+                }),
+                T::WJB_KEY => {
+                    if let Some(open) = stack.last_mut() {
+                        open.key = Some(string_of(value));
+                    }
+                }
+                T::WJB_VALUE | T::WJB_ELEM => {
+                    let item = if value.type_ == pg_sys::jbvType::jbvBinary {
+                        match depth {
+                            Depth::Cap => Value::Array(Vec::new()),
+                            Depth::Limit => return Err(TooDeep),
+                        }
+                    } else {
+                        scalar_to_serde(value)
+                    };
+                    add(&mut stack, item);
+                }
+                T::WJB_END_ARRAY | T::WJB_END_OBJECT => {
+                    let Some(done) = stack.pop() else {
+                        return Ok(Value::Null);
+                    };
+                    let done = match done {
+                        Open {
+                            raw_scalar: true,
+                            value: Value::Array(mut items),
+                            ..
+                        } => items.pop().unwrap_or(Value::Null),
+                        open => open.value,
+                    };
+                    if stack.is_empty() {
+                        return Ok(done);
+                    }
+                    add(&mut stack, done);
+                }
+                _ => {}
             }
         }
-        container_to_serde(root)
     }
+}
+
+fn add(stack: &mut [Open], item: Value) {
+    let Some(open) = stack.last_mut() else { return };
+    match &mut open.value {
+        Value::Array(items) => items.push(item),
+        Value::Object(members) => {
+            members.insert(open.key.take().unwrap_or_default(), item);
+        }
+        _ => {}
+    }
+}
+
+/// The text of a jbvString value.
+unsafe fn string_of(value: &pg_sys::JsonbValue) -> String {
+    // SAFETY (caller): value is a jbvString pointing into a live container.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            value.val.string.val as *const u8,
+            value.val.string.len as usize,
+        )
+    };
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `container -> key` when the container is an object.
@@ -106,46 +240,25 @@ fn object_member(container: *mut pg_sys::JsonbContainer, key: &str) -> Option<pg
     }
 }
 
-fn jsonb_value_to_serde(value: &pg_sys::JsonbValue) -> Value {
+/// A scalar jsonb value (null, boolean, string or number).
+fn scalar_to_serde(value: &pg_sys::JsonbValue) -> Value {
     // SAFETY: each union member is read only for the type tag that selects it.
     unsafe {
         match value.type_ {
-            pg_sys::jbvType::jbvNull => Value::Null,
             pg_sys::jbvType::jbvBool => Value::Bool(value.val.boolean),
-            pg_sys::jbvType::jbvString => {
-                let bytes = std::slice::from_raw_parts(
-                    value.val.string.val as *const u8,
-                    value.val.string.len as usize,
-                );
-                Value::String(String::from_utf8_lossy(bytes).into_owned())
-            }
+            pg_sys::jbvType::jbvString => Value::String(string_of(value)),
             pg_sys::jbvType::jbvNumeric => {
                 let text = direct_function_call::<&CStr>(
                     pg_sys::numeric_out,
                     &[Some(pg_sys::Datum::from(value.val.numeric))],
-                )
-                .expect("numeric_out never returns NULL");
+                );
                 // numeric_out prints a valid JSON number for every numeric jsonb can hold.
-                text.to_str()
-                    .ok()
+                text.and_then(|t| t.to_str().ok())
                     .and_then(|t| t.parse::<serde_json::Number>().ok())
                     .map(Value::Number)
                     .unwrap_or(Value::Null)
             }
-            pg_sys::jbvType::jbvBinary => container_to_serde(value.val.binary.data),
-            other => error!("backfill: unexpected jsonb value type {other}"),
+            _ => Value::Null,
         }
-    }
-}
-
-/// An object or array, through jsonb's own text output: only values found at a path (or a
-/// whole document for JSONPath) come here, never the common scalar case.
-fn container_to_serde(container: *mut pg_sys::JsonbContainer) -> Value {
-    // SAFETY: JsonbToCString allocates its result in the current memory context.
-    unsafe {
-        let text = pg_sys::JsonbToCString(std::ptr::null_mut(), container, -1);
-        let parsed = serde_json::from_slice(CStr::from_ptr(text).to_bytes());
-        pg_sys::pfree(text.cast());
-        parsed.unwrap_or_else(|e| error!("backfill: jsonb text did not parse as JSON: {e}"))
     }
 }

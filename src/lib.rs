@@ -6,9 +6,11 @@
 
 mod api;
 mod engine;
+mod error;
 mod extract;
 mod jsonb;
 mod paths;
+mod privilege;
 mod query;
 mod queue;
 mod render;

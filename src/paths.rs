@@ -7,10 +7,17 @@
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt;
 
 /// The longest key `process_instance_metadata.key` (varchar(255)) holds, in characters.
 pub const MAX_KEY_CHARS: usize = 255;
+/// The most paths one model may have. Every path is extracted from every instance of the model,
+/// so far fewer make sense; the bound keeps validation (and a job's work per instance) bounded.
+pub const MAX_PATHS: usize = 1000;
+/// The longest path, in bytes. JSONPath parsing recurses into nested expressions; a bound on the
+/// length bounds that recursion, well below the stack PostgreSQL gives a backend.
+pub const MAX_PATH_BYTES: usize = 1024;
 
 /// How a path finds its value in the task data.
 #[derive(Clone, Debug)]
@@ -54,15 +61,34 @@ impl fmt::Display for PathsError {
 }
 
 /// Checks a `metadata_extraction_paths` value and returns its elements in order.
+#[cfg(test)]
 pub fn parse_paths(value: &Value) -> Result<Vec<MetadataPath>, PathsError> {
+    parse_paths_checking(value, || {})
+}
+
+/// Checks a `metadata_extraction_paths` value and returns its elements in order, calling
+/// `between` before each element (where a caller checks for interrupts).
+pub fn parse_paths_checking(
+    value: &Value,
+    mut between: impl FnMut(),
+) -> Result<Vec<MetadataPath>, PathsError> {
     let Value::Array(elements) = value else {
         return Err(PathsError(format!(
             "metadata_extraction_paths must be a JSON array, not {}",
             json_type_name(value)
         )));
     };
+    if elements.len() > MAX_PATHS {
+        return Err(PathsError(format!(
+            "metadata_extraction_paths has {} elements; the limit is {MAX_PATHS}",
+            elements.len()
+        )));
+    }
     let mut parsed: Vec<MetadataPath> = Vec::with_capacity(elements.len());
+    // Element index of each key seen: duplicates are found in one pass.
+    let mut first_of_key: HashMap<&str, usize> = HashMap::with_capacity(elements.len());
     for (index, element) in elements.iter().enumerate() {
+        between();
         let fail = |reason: String| {
             PathsError(format!(
                 "metadata_extraction_paths element {index} {}: {reason}",
@@ -82,12 +108,18 @@ pub fn parse_paths(value: &Value) -> Result<Vec<MetadataPath>, PathsError> {
                 "key is {key_chars} characters long; the limit is {MAX_KEY_CHARS}"
             )));
         }
-        if let Some(first) = parsed.iter().position(|p| p.key == key) {
+        if let Some(first) = first_of_key.insert(key, index) {
             return Err(fail(format!(
                 "key \"{key}\" already appears in element {first}"
             )));
         }
         let path = required_text(members.get("path"), "path").map_err(&fail)?;
+        if path.len() > MAX_PATH_BYTES {
+            return Err(fail(format!(
+                "path is {} bytes long; the limit is {MAX_PATH_BYTES}",
+                path.len()
+            )));
+        }
         if let Err(why) = PathExpr::parse(path) {
             return Err(fail(format!(
                 "path is not a valid JSONPath expression: {why}"
@@ -252,6 +284,46 @@ mod tests {
         );
         assert!(
             message.ends_with("the limit is 255") && message.contains("..."),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bounds_hold_and_the_longest_lists_and_paths_validate_quickly() {
+        let many = |n: usize, path: &dyn Fn(usize) -> String| {
+            Value::Array(
+                (0..n)
+                    .map(|i| json!({"key": format!("k{i}"), "path": path(i)}))
+                    .collect(),
+            )
+        };
+        let message = reject(many(MAX_PATHS + 1, &|i| format!("a.b{i}")));
+        assert!(
+            message.contains("has 1001 elements; the limit is 1000"),
+            "{message}"
+        );
+        let started = std::time::Instant::now();
+        // The most paths, every one a JSONPath; then nesting as deep as the length allows.
+        assert_eq!(
+            parse_paths(&many(MAX_PATHS, &|i| format!("$.a[?(@.b == {i})].c")))
+                .unwrap()
+                .len(),
+            MAX_PATHS
+        );
+        let depth = (MAX_PATH_BYTES - 10) / 2;
+        let nested = format!("$.a[?({}@.b{})]", "(".repeat(depth), ")".repeat(depth));
+        assert!(nested.len() <= MAX_PATH_BYTES);
+        let _ = parse_paths(&json!([{"key": "k", "path": nested}]));
+        let brackets = format!("${}", "[0]".repeat((MAX_PATH_BYTES - 1) / 3));
+        assert!(parse_paths(&json!([{"key": "k", "path": brackets}])).is_ok());
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{:?}",
+            started.elapsed()
+        );
+        let message = reject(json!([{"key": "k", "path": format!("$.{}", "a".repeat(1023))}]));
+        assert!(
+            message.contains("path is 1025 bytes long; the limit is 1024"),
             "{message}"
         );
     }

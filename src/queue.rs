@@ -1,8 +1,10 @@
 //! The job queue: `backfill.job` rows, who may run one, and the paths a job fills.
 
-use crate::api::invalid_parameter;
-use crate::paths::MetadataPath;
+use crate::error::{invalid_parameter, raise};
+use crate::paths::{parse_paths_checking, MetadataPath};
+use crate::privilege::{self, as_job_table_owner};
 use crate::query::optional_value;
+use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -96,37 +98,80 @@ impl Origin {
     }
 }
 
-/// Inserts a queued job in the current transaction and returns its id.
+/// The elements of a `metadata_extraction_paths` value, or ERROR 22023 naming what is wrong.
+/// Validation is linear and bounded (MAX_PATHS, MAX_PATH_BYTES) and checks for interrupts.
+pub fn valid_paths(value: &Value) -> Vec<MetadataPath> {
+    parse_paths_checking(value, || {
+        pgrx::check_for_interrupts!();
+    })
+    .unwrap_or_else(|e| invalid_parameter(&e.to_string()))
+}
+
+/// Inserts a queued job in the current transaction and returns its id. The job will run with
+/// the privileges of the current role, which is recorded with it.
 pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     let overwrite = paths.iter().any(|p| p.overwrite);
-    let id = Spi::get_one_with_args::<i64>(
-        "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin)
-         VALUES ($1, $2, $3, $4) RETURNING id",
-        &[
-            model.into(),
-            JsonB(JobPath::to_json(paths)).into(),
-            overwrite.into(),
-            origin.as_str().into(),
-        ],
-    )
+    let role = privilege::current_role();
+    let id = as_job_table_owner(|| {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin, queued_by)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[
+                model.into(),
+                JsonB(JobPath::to_json(paths)).into(),
+                overwrite.into(),
+                origin.as_str().into(),
+                role.into(),
+            ],
+        )
+    })
     .unwrap_or_else(|e| error!("backfill: could not insert a job: {e}"))
     .expect("INSERT ... RETURNING id returns a row");
     crate::worker::wake_at_commit();
     id
 }
 
-/// Marks a queued or running job cancelled; a runner stops at its next batch boundary.
-pub fn cancel(job_id: i64) -> bool {
-    let cancelled = optional_value::<i64>(
-        "UPDATE backfill.job SET state = 'cancelled', finished_at = now()
-          WHERE id = $1 AND state IN ('queued', 'running') RETURNING id",
+/// The role a job runs as; ERROR 22023 when there is no such job.
+pub fn role_of(job_id: i64) -> Oid {
+    optional_value::<Oid>(
+        "SELECT queued_by FROM backfill.job WHERE id = $1",
         &[job_id.into()],
     )
+    .unwrap_or_else(|| no_such_job(job_id))
+}
+
+/// Raises 42501 unless the current role may run or cancel the job (it has the privileges of
+/// the role that queued it).
+pub fn check_acts_for(job_id: i64, what: &str) {
+    let role = role_of(job_id);
+    if !privilege::acts_for(role) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to {what} backfill job {job_id}: it runs as role \"{}\"",
+                privilege::role_name(role)
+            ),
+            format!(
+                "Only that role, its members and superusers may {what} it (GRANT {} TO ...).",
+                privilege::role_name(role)
+            ),
+        );
+    }
+}
+
+/// Marks a queued or running job cancelled; a runner stops at its next batch boundary.
+pub fn cancel(job_id: i64) -> bool {
+    check_acts_for(job_id, "cancel");
+    let cancelled = as_job_table_owner(|| {
+        optional_value::<i64>(
+            "UPDATE backfill.job SET state = 'cancelled', finished_at = now()
+              WHERE id = $1 AND state IN ('queued', 'running') RETURNING id",
+            &[job_id.into()],
+        )
+    })
     .is_some();
     if cancelled {
         log!("backfill: job {job_id} cancelled");
-    } else if state_of(job_id).is_none() {
-        no_such_job(job_id);
     }
     cancelled
 }
@@ -145,63 +190,108 @@ pub fn state_of(job_id: i64) -> Option<String> {
 }
 
 // Exclusive running of a job: a session-level advisory lock keyed by the job table's OID and
-// the job id. It is released by `release_claim` or, whatever happens, when the process ends,
-// so a crashed runner never leaves a job unrunnable.
+// the job id (what pg_try_advisory_lock(int, int) takes, so pg_locks shows it as such). It is
+// released by `release_claim`, by the abort of any top-level transaction of the process that
+// holds it (an interrupted CALL backfill.run lets the job go at once), and, whatever happens,
+// when the process ends.
 
 thread_local! {
-    /// The job this process holds the run lock of.
-    static CLAIMED: Cell<Option<i64>> = const { Cell::new(None) };
+    /// The job this process holds the run lock of, and the lock.
+    static CLAIMED: Cell<Option<(i64, pg_sys::LOCKTAG)>> = const { Cell::new(None) };
+    static ABORT_CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
-
-const LOCK_KEYS: &str = "'backfill.job'::regclass::oid::int, ($1 % 2147483648)::int";
 
 pub enum Claim {
     Acquired,
     HeldBy(Option<i32>),
 }
 
+fn run_lock_tag(job_id: i64) -> pg_sys::LOCKTAG {
+    let job_table =
+        Spi::get_one::<Oid>("SELECT 'backfill.job'::pg_catalog.regclass::pg_catalog.oid")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| error!("backfill: table backfill.job not found"));
+    pg_sys::LOCKTAG {
+        // SAFETY: set in every backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: job_table.to_u32(),
+        locktag_field3: job_id.rem_euclid(1 << 31) as u32,
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
 /// Takes the run lock of `job_id` for this process (once; claiming again is a no-op). A lock
-/// on another job left behind by an interrupted run is released first.
+/// on another job still held is released first.
 pub fn claim(job_id: i64) -> Claim {
     match CLAIMED.get() {
-        Some(held) if held == job_id => return Claim::Acquired,
-        Some(other) => release_claim(other),
+        Some((held, _)) if held == job_id => return Claim::Acquired,
+        Some((other, _)) => release_claim(other),
         None => {}
     }
-    let acquired = Spi::get_one_with_args::<bool>(
-        &format!("SELECT pg_try_advisory_lock({LOCK_KEYS})"),
-        &[job_id.into()],
-    )
-    .unwrap_or_else(|e| error!("backfill: could not lock job {job_id}: {e}"))
-    .unwrap_or(false);
-    if acquired {
-        CLAIMED.set(Some(job_id));
-        Claim::Acquired
-    } else {
+    register_abort_callback();
+    let tag = run_lock_tag(job_id);
+    // SAFETY: a session lock on an advisory tag, without waiting.
+    let result =
+        unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+    if result == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
         let holder = optional_value::<i32>(
-            "SELECT pid FROM pg_locks
+            "SELECT pid FROM pg_catalog.pg_locks
               WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND classid = 'backfill.job'::regclass::oid AND objid = ($1 % 2147483648)::oid",
-            &[job_id.into()],
+                AND database = $1 AND classid = $2 AND objid = $3",
+            &[
+                Oid::from(tag.locktag_field1).into(),
+                Oid::from(tag.locktag_field2).into(),
+                Oid::from(tag.locktag_field3).into(),
+            ],
         );
-        Claim::HeldBy(holder)
+        return Claim::HeldBy(holder);
     }
+    CLAIMED.set(Some((job_id, tag)));
+    Claim::Acquired
 }
 
 pub fn release_claim(job_id: i64) {
-    if CLAIMED.get() == Some(job_id) {
-        Spi::get_one_with_args::<bool>(
-            &format!("SELECT pg_advisory_unlock({LOCK_KEYS})"),
-            &[job_id.into()],
-        )
-        .unwrap_or_else(|e| error!("backfill: could not unlock job {job_id}: {e}"));
-        CLAIMED.set(None);
+    if let Some((held, tag)) = CLAIMED.get() {
+        if held == job_id {
+            release(&tag);
+        }
     }
 }
 
+fn release(tag: &pg_sys::LOCKTAG) {
+    CLAIMED.set(None);
+    // SAFETY: releasing the session lock this process took in `claim`.
+    unsafe { pg_sys::LockRelease(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true) };
+}
+
 pub fn holds_claim(job_id: i64) -> bool {
-    CLAIMED.get() == Some(job_id)
+    CLAIMED.get().is_some_and(|(held, _)| held == job_id)
+}
+
+fn register_abort_callback() {
+    if ABORT_CALLBACK_REGISTERED.get() {
+        return;
+    }
+    ABORT_CALLBACK_REGISTERED.set(true);
+    // SAFETY: a process-lifetime callback; it only releases a lock, which is allowed at abort.
+    unsafe { pg_sys::RegisterXactCallback(Some(release_on_abort), std::ptr::null_mut()) };
+}
+
+/// At the abort of a top-level transaction: whatever was interrupted (a cancelled or failed
+/// CALL backfill.run, at any statement), the job is free again for another runner.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_on_abort(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT {
+        if let Some((_, tag)) = CLAIMED.get() {
+            release(&tag);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Triggers on `backfill.process_model`.
 
-use crate::api::{invalid_parameter, warn_if_no_worker};
-use crate::paths::{parse_paths, parse_paths_lenient};
+use crate::api::warn_if_no_worker;
+use crate::paths::parse_paths_lenient;
 use crate::queue::{self, JobPath, Origin};
 use crate::settings;
 use pgrx::prelude::*;
@@ -41,9 +41,7 @@ fn validate_metadata_extraction_paths<'a>(
     let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
     // NULL is left to the NOT NULL constraint, which reports it in its own words.
     if let Some(JsonB(paths)) = paths_of(&new)? {
-        if let Err(e) = parse_paths(&paths) {
-            invalid_parameter(&e.to_string());
-        }
+        queue::valid_paths(&paths);
     }
     Ok(Some(new))
 }
@@ -64,9 +62,7 @@ fn enqueue_backfill_on_model_update<'a>(
         .map(|j| parse_paths_lenient(&j.0))
         .unwrap_or_default();
     let new_paths = match paths_of(&new)? {
-        Some(JsonB(paths)) => {
-            parse_paths(&paths).unwrap_or_else(|e| invalid_parameter(&e.to_string()))
-        }
+        Some(JsonB(paths)) => queue::valid_paths(&paths),
         None => Vec::new(),
     };
     let changes = JobPath::changes(&old_paths, &new_paths);

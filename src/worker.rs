@@ -3,9 +3,10 @@
 //! batch engine as `CALL backfill.run`, one transaction per batch, and sleeps on its latch when
 //! idle; a committed enqueue sets that latch.
 
-use crate::engine::{self, Batch, Begin};
+use crate::engine::{self, Batch, Begin, Runner};
 use crate::query;
 use crate::settings;
+use crate::subxact::{in_subtransaction, Failure};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -29,8 +30,9 @@ pub struct WorkerSlot {
     pid: AtomicI32,
     /// The database it is connected to.
     database: AtomicU32,
-    /// Set when the configured database was found missing: the next start waits for it
-    /// without trying to connect, instead of failing to connect in a loop.
+    /// Set when connecting to the configured database failed (it does not exist, or it does
+    /// not allow connections): the next start waits for it without trying to connect,
+    /// instead of failing to connect in a loop.
     database_missing: AtomicBool,
 }
 
@@ -179,10 +181,12 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
         wait_for_database(&database);
         exit_for_restart();
     }
-    // If connecting fails (the database does not exist), the next start waits instead.
+    // If connecting fails (no such database, or it refuses connections), the next start waits
+    // instead.
     slot.database_missing.store(true, Ordering::Release);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     slot.database_missing.store(false, Ordering::Release);
+    BackgroundWorker::transaction(fix_session_settings);
 
     // SAFETY: MyProc is this process's PGPROC; its latch lives in shared memory.
     let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as u64;
@@ -195,9 +199,16 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
     log!("{BACKEND_TYPE} started for database \"{database}\"");
 
     let mut extension_present = None;
+    let mut trouble = Trouble::default();
     while !shutdown_requested() {
         reload_config_if_asked();
-        let present = BackgroundWorker::transaction(extension_installed);
+        let present = match guarded(extension_installed) {
+            Ok(present) => present,
+            Err(failure) => {
+                trouble.wait_after(&failure, "looking for the extension");
+                continue;
+            }
+        };
         if extension_present != Some(present) {
             if !present {
                 log!(
@@ -207,8 +218,15 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
             }
             extension_present = Some(present);
         }
-        if present && drain_one_job() {
-            continue;
+        if present {
+            match drain_one_job(&mut trouble) {
+                Drained::Ran => {
+                    trouble.clear();
+                    continue;
+                }
+                Drained::Idle => trouble.clear(),
+                Drained::Failed => continue,
+            }
         }
         // What the batches did shows in pg_stat_* views once the worker is idle.
         // SAFETY: called between transactions, as backends do before going idle.
@@ -220,6 +238,75 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
     slot.latch.store(0, Ordering::Release);
     log!("{BACKEND_TYPE} exiting on shutdown request");
     exit_for_restart();
+}
+
+/// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
+/// cancel) instead of waiting, may use the foreign-key fast path, and waits at most 10 s for a
+/// lock unless lock_timeout is configured.
+const WORKER: Runner = Runner {
+    skip_locked_jobs: true,
+    foreign_key_fast_path: true,
+    default_lock_timeout: Some("10s"),
+};
+
+/// The worker's session: a search path no database user can write to (database and role
+/// defaults such as ALTER DATABASE ... SET search_path are overridden), READ COMMITTED, so
+/// every statement sees what committed before it, and writable transactions.
+fn fix_session_settings() {
+    Spi::run(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
+                pg_catalog.set_config('default_transaction_isolation', 'read committed', false),
+                pg_catalog.set_config('default_transaction_read_only', 'off', false),
+                pg_catalog.set_config('row_security', 'on', false)",
+    )
+    .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not set its session settings: {e}"));
+}
+
+/// Runs `work` in a transaction of its own and catches an ERROR in it (rolled back with a
+/// subtransaction) instead of letting it end the process.
+fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
+    let work = std::panic::AssertUnwindSafe(work);
+    BackgroundWorker::transaction(move || {
+        let work = work;
+        in_subtransaction(work.0)
+    })
+}
+
+/// Consecutive failures outside any batch, and the waits between them.
+#[derive(Default)]
+struct Trouble {
+    failures: u32,
+    last_message: Option<String>,
+}
+
+/// Longest wait after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Trouble {
+    /// Logs the failure (once while it repeats) and waits, twice as long each time.
+    fn wait_after(&mut self, failure: &Failure, doing: &str) {
+        self.failures += 1;
+        let message = format!("{} ({})", failure.message, failure.sqlstate);
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1 << self.failures.min(6).saturating_sub(1))
+            .min(MAX_BACKOFF);
+        if self.last_message.as_deref() != Some(message.as_str()) {
+            warning!(
+                "{BACKEND_TYPE}: failed {doing}: {message}; trying again in {} s, then less often",
+                delay.as_secs()
+            );
+            self.last_message = Some(message);
+        }
+        sleep(delay);
+    }
+
+    fn clear(&mut self) {
+        if self.failures > 0 {
+            log!("{BACKEND_TYPE}: working again");
+        }
+        self.failures = 0;
+        self.last_message = None;
+    }
 }
 
 /// Exits with code 1: unless the server is shutting down, the postmaster starts the worker
@@ -234,18 +321,21 @@ fn extension_installed() -> bool {
         .is_some()
 }
 
-/// Without a database connection: waits, logging once, until the configured database exists,
-/// then exits so that the postmaster starts a worker that connects to it.
+/// Without a database connection: waits, logging once, until the configured database exists
+/// and allows connections, then exits so that the postmaster starts a worker that connects.
 fn wait_for_database(database: &str) {
     BackgroundWorker::connect_worker_to_spi(None, None);
-    log!(
-        "{BACKEND_TYPE}: database \"{database}\" (backfill.database) does not exist; waiting for it"
-    );
     let name = std::ffi::CString::new(database).unwrap_or_default();
+    let why = match BackgroundWorker::transaction(|| database_state(&name)) {
+        DatabaseState::Missing => "does not exist",
+        DatabaseState::RefusesConnections => "does not allow connections (ALLOW_CONNECTIONS false)",
+        DatabaseState::Open => "could not be connected to",
+    };
+    log!("{BACKEND_TYPE}: database \"{database}\" (backfill.database) {why}; waiting for it");
     while !shutdown_requested() {
-        let found = BackgroundWorker::transaction(|| database_exists(&name));
-        if found {
-            log!("{BACKEND_TYPE}: database \"{database}\" now exists; restarting to connect to it");
+        let state = BackgroundWorker::transaction(|| database_state(&name));
+        if state == DatabaseState::Open {
+            log!("{BACKEND_TYPE}: database \"{database}\" can be connected to; restarting to connect to it");
             SLOT.get().database_missing.store(false, Ordering::Release);
             return;
         }
@@ -254,17 +344,24 @@ fn wait_for_database(database: &str) {
     }
 }
 
-/// Whether a database of that name exists, read from pg_database with a plain heap scan: the
-/// only way without a database connection (index lookups need pg_class), as the autovacuum
-/// launcher does.
-fn database_exists(name: &std::ffi::CStr) -> bool {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DatabaseState {
+    Missing,
+    RefusesConnections,
+    Open,
+}
+
+/// Whether a database of that name exists and allows connections, read from pg_database with
+/// a plain heap scan: the only way without a database connection (index lookups need
+/// pg_class), as the autovacuum launcher does.
+fn database_state(name: &std::ffi::CStr) -> DatabaseState {
     // SAFETY: inside a transaction; pg_database is a shared catalog, its tuples are
     // FormData_pg_database; the scan and relation are closed before returning.
     unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
         let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
-        let mut found = false;
+        let mut found = DatabaseState::Missing;
         loop {
             let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
             if tuple.is_null() {
@@ -272,7 +369,11 @@ fn database_exists(name: &std::ffi::CStr) -> bool {
             }
             let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
             if std::ffi::CStr::from_ptr((*database).datname.data.as_ptr()) == name {
-                found = true;
+                found = if (*database).datallowconn {
+                    DatabaseState::Open
+                } else {
+                    DatabaseState::RefusesConnections
+                };
                 break;
             }
         }
@@ -282,26 +383,85 @@ fn database_exists(name: &std::ffi::CStr) -> bool {
     }
 }
 
-/// Runs the oldest runnable job to its end (or until shutdown). Returns whether it found one.
-fn drain_one_job() -> bool {
-    let Some(job_id) = BackgroundWorker::transaction(claim_next_job) else {
-        return false;
+enum Drained {
+    /// A job was run (to its end, to a stop, or until its row was found locked).
+    Ran,
+    /// There was nothing to run.
+    Idle,
+    /// Something failed outside a batch; the worker waited before coming back.
+    Failed,
+}
+
+/// How often a job may fail outside its batches (taking it, recording a batch, finishing it)
+/// before it is marked failed.
+const JOB_ATTEMPTS: u32 = 3;
+
+/// Runs the oldest runnable job to its end (or until shutdown).
+fn drain_one_job(trouble: &mut Trouble) -> Drained {
+    let job_id = match guarded(claim_next_job) {
+        Ok(Some(job_id)) => job_id,
+        Ok(None) => return Drained::Idle,
+        Err(failure) => {
+            trouble.wait_after(&failure, "looking for a job");
+            return Drained::Failed;
+        }
     };
+    let mut failures = 0;
     loop {
         if shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
-            BackgroundWorker::transaction(|| engine::end(job_id));
-            return true;
+            release(job_id);
+            return Drained::Ran;
         }
         reload_config_if_asked();
-        match BackgroundWorker::transaction(|| engine::run_batch(job_id)) {
-            Batch::More => sleep(settings::batch_delay()),
-            Batch::Finished(_) => {
-                BackgroundWorker::transaction(|| engine::end(job_id));
-                return true;
+        match guarded(|| engine::run_batch(job_id, WORKER)) {
+            Ok(Batch::More) => {
+                failures = 0;
+                sleep(settings::batch_delay());
+            }
+            Ok(Batch::Busy) => {
+                // Someone holds the job row (an open transaction that cancels it): other jobs
+                // go first, and this one is looked at again later.
+                release(job_id);
+                return Drained::Ran;
+            }
+            Ok(Batch::Finished(_)) => {
+                release(job_id);
+                return Drained::Ran;
+            }
+            Err(failure) => {
+                failures += 1;
+                let message = format!("{} ({})", failure.message, failure.sqlstate);
+                if failures >= JOB_ATTEMPTS {
+                    warning!(
+                        "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
+                    );
+                    if let Err(again) = guarded(|| engine::fail_job(job_id, &message)) {
+                        warning!(
+                            "{BACKEND_TYPE}: could not mark job {job_id} failed: {} ({})",
+                            again.message,
+                            again.sqlstate
+                        );
+                        trouble.wait_after(&again, "marking a job failed");
+                    }
+                    release(job_id);
+                    return Drained::Ran;
+                }
+                let delay = Duration::from_secs(1) * (1 << (failures - 1));
+                warning!(
+                    "{BACKEND_TYPE}: job {job_id} failed outside a batch (attempt {failures} of {JOB_ATTEMPTS}), \
+                     trying again in {} s: {message}",
+                    delay.as_secs()
+                );
+                sleep(delay);
             }
         }
     }
+}
+
+/// Lets go of a job; an ERROR here would only mean the lock is already gone.
+fn release(job_id: i64) {
+    let _ = guarded(|| engine::end(job_id));
 }
 
 /// The oldest queued or running job that no one else runs, now held by this process.
@@ -311,5 +471,5 @@ fn claim_next_job() -> Option<i64> {
         &[],
     )
     .into_iter()
-    .find(|&id| engine::begin(id, false) == Begin::Started)
+    .find(|&id| engine::begin(id, false, WORKER) == Begin::Started)
 }

@@ -484,12 +484,13 @@ fn foreign_key_holds_with_concurrent_deletes_and_user_triggers_still_fire() {
     );
 
     // With a trigger of the user's on the table, the worker goes through the triggers, and
-    // the user's trigger fires for every row.
+    // the user's trigger fires for every row. (In the worker, user code sees the worker's
+    // search path, pg_catalog and pg_temp: the function names its table with its schema.)
     db.batch_execute(
         "CREATE TABLE audit (n bigint NOT NULL DEFAULT 0);
          INSERT INTO audit VALUES (0);
          CREATE FUNCTION count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN UPDATE audit SET n = n + 1; RETURN NULL; END $$;
+         BEGIN UPDATE public.audit SET n = n + 1; RETURN NULL; END $$;
          CREATE TRIGGER count_rows AFTER INSERT ON backfill.process_instance_metadata
              FOR EACH ROW EXECUTE FUNCTION count_rows();",
     )

@@ -3,6 +3,7 @@
 //! `tests/` against servers of its own.
 
 mod extraction;
+mod hardening;
 mod schema;
 mod validation;
 

@@ -125,7 +125,7 @@ task.end_in_seconds numeric";
             one::<i64>("SELECT count(*) FROM backfill.process_instance_metadata"),
             1
         );
-        Spi::run("INSERT INTO backfill.job (process_model_identifier, paths, origin) VALUES ('m', '[]', 'manual')")
+        Spi::run("INSERT INTO backfill.job (process_model_identifier, paths, origin, queued_by) VALUES ('m', '[]', 'manual', current_user::regrole)")
             .unwrap();
         assert_fails(
             "UPDATE backfill.job SET state = 'paused'",

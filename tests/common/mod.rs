@@ -1,6 +1,8 @@
 //! Throwaway PostgreSQL clusters for tests that need real commits, restarts and crashes.
 //!
-//! Each `Cluster` is initdb'd under `target/test-clusters/`, runs as a non-root user (the
+//! Each `Cluster` is initdb'd under `$BACKFILL_CLUSTER_ROOT/test-clusters/` (set by
+//! scripts/test: a directory the cluster's account can reach wherever the clone is; the
+//! system's temporary directory otherwise), runs as a non-root user (the
 //! `postgres` account when the tests run as root), listens on its own loopback port with the
 //! extension preloaded, and is stopped and removed when dropped (kept, with its log, when the
 //! test failed). The extension must already be installed: `scripts/test` does that.
@@ -53,7 +55,9 @@ fn run_as_owner(program: &Path, args: &[&str]) -> Output {
     } else {
         Command::new(program)
     };
-    cmd.args(args)
+    // From /: the account may not be allowed into the test's current directory.
+    cmd.current_dir("/")
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
 }
@@ -85,8 +89,18 @@ impl Cluster {
             "the backfill extension is not installed in {}: run scripts/test, which installs it",
             sharedir.display()
         );
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-clusters");
+        let base = std::env::var_os("BACKFILL_CLUSTER_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("backfill-test-clusters"));
+        let root = base.join("test-clusters");
         fs::create_dir_all(&root).unwrap();
+        if is_root() {
+            // The cluster's account must be able to go through every parent.
+            use std::os::unix::fs::PermissionsExt;
+            for dir in [&base, &root] {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
         let dir = root.join(format!(
             "{name}-{}-{}",
             std::process::id(),
@@ -186,13 +200,15 @@ impl Cluster {
     }
 
     pub fn connect(&self, db: &str) -> Client {
+        self.connect_as("postgres", db)
+    }
+
+    /// A connection to `db` as role `user` (trust authentication).
+    pub fn connect_as(&self, user: &str, db: &str) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect(
-                &format!(
-                    "host=127.0.0.1 port={} user=postgres dbname={db}",
-                    self.port
-                ),
+                &format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port),
                 NoTls,
             ) {
                 Ok(client) => return client,

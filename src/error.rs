@@ -1,0 +1,43 @@
+//! Errors and messages with the SQLSTATE a PostgreSQL user expects, and a hint when there is
+//! something to do.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+/// Reports a message with a hint at `level` (NOTICE, WARNING; ERROR does not return: see
+/// `raise`).
+pub fn report_with_hint(level: PgLogLevel, code: PgSqlErrorCode, message: String, hint: String) {
+    ErrorReport::new(code, message, "backfill")
+        .set_hint(hint)
+        .report(level);
+}
+
+/// Raises ERROR `code` with a hint.
+pub fn raise(code: PgSqlErrorCode, message: String, hint: impl Into<String>) -> ! {
+    report_with_hint(PgLogLevel::ERROR, code, message, hint.into());
+    unreachable!("ereport(ERROR) does not return")
+}
+
+/// Raises ERROR `code` without a hint.
+pub fn raise_plain(code: PgSqlErrorCode, message: String) -> ! {
+    ErrorReport::new(code, message, "backfill").report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) does not return")
+}
+
+/// Raises ERROR 22023 (invalid_parameter_value): the user's input is wrong.
+pub fn invalid_parameter(message: &str) -> ! {
+    raise_plain(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message.to_owned(),
+    )
+}
+
+/// The value of a nullable argument, or ERROR 22004 (null_value_not_allowed) naming it.
+pub fn required<T>(value: Option<T>, function: &str, argument: &str) -> T {
+    value.unwrap_or_else(|| {
+        raise_plain(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{function}: {argument} must not be NULL"),
+        )
+    })
+}

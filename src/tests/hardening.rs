@@ -1,0 +1,191 @@
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests::{assert_fails, error_of};
+    use pgrx::prelude::*;
+    use std::time::Instant;
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    #[pg_test]
+    fn null_arguments_raise_22004_naming_the_argument() {
+        Spi::run(
+            "INSERT INTO backfill.process_model (id, metadata_extraction_paths)
+             VALUES ('m', '[{\"key\": \"k\", \"path\": \"a\"}]')",
+        )
+        .unwrap();
+        for (sql, fragment) in [
+            (
+                "SELECT backfill.enqueue(NULL)",
+                "process_model_identifier must not be NULL",
+            ),
+            (
+                "SELECT backfill.enqueue('m', ARRAY[NULL])",
+                "an element of keys must not be NULL",
+            ),
+            (
+                "SELECT backfill.enqueue('m', ARRAY['k', NULL])",
+                "an element of keys must not be NULL",
+            ),
+            (
+                "SELECT backfill.enqueue('m', NULL, NULL)",
+                "overwrite must not be NULL",
+            ),
+            ("SELECT backfill.cancel(NULL)", "job_id must not be NULL"),
+            ("SELECT backfill.wait(NULL)", "job_id must not be NULL"),
+            ("SELECT backfill.wait(1, NULL)", "timeout must not be NULL"),
+            ("SELECT backfill.run_begin(NULL)", "job_id must not be NULL"),
+            ("SELECT backfill.run_batch(NULL)", "job_id must not be NULL"),
+            ("SELECT backfill.run_end(NULL)", "job_id must not be NULL"),
+        ] {
+            assert_fails(sql, "22004", fragment);
+        }
+        // NULL keys means all keys; strict extraction functions give NULL for NULL.
+        assert!(one::<i64>("SELECT backfill.enqueue('m', NULL)") > 0);
+        assert!(Spi::get_one::<String>("SELECT backfill.render_value(NULL)")
+            .unwrap()
+            .is_none());
+    }
+
+    #[pg_test]
+    fn a_huge_path_list_is_refused_at_once_under_a_statement_timeout() {
+        Spi::run("INSERT INTO backfill.process_model (id) VALUES ('m')").unwrap();
+        Spi::run("SET LOCAL statement_timeout = '2s'").unwrap();
+        let started = Instant::now();
+        assert_fails(
+            "UPDATE backfill.process_model
+                SET metadata_extraction_paths =
+                    (SELECT jsonb_agg(jsonb_build_object('key', 'k' || i, 'path', 'a.b' || i))
+                       FROM generate_series(1, 100000) i)
+              WHERE id = 'm'",
+            "22023",
+            "metadata_extraction_paths has 100000 elements; the limit is 1000",
+        );
+        // 1,000 paths, the most allowed, are checked well within the timeout.
+        Spi::run(
+            "UPDATE backfill.process_model
+                SET metadata_extraction_paths =
+                    (SELECT jsonb_agg(jsonb_build_object('key', 'k' || i, 'path', '$.a.b' || i))
+                       FROM generate_series(1, 1000) i)
+              WHERE id = 'm'",
+        )
+        .unwrap();
+        assert!(
+            started.elapsed().as_secs_f64() < 2.0,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_fails(
+            &format!(
+                "UPDATE backfill.process_model
+                    SET metadata_extraction_paths = '[{{\"key\": \"k\", \"path\": \"$.{}\"}}]'
+                  WHERE id = 'm'",
+                "a".repeat(2000)
+            ),
+            "22023",
+            "path is 2002 bytes long; the limit is 1024",
+        );
+    }
+
+    /// `{"a": {"a": ... "x" ...}}`, `depth` objects deep.
+    fn nested(depth: usize) -> String {
+        format!("{}\"x\"{}", "{\"a\": ".repeat(depth), "}".repeat(depth))
+    }
+
+    #[pg_test]
+    fn deep_documents_extract_at_any_depth_and_jsonpath_fails_as_data() {
+        let deep = nested(200);
+        let document = format!("{{\"deep\": {deep}, \"n\": 7}}");
+        let extracted = |paths: &str| {
+            Spi::get_one_with_args::<pgrx::JsonB>(
+                "SELECT backfill.extract_metadata($1::jsonb, $2::jsonb)",
+                &[document.as_str().into(), paths.into()],
+            )
+            .unwrap()
+            .unwrap()
+            .0
+        };
+        // Python's str() of the 200-level object, cut to 255 characters.
+        let python: String = "{'a': ".repeat(200).chars().take(255).collect();
+        let dotted_to_the_bottom = format!("deep{}", ".a".repeat(200));
+        let result = extracted(&format!(
+            r#"[{{"key": "whole", "path": "deep"}},
+                {{"key": "bottom", "path": "{dotted_to_the_bottom}"}},
+                {{"key": "n", "path": "$.n"}},
+                {{"key": "below", "path": "$.deep.a.a.a"}}]"#
+        ));
+        assert_eq!(result["whole"], python.as_str());
+        assert_eq!(result["bottom"], "x");
+        assert_eq!(result["n"], "7");
+        let below: String = "{'a': ".repeat(197).chars().take(255).collect();
+        assert_eq!(result["below"], below.as_str());
+        // As render_value sees it too, and as the json format does.
+        assert_eq!(
+            one::<String>(&format!("SELECT backfill.render_value('{deep}'::jsonb)")),
+            python
+        );
+
+        // Deeper than JSONPath evaluation goes: an error of the data (class 54), which the
+        // batch engine counts against the instance; dotted paths still work.
+        let deeper = format!("{{\"deep\": {}, \"n\": 7}}", nested(1500));
+        let failure = error_of(&format!(
+            "SELECT backfill.extract_metadata('{deeper}'::jsonb, '[{{\"key\": \"n\", \"path\": \"$.n\"}}]')"
+        ))
+        .expect("JSONPath on a 1500-level document fails");
+        assert_eq!(failure.sqlstate, "54000", "{}", failure.message);
+        assert!(
+            failure.message.contains("nested more than 1000 levels"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT backfill.extract_metadata('{deeper}'::jsonb, '[{{\"key\": \"n\", \"path\": \"n\"}}]') ->> 'n'"
+            )),
+            "7"
+        );
+    }
+
+    #[pg_test]
+    fn functions_have_a_fixed_search_path_and_job_rows_no_public_access() {
+        // Every function of the extension that runs SQL carries search_path = pg_catalog,
+        // pg_temp; extract_values runs none (and is called once per instance).
+        let unset: Vec<String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT p.oid::regprocedure::text FROM pg_proc p
+                      WHERE p.pronamespace = 'backfill'::regnamespace AND p.prokind = 'f'
+                        AND p.proname <> 'extract_values'
+                        AND (p.proconfig IS NULL
+                             OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))",
+                    None,
+                    &[],
+                )?
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+        assert!(unset.is_empty(), "{unset:?}");
+        assert!(!one::<bool>(
+            "SELECT has_table_privilege('public', 'backfill.job', 'INSERT')
+                 OR has_table_privilege('public', 'backfill.job', 'UPDATE')
+                 OR has_table_privilege('public', 'backfill.job', 'SELECT')"
+        ));
+        for function in [
+            "backfill.enqueue(text, text[], boolean)",
+            "backfill.cancel(bigint)",
+            "backfill.run(bigint)",
+            "backfill.run_begin(bigint)",
+        ] {
+            assert!(
+                !one::<bool>(&format!(
+                    "SELECT has_function_privilege('public', '{function}', 'EXECUTE')"
+                )),
+                "{function}"
+            );
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `ALTER EXTENSION backfill UPDATE` from every earlier release keeps data, queued jobs and
+//! jobs in progress, and leaves the same objects as a fresh install.
+//!
+//! The install script of 0.1.0 is frozen in tests/upgrade/ and copied next to the current
+//! one by scripts/test; the library is the current one (it keeps every C symbol 0.1.0's
+//! script names).
+
+mod common;
+
+use common::{bulk_sql, one_i64, one_text, wrong_rows, Cluster};
+use postgres::Client;
+use std::collections::BTreeSet;
+
+/// Every object of the extension in schema backfill (a test build adds functions of its own
+/// in schema tests), described in text: functions with their signature, result,
+/// strictness, volatility, settings, privileges and body; columns; views; constraints,
+/// indexes and triggers of its tables; table privileges.
+const DESCRIBE: &str = "
+WITH members AS (
+    SELECT d.classid, d.objid FROM pg_depend d
+      JOIN pg_extension e ON e.oid = d.refobjid
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'backfill'
+)
+SELECT 'function ' || p.oid::regprocedure || ' -> ' || p.prorettype::regtype
+       || ' kind=' || p.prokind::text || ' strict=' || p.proisstrict || ' volatile=' || p.provolatile::text
+       || ' parallel=' || p.proparallel::text || ' config=' || coalesce(p.proconfig::text, '-')
+       || ' acl=' || coalesce(p.proacl::text, '-') || ' args=' || pg_get_function_arguments(p.oid)
+       || ' src=' || p.prosrc
+  FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
+ WHERE p.pronamespace = 'backfill'::regnamespace
+UNION ALL
+SELECT 'column ' || c.oid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' notnull=' || a.attnotnull || ' default=' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-')
+  FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+UNION ALL
+SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+       || coalesce(' view=' || pg_get_viewdef(c.oid), '')
+  FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+UNION ALL
+SELECT 'constraint ' || con.conrelid::regclass || ' ' || con.conname || ' ' || pg_get_constraintdef(con.oid)
+  FROM members m JOIN pg_constraint con ON m.classid = 'pg_class'::regclass AND con.conrelid = m.objid
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+  FROM members m JOIN pg_index i ON m.classid = 'pg_class'::regclass AND i.indrelid = m.objid
+UNION ALL
+SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+  FROM members m JOIN pg_trigger t ON m.classid = 'pg_class'::regclass AND t.tgrelid = m.objid
+ WHERE NOT t.tgisinternal";
+
+fn describe(db: &mut Client) -> BTreeSet<String> {
+    db.query(DESCRIBE, &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[test]
+fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
+    // The worker serves another database: the jobs here run when the test runs them.
+    let cluster = Cluster::start("upgrade", &["backfill.database = 'postgres'"]);
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE DATABASE old").unwrap();
+    let mut db = cluster.connect("old");
+    db.batch_execute("CREATE EXTENSION backfill VERSION '0.1.0'")
+        .unwrap();
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT extversion FROM pg_extension WHERE extname = 'backfill'"
+        ),
+        "0.1.0"
+    );
+    db.batch_execute(&bulk_sql(2_000)).unwrap();
+    // What 0.1.0 left behind: a queued job, and a job stopped half-way with its rows and
+    // cursor committed (as a crash or a stopped worker would leave it).
+    db.batch_execute(
+        "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin)
+         VALUES ('bulk/model', '[{\"key\": \"number\", \"path\": \"invoice.number\", \"overwrite\": false}]',
+                 false, 'model_update');
+         INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin, state,
+                                   instances_total, max_instance_id, last_instance_id,
+                                   instances_processed, instances_updated, started_at)
+         SELECT 'other/model', '[{\"key\": \"status\", \"path\": \"invoice.status\", \"overwrite\": false}]',
+                false, 'manual', 'running', count(*), max(id), 1200,
+                count(*) FILTER (WHERE id <= 1200), count(*) FILTER (WHERE id <= 1200), now()
+           FROM backfill.process_instance WHERE process_model_identifier = 'other/model';
+         INSERT INTO backfill.process_instance_metadata
+                (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+         SELECT i.id, 'status',
+                backfill.extract_metadata(backfill.latest_task_data(i.id),
+                                          '[{\"key\": \"status\", \"path\": \"invoice.status\"}]') ->> 'status',
+                0, 0
+           FROM backfill.process_instance i
+          WHERE i.process_model_identifier = 'other/model' AND i.id <= 1200;",
+    )
+    .unwrap();
+    let rows_before = one_i64(
+        &mut db,
+        "SELECT count(*) FROM backfill.process_instance_metadata",
+    );
+
+    db.batch_execute("ALTER EXTENSION backfill UPDATE TO '0.2.0'")
+        .unwrap();
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT extversion FROM pg_extension WHERE extname = 'backfill'"
+        ),
+        "0.2.0"
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata"
+        ),
+        rows_before
+    );
+    // Jobs of 0.1.0 ran as a superuser: they run as the extension's owner.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.job WHERE queued_by::text <> 'postgres'"
+        ),
+        0
+    );
+    for job in [1_i64, 2] {
+        db.batch_execute(&format!("CALL backfill.run({job})"))
+            .unwrap();
+        assert_eq!(
+            one_text(
+                &mut db,
+                &format!("SELECT state FROM backfill.job WHERE id = {job}")
+            ),
+            "succeeded"
+        );
+    }
+    assert!(cluster
+        .log()
+        .contains("backfill: job 2 resumed for model other/model"));
+    assert_eq!(
+        wrong_rows(&mut db, "bulk/model", "number", "invoice.number"),
+        0
+    );
+    assert_eq!(
+        wrong_rows(&mut db, "other/model", "status", "invoice.status"),
+        0
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT instances_total - instances_processed FROM backfill.job WHERE id = 2"
+        ),
+        0
+    );
+
+    // The same objects as a fresh install of the current version.
+    let upgraded = describe(&mut db);
+    let mut fresh = cluster.create_db("fresh");
+    let installed = describe(&mut fresh);
+    let missing: Vec<_> = installed.difference(&upgraded).collect();
+    let extra: Vec<_> = upgraded.difference(&installed).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "after the upgrade, missing:\n{missing:#?}\nand not in a fresh install:\n{extra:#?}"
+    );
+}
