@@ -310,7 +310,7 @@ mod tests {
                 .len(),
             MAX_PATHS
         );
-        let depth = (MAX_PATH_BYTES - 10) / 2;
+        let depth = (MAX_PATH_BYTES - 11) / 2;
         let nested = format!("$.a[?({}@.b{})]", "(".repeat(depth), ")".repeat(depth));
         assert!(nested.len() <= MAX_PATH_BYTES);
         let _ = parse_paths(&json!([{"key": "k", "path": nested}]));
