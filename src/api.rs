@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 /// `{key: rendered value or null}` for each element of `paths`, read from `task_data`.
 #[pg_extern(immutable, parallel_safe, strict)]
-fn extract_metadata(task_data: JsonbArg, paths: JsonB) -> JsonB {
-    let paths = queue::valid_paths(&paths.0);
+fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
+    let paths = queue::valid_paths(&paths.to_value_capped());
     let mut document: Option<Value> = None;
     let mut result = Map::with_capacity(paths.len());
     for path in paths {
@@ -35,7 +35,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonB) -> JsonB {
 /// The text `process_instance_metadata.value` gets for a JSON value; NULL for JSON null.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
-    render(&value.to_rendered_value(), settings::value_format())
+    render(&value.to_value_capped(), settings::value_format())
 }
 
 /// The rendered values of `paths` (plain path strings, not the jsonb array) in `task_data`, in
@@ -120,7 +120,7 @@ fn enqueue(
             .map(|key| required(key, ENQUEUE, "an element of keys"))
             .collect()
     });
-    let paths = query::optional_value::<JsonB>(
+    let paths = query::optional_jsonb(
         "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
         &[process_model_identifier.into()],
     )
@@ -129,7 +129,7 @@ fn enqueue(
             "process model \"{process_model_identifier}\" does not exist"
         ))
     });
-    let paths = queue::valid_paths(&paths.0);
+    let paths = queue::valid_paths(&paths);
     let chosen: Vec<&MetadataPath> = match keys {
         None => paths.iter().collect(),
         Some(keys) => {

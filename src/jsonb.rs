@@ -5,6 +5,7 @@
 //! binary jsonb with PostgreSQL's own lookup, and only the value found is converted.
 
 use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::datum::UnboxDatum;
 use pgrx::nullable::Nullable;
 use pgrx::prelude::*;
 use pgrx::{direct_function_call, impl_sql_translatable};
@@ -47,6 +48,30 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
 
 impl_sql_translatable!(JsonbArg, arg_only = "jsonb");
 
+// What reading a jsonb column of a heap tuple in place needs (PgHeapTuple::get_by_name).
+impl IntoDatum for JsonbArg {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.jsonb.as_ptr()))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: the datum is a jsonb, as get_by_name checks against the column's type first.
+unsafe impl UnboxDatum for JsonbArg {
+    type As<'src> = JsonbArg;
+
+    unsafe fn unbox<'src>(datum: pgrx::datum::Datum<'src>) -> JsonbArg
+    where
+        Self: 'src,
+    {
+        unsafe { JsonbArg::from_polymorphic_datum(datum.sans_lifetime(), false, pg_sys::JSONBOID) }
+            .expect("a jsonb datum that is not NULL")
+    }
+}
+
 /// A document nested deeper than JSONPath evaluation is allowed to go.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooDeep;
@@ -88,8 +113,10 @@ impl JsonbArg {
         })
     }
 
-    /// The whole document as deep as its rendering needs (see RENDER_DEPTH).
-    pub fn to_rendered_value(&self) -> Value {
+    /// The whole document, containers below RENDER_DEPTH levels replaced by empty arrays:
+    /// exact for rendering, and for reading metadata_extraction_paths (whose keys and paths
+    /// are two levels down), however deep a hostile value goes.
+    pub fn to_value_capped(&self) -> Value {
         convert(self.root(), Depth::Cap)
     }
 

@@ -1,11 +1,12 @@
 //! Triggers on `backfill.process_model`.
 
 use crate::api::warn_if_no_worker;
+use crate::jsonb::JsonbArg;
 use crate::paths::parse_paths_lenient;
 use crate::queue::{self, JobPath, Origin};
 use crate::settings;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use serde_json::Value;
 use std::fmt;
 
 #[derive(Debug)]
@@ -27,8 +28,11 @@ impl fmt::Display for TriggerError {
 
 const PATHS_COLUMN: &str = "metadata_extraction_paths";
 
-fn paths_of(row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<Option<JsonB>, TriggerError> {
-    row.get_by_name::<JsonB>(PATHS_COLUMN)
+/// The paths column, read in place: however deep a value someone stored, converting it is
+/// bounded (see JsonbArg::to_value_capped).
+fn paths_of(row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<Option<Value>, TriggerError> {
+    row.get_by_name::<JsonbArg>(PATHS_COLUMN)
+        .map(|paths| paths.map(|p| p.to_value_capped()))
         .map_err(|e| TriggerError::Column(e.to_string()))
 }
 
@@ -40,7 +44,7 @@ fn validate_metadata_extraction_paths<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
     // NULL is left to the NOT NULL constraint, which reports it in its own words.
-    if let Some(JsonB(paths)) = paths_of(&new)? {
+    if let Some(paths) = paths_of(&new)? {
         queue::valid_paths(&paths);
     }
     Ok(Some(new))
@@ -59,12 +63,11 @@ fn enqueue_backfill_on_model_update<'a>(
         .map_err(|e| TriggerError::Column(e.to_string()))?
         .ok_or(TriggerError::NoRow("model id"))?;
     let old_paths = paths_of(&old)?
-        .map(|j| parse_paths_lenient(&j.0))
+        .map(|paths| parse_paths_lenient(&paths))
         .unwrap_or_default();
-    let new_paths = match paths_of(&new)? {
-        Some(JsonB(paths)) => queue::valid_paths(&paths),
-        None => Vec::new(),
-    };
+    let new_paths = paths_of(&new)?
+        .map(|paths| queue::valid_paths(&paths))
+        .unwrap_or_default();
     let changes = JobPath::changes(&old_paths, &new_paths);
     if changes.is_empty() {
         return Ok(None);

@@ -240,13 +240,16 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
     exit_for_restart();
 }
 
+/// The longest the worker waits for a lock unless lock_timeout is configured.
+const LOCK_WAIT: &str = "10s";
+
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
 /// cancel) instead of waiting, may use the foreign-key fast path, and waits at most 10 s for a
 /// lock unless lock_timeout is configured.
 const WORKER: Runner = Runner {
     skip_locked_jobs: true,
     foreign_key_fast_path: true,
-    default_lock_timeout: Some("10s"),
+    default_lock_timeout: Some(LOCK_WAIT),
 };
 
 /// The worker's session: a search path no database user can write to (database and role
@@ -436,7 +439,10 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
-                    if let Err(again) = guarded(|| engine::fail_job(job_id, &message)) {
+                    if let Err(again) = guarded(|| {
+                        bounded_lock_wait();
+                        engine::fail_job(job_id, &message)
+                    }) {
                         warning!(
                             "{BACKEND_TYPE}: could not mark job {job_id} failed: {} ({})",
                             again.message,
@@ -457,6 +463,17 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
             }
         }
     }
+}
+
+/// Outside a batch too (marking a job failed), the worker waits at most 10 s for a lock unless
+/// lock_timeout is configured.
+fn bounded_lock_wait() {
+    Spi::run_with_args(
+        "SELECT CASE WHEN pg_catalog.current_setting('lock_timeout') = '0'
+                     THEN pg_catalog.set_config('lock_timeout', $1, true) END",
+        &[LOCK_WAIT.into()],
+    )
+    .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not bound its lock wait: {e}"));
 }
 
 /// Lets go of a job; an ERROR here would only mean the lock is already gone.

@@ -26,6 +26,17 @@ GRANT SELECT ON backfill.process_instance, backfill.task, backfill.json_data TO 
 GRANT SELECT, INSERT, UPDATE ON backfill.process_instance_metadata TO ROLE;
 ";
 
+#[test]
+fn the_readme_gives_the_recipe_the_tests_use() {
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme =
+        words(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap());
+    for statement in RECIPE.replace("ROLE", "app").split(';') {
+        let statement = words(statement);
+        assert!(readme.contains(&statement), "README.md lacks: {statement}");
+    }
+}
+
 /// The recipe less the data: a role that may edit models but not read task data.
 fn recipe_without_data(role: &str) -> String {
     let recipe = RECIPE.replace("ROLE", role);

@@ -150,6 +150,46 @@ mod tests {
     }
 
     #[pg_test]
+    fn deep_values_in_metadata_extraction_paths_are_input_errors_or_ignored() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        // A deep extra member is ignored, wherever the paths are read: validation, the
+        // trigger's OLD and NEW rows, enqueue, extract_metadata.
+        Spi::run(&format!(
+            "INSERT INTO backfill.process_model (id, metadata_extraction_paths)
+             VALUES ('m', '[{{\"key\": \"k\", \"path\": \"a\", \"note\": {deep}}}]')"
+        ))
+        .unwrap();
+        Spi::run(&format!(
+            "UPDATE backfill.process_model
+                SET metadata_extraction_paths = metadata_extraction_paths
+                    || '[{{\"key\": \"j\", \"path\": \"b\", \"note\": {deep}}}]'
+              WHERE id = 'm'"
+        ))
+        .unwrap();
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM backfill.job WHERE process_model_identifier = 'm'"),
+            1
+        );
+        assert!(one::<i64>("SELECT backfill.enqueue('m')") > 0);
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT backfill.extract_metadata('{{\"a\": 5}}', '[{{\"key\": \"k\", \"path\": \"a\", \"x\": {deep}}}]') ->> 'k'"
+            )),
+            "5"
+        );
+        // A deep key or path is not text: 22023, not an internal error.
+        assert_fails(
+            &format!(
+                "UPDATE backfill.process_model
+                    SET metadata_extraction_paths = '[{{\"key\": \"k\", \"path\": {deep}}}]'
+                  WHERE id = 'm'"
+            ),
+            "22023",
+            "path must be a string, not an array",
+        );
+    }
+
+    #[pg_test]
     fn functions_have_a_fixed_search_path_and_job_rows_no_public_access() {
         // Every function of the extension that runs SQL carries search_path = pg_catalog,
         // pg_temp; extract_values runs none (and is called once per instance).
