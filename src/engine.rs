@@ -16,6 +16,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiHeapTupleData};
 use pgrx::JsonB;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,7 @@ pub struct Runner {
     /// The foreign-key fast path (ForeignKeyCheck::LockedInstances) may be used.
     pub foreign_key_fast_path: bool,
     /// The lock wait of a batch when lock_timeout is not configured (0).
-    pub default_lock_timeout: Option<&'static str>,
+    pub default_lock_timeout: Option<&'static CStr>,
 }
 
 impl Runner {
@@ -421,57 +422,106 @@ const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances
                                set_config('synchronous_commit', 'off', true), ctid, queued_by
                           FROM backfill.job";
 
-/// A lock wait of at most the runner's default unless lock_timeout is configured: a batch
-/// stuck behind someone's lock fails, is retried, and after the last attempt fails the job,
-/// and the worker goes on to the next job instead of waiting for ever.
-const LOCK_TIMEOUT: &str = "SELECT CASE WHEN current_setting('lock_timeout') = '0'
-                                   THEN set_config('lock_timeout', $1, true) END";
+/// Applies the runner's settings to this batch's transaction and answers how the batch meets
+/// the foreign key.
+fn batch_settings(job: &Job, runner: Runner) -> ForeignKeyCheck {
+    if let Some(timeout) = runner.default_lock_timeout {
+        bound_lock_wait(timeout);
+    }
+    if runner.foreign_key_fast_path && fast_path_holds(job.role) {
+        ForeignKeyCheck::LockedInstances
+    } else {
+        ForeignKeyCheck::Triggers
+    }
+}
 
-/// Taken before `FAST_PATH_HOLDS` looks at the catalog and held to commit: ROW EXCLUSIVE
-/// conflicts with what CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them
-/// can commit between the look and the batch's commit, and one that committed before the
-/// lock was granted is seen by the look (a statement of its own, with a snapshot taken after).
-const LOCK_METADATA: &str = "LOCK TABLE backfill.process_instance_metadata IN ROW EXCLUSIVE MODE";
+/// A lock wait of at most `timeout` for this transaction unless lock_timeout is configured: a
+/// batch stuck behind someone's lock fails, is retried, and after the last attempt fails the
+/// job, and the worker goes on to the next job instead of waiting for ever.
+pub fn bound_lock_wait(timeout: &CStr) {
+    // SAFETY: reading the setting's variable; SET LOCAL through the GUC machinery.
+    unsafe {
+        if pg_sys::LockTimeout == 0 {
+            pg_sys::set_config_option(
+                c"lock_timeout".as_ptr(),
+                timeout.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+}
 
 /// Whether the fast path gives exactly the triggers' guarantee for this batch: the metadata
 /// table has no trigger and no rule but those of its foreign key to process_instance (on
 /// process_instance_id), and the job's role may lock instances FOR KEY SHARE (which needs
 /// UPDATE on some column) as the triggers would on its behalf.
-const FAST_PATH_HOLDS: &str = "
-SELECT NOT EXISTS (
-           SELECT 1 FROM pg_trigger t
-            WHERE t.tgrelid = 'backfill.process_instance_metadata'::regclass
-              AND t.tgconstraint IS DISTINCT FROM (
-                    SELECT c.oid FROM pg_constraint c
-                     WHERE c.conrelid = 'backfill.process_instance_metadata'::regclass
-                       AND c.contype = 'f'
-                       AND c.confrelid = 'backfill.process_instance'::regclass
-                       AND c.conkey = ARRAY[(SELECT a.attnum FROM pg_attribute a
-                                              WHERE a.attrelid = 'backfill.process_instance_metadata'::regclass
-                                                AND a.attname = 'process_instance_id')]
-                     LIMIT 1))
-   AND NOT (SELECT c.relhasrules FROM pg_class c
-             WHERE c.oid = 'backfill.process_instance_metadata'::regclass)
-   AND has_any_column_privilege($1, 'backfill.process_instance'::regclass, 'UPDATE')";
+///
+/// The metadata table is locked ROW EXCLUSIVE first, held to commit: that conflicts with what
+/// CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between
+/// this look and the batch's commit; and taking the lock processes the invalidations of
+/// whatever committed before it was granted, so the relation cache read here is current.
+fn fast_path_holds(role: Oid) -> bool {
+    // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
+    // and closed here, and its trigger and foreign-key lists are only read.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"backfill".as_ptr(), false);
+        let metadata = pg_sys::get_relname_relid(c"process_instance_metadata".as_ptr(), schema);
+        let instances = pg_sys::get_relname_relid(c"process_instance".as_ptr(), schema);
+        if metadata == Oid::INVALID || instances == Oid::INVALID {
+            return false;
+        }
+        pg_sys::LockRelationOid(metadata, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let column = pg_sys::get_attnum(metadata, c"process_instance_id".as_ptr());
+        let relation = pg_sys::RelationIdGetRelation(metadata);
+        if relation.is_null() {
+            return false;
+        }
+        let foreign_key = instance_foreign_key(relation, instances, column);
+        let trigdesc = (*relation).trigdesc;
+        let only_foreign_key = trigdesc.is_null()
+            || (0..(*trigdesc).numtriggers as usize)
+                .all(|i| Some((*(*trigdesc).triggers.add(i)).tgconstraint) == foreign_key);
+        let no_rules = (*relation).rd_rules.is_null();
+        pg_sys::RelationClose(relation);
+        let update = pg_sys::ACL_UPDATE as pg_sys::AclMode;
+        let may_lock = pg_sys::pg_class_aclcheck(instances, role, update)
+            == pg_sys::AclResult::ACLCHECK_OK
+            || pg_sys::pg_attribute_aclcheck_all(
+                instances,
+                role,
+                update,
+                pg_sys::AclMaskHow::ACLMASK_ANY,
+            ) == pg_sys::AclResult::ACLCHECK_OK;
+        only_foreign_key && no_rules && may_lock
+    }
+}
 
-/// Applies the runner's settings to this batch's transaction and answers how the batch meets
-/// the foreign key.
-fn batch_settings(job: &Job, runner: Runner) -> ForeignKeyCheck {
-    if let Some(timeout) = runner.default_lock_timeout {
-        run_plan(Plan::LockTimeout, &[timeout.into()], |_| Ok(()));
-    }
-    if !runner.foreign_key_fast_path {
-        return ForeignKeyCheck::Triggers;
-    }
-    run_plan(Plan::LockMetadata, &[], |_| Ok(()));
-    let holds = run_plan(Plan::FastPathHolds, &[job.role.into()], |row| match row {
-        Some(row) => Ok(row.get::<bool>(1)?.unwrap_or(false)),
-        None => Ok(false),
-    });
-    if holds {
-        ForeignKeyCheck::LockedInstances
-    } else {
-        ForeignKeyCheck::Triggers
+/// The constraint of the metadata table's foreign key on `column` to `instances`, if any.
+///
+/// # Safety
+/// `relation` is open.
+unsafe fn instance_foreign_key(
+    relation: pg_sys::Relation,
+    instances: Oid,
+    column: pg_sys::AttrNumber,
+) -> Option<Oid> {
+    // SAFETY (caller): the list belongs to the open relation's cache entry.
+    unsafe {
+        let keys = pg_sys::RelationGetFKeyList(relation);
+        if keys.is_null() {
+            return None;
+        }
+        (0..(*keys).length as usize)
+            .map(|i| (*(*keys).elements.add(i)).ptr_value as *const pg_sys::ForeignKeyCacheInfo)
+            .find(|&key| {
+                (*key).confrelid == instances && (*key).nkeys == 1 && (*key).conkey[0] == column
+            })
+            .map(|key| (*key).conoid)
     }
 }
 
@@ -499,9 +549,6 @@ enum Plan {
         skip_locked: bool,
     },
     Advance,
-    LockTimeout,
-    LockMetadata,
-    FastPathHolds,
     Batch {
         overwrite: bool,
         foreign_key: ForeignKeyCheck,
@@ -528,9 +575,6 @@ impl Plan {
                                WHERE ctid = $7 AND id = $1
                            RETURNING ctid"
                 .to_owned(),
-            Plan::LockTimeout => LOCK_TIMEOUT.to_owned(),
-            Plan::LockMetadata => LOCK_METADATA.to_owned(),
-            Plan::FastPathHolds => FAST_PATH_HOLDS.to_owned(),
             Plan::Batch {
                 overwrite,
                 foreign_key,
@@ -558,9 +602,6 @@ impl Plan {
             Plan::LockJob { .. } => &[INT8],
             Plan::LockJobAt { .. } => &[INT8, TID],
             Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
-            Plan::LockTimeout => &[TEXT],
-            Plan::LockMetadata => &[],
-            Plan::FastPathHolds => &[PgBuiltInOids::OIDOID],
             // The write time is computed once per batch, not twice per row.
             Plan::Batch { .. } => &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS, INT8],
         };

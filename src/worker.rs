@@ -15,6 +15,7 @@ use pgrx::{
     pg_shmem_init, register_xact_callback, PGRXSharedMemory, PgAtomic, PgXactCallbackEvent,
 };
 use std::cell::Cell;
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -241,7 +242,7 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
 }
 
 /// The longest the worker waits for a lock unless lock_timeout is configured.
-const LOCK_WAIT: &str = "10s";
+const LOCK_WAIT: &CStr = c"10s";
 
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
 /// cancel) instead of waiting, may use the foreign-key fast path, and waits at most 10 s for a
@@ -439,8 +440,9 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
+                    // Outside a batch too, the worker's lock wait is bounded.
                     if let Err(again) = guarded(|| {
-                        bounded_lock_wait();
+                        engine::bound_lock_wait(LOCK_WAIT);
                         engine::fail_job(job_id, &message)
                     }) {
                         warning!(
@@ -463,17 +465,6 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
             }
         }
     }
-}
-
-/// Outside a batch too (marking a job failed), the worker waits at most 10 s for a lock unless
-/// lock_timeout is configured.
-fn bounded_lock_wait() {
-    Spi::run_with_args(
-        "SELECT CASE WHEN pg_catalog.current_setting('lock_timeout') = '0'
-                     THEN pg_catalog.set_config('lock_timeout', $1, true) END",
-        &[LOCK_WAIT.into()],
-    )
-    .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not bound its lock wait: {e}"));
 }
 
 /// Lets go of a job; an ERROR here would only mean the lock is already gone.
