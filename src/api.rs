@@ -9,7 +9,7 @@ use crate::query;
 use crate::queue::{self, JobPath, Origin};
 use crate::render::render;
 use crate::settings;
-use crate::worker;
+use crate::wake;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{Map, Value};
@@ -164,27 +164,15 @@ fn enqueue(
         "backfill job {job_id} queued for {process_model_identifier}: {}",
         JobPath::describe(&chosen)
     );
-    warn_if_no_worker(job_id);
+    wake::warn_if_no_worker(job_id);
     job_id
-}
-
-/// Warns when no worker will pick up the job just queued.
-pub fn warn_if_no_worker(job_id: i64) {
-    if let Some((message, hint)) = worker::problem(true) {
-        report_with_hint(
-            PgLogLevel::WARNING,
-            PgSqlErrorCode::ERRCODE_WARNING,
-            format!("backfill job {job_id} will wait: {message}"),
-            hint,
-        );
-    }
 }
 
 /// True when this database's configuration lets the worker run its jobs; otherwise a WARNING
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    match worker::problem(false) {
+    match wake::problem(false) {
         None => true,
         Some((message, hint)) => {
             report_with_hint(
@@ -201,7 +189,7 @@ fn check_worker() -> bool {
 /// The pid of the worker serving this database, NULL when none is running.
 #[pg_extern(volatile)]
 fn worker_pid() -> Option<i32> {
-    worker::serving_pid()
+    wake::serving_pid()
 }
 
 /// Stops a queued or running job at its next batch boundary. False when it had already ended.
@@ -231,7 +219,7 @@ fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> S
         if (state != "queued" && state != "running") || Instant::now() >= deadline {
             return state;
         }
-        worker::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+        wake::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
 }
 
@@ -279,7 +267,7 @@ fn run_begin(job_id: Option<i64>) -> bool {
 fn run_batch(job_id: Option<i64>) -> bool {
     let job_id = required(job_id, "backfill.run", "job_id");
     if RAN_A_BATCH_OF.get() == Some(job_id) {
-        worker::sleep(settings::batch_delay());
+        wake::sleep(settings::batch_delay());
     }
     RAN_A_BATCH_OF.set(Some(job_id));
     match engine::run_batch(job_id, Runner::SESSION) {

@@ -330,7 +330,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
                     failure.message,
                     failure.sqlstate
                 );
-                crate::worker::sleep(delay);
+                crate::wake::sleep(delay);
                 attempt += 1;
             }
         }

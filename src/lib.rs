@@ -17,6 +17,7 @@ mod render;
 mod settings;
 mod subxact;
 mod trigger;
+mod wake;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -30,6 +31,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    wake::init();
     worker::init();
 }
 

@@ -127,7 +127,7 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     })
     .unwrap_or_else(|e| error!("backfill: could not insert a job: {e}"))
     .expect("INSERT ... RETURNING id returns a row");
-    crate::worker::wake_at_commit();
+    crate::wake::wake_at_commit();
     id
 }
 

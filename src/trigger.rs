@@ -1,10 +1,10 @@
 //! Triggers on `backfill.process_model`.
 
-use crate::api::warn_if_no_worker;
 use crate::jsonb::JsonbArg;
 use crate::paths::parse_paths_lenient;
 use crate::queue::{self, JobPath, Origin};
 use crate::settings;
+use crate::wake::warn_if_no_worker;
 use pgrx::prelude::*;
 use serde_json::Value;
 use std::fmt;

@@ -1,57 +1,29 @@
 //! The background worker: one process, `backend_type = 'backfill worker'`, serving the
 //! database named by `backfill.database`. It drains queued jobs oldest first through the same
 //! batch engine as `CALL backfill.run`, one transaction per batch, and sleeps on its latch when
-//! idle; a committed enqueue sets that latch.
+//! idle; a committed enqueue sets that latch (see `wake`).
 
 use crate::engine::{self, Batch, Begin, Runner};
 use crate::query;
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
+use crate::wake;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use pgrx::{
-    pg_shmem_init, register_xact_callback, PGRXSharedMemory, PgAtomic, PgXactCallbackEvent,
-};
-use std::cell::Cell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BACKEND_TYPE: &str = "backfill worker";
 /// How long the postmaster waits before starting the worker again after it exits abnormally.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
-
-/// What backends know of the worker, in shared memory.
-#[derive(Default)]
-pub struct WorkerSlot {
-    /// Address of the worker's latch (PGPROC.procLatch, in shared memory), 0 when none.
-    latch: AtomicU64,
-    pid: AtomicI32,
-    /// The database it is connected to.
-    database: AtomicU32,
-    /// Set when connecting to the configured database failed (it does not exist, or it does
-    /// not allow connections): the next start waits for it without trying to connect,
-    /// instead of failing to connect in a loop.
-    database_missing: AtomicBool,
-}
-
-unsafe impl PGRXSharedMemory for WorkerSlot {}
-
-static SLOT: PgAtomic<WorkerSlot> = unsafe { PgAtomic::new(c"backfill_worker_slot") };
-
-/// True in every process of a server that loaded the library at start (shared memory and the
-/// worker exist only then).
-static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
-    PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(SLOT);
     BackgroundWorkerBuilder::new(BACKEND_TYPE)
         .set_type(BACKEND_TYPE)
         .set_library("backfill")
@@ -60,108 +32,6 @@ pub fn init() {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(RESTART_DELAY))
         .load();
-}
-
-pub fn preloaded() -> bool {
-    PRELOADED.load(Ordering::Relaxed)
-}
-
-/// The pid of the worker serving this database, if one is running and ready.
-pub fn serving_pid() -> Option<i32> {
-    if !preloaded() {
-        return None;
-    }
-    let slot = SLOT.get();
-    // SAFETY: MyDatabaseId is set in every backend connected to a database.
-    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let pid = slot.pid.load(Ordering::Acquire);
-    (pid != 0 && slot.database.load(Ordering::Acquire) == here).then_some(pid)
-}
-
-/// Why no worker will run jobs queued in this database, as (message, hint); `None` when one
-/// will. `live` also asks whether the worker is running right now, not only configured.
-pub fn problem(live: bool) -> Option<(String, String)> {
-    if !preloaded() {
-        return Some((
-            "backfill is not in shared_preload_libraries, so no background worker runs backfill jobs".into(),
-            "Add shared_preload_libraries = 'backfill' to postgresql.conf and restart PostgreSQL; \
-             until then, run a queued job with CALL backfill.run(job_id)."
-                .into(),
-        ));
-    }
-    // SAFETY: the name of the database this backend is connected to.
-    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
-        .to_string_lossy()
-        .into_owned();
-    let served = settings::database();
-    if served != here {
-        return Some((
-            format!("the backfill worker serves database \"{served}\" (backfill.database), not \"{here}\""),
-            format!(
-                "Set backfill.database = '{here}' in postgresql.conf and restart PostgreSQL, \
-                 or run jobs of this database with CALL backfill.run(job_id)."
-            ),
-        ));
-    }
-    if live && serving_pid().is_none() {
-        return Some((
-            format!("no backfill worker is running for database \"{here}\" right now"),
-            "The server log says why (look for \"backfill worker\"); the job stays queued, \
-             and CALL backfill.run(job_id) runs it in your session."
-                .into(),
-        ));
-    }
-    None
-}
-
-thread_local! {
-    static WAKE_REGISTERED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Wakes the worker when the current transaction commits (not before: it would find nothing).
-pub fn wake_at_commit() {
-    if !preloaded() || WAKE_REGISTERED.get() {
-        return;
-    }
-    WAKE_REGISTERED.set(true);
-    register_xact_callback(PgXactCallbackEvent::Commit, || {
-        WAKE_REGISTERED.set(false);
-        let latch = SLOT.get().latch.load(Ordering::Acquire);
-        if latch != 0 {
-            // SAFETY: the address is the worker's PGPROC latch in shared memory, valid for the
-            // life of the server; setting the latch of a process that has exited is harmless.
-            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
-        }
-    });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.set(false));
-}
-
-/// Sleeps up to `duration` on this process's latch, returning early when the worker is asked
-/// to stop; a backend's cancel request interrupts it with the usual error.
-pub fn sleep(duration: Duration) {
-    let deadline = Instant::now() + duration;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || shutdown_requested() {
-            return;
-        }
-        // SAFETY: the standard wait on MyLatch, as pg_sleep does.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                left.as_millis().clamp(1, i64::MAX as u128) as i64,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
-    }
-}
-
-fn shutdown_requested() -> bool {
-    // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.
-    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
 fn reload_config_if_asked() {
@@ -177,31 +47,25 @@ fn reload_config_if_asked() {
 pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = settings::database();
-    let slot = SLOT.get();
-    if slot.database_missing.load(Ordering::Acquire) {
+    if wake::database_missing() {
         wait_for_database(&database);
         exit_for_restart();
     }
     // If connecting fails (no such database, or it refuses connections), the next start waits
     // instead.
-    slot.database_missing.store(true, Ordering::Release);
+    wake::set_database_missing(true);
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    slot.database_missing.store(false, Ordering::Release);
+    wake::set_database_missing(false);
     BackgroundWorker::transaction(fix_session_settings);
-
-    // SAFETY: MyProc is this process's PGPROC; its latch lives in shared memory.
-    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as u64;
-    slot.latch.store(latch, Ordering::Release);
     // SAFETY: both are set once the connection is made.
-    slot.database
-        .store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::Release);
-    slot.pid
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+    wake::worker_ready(unsafe { pg_sys::MyProcPid }, unsafe {
+        pg_sys::MyDatabaseId
+    });
     log!("{BACKEND_TYPE} started for database \"{database}\"");
 
     let mut extension_present = None;
     let mut trouble = Trouble::default();
-    while !shutdown_requested() {
+    while !wake::shutdown_requested() {
         reload_config_if_asked();
         let present = match guarded(extension_installed) {
             Ok(present) => present,
@@ -234,9 +98,7 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
         unsafe { pg_sys::pgstat_report_stat(true) };
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
-    slot.pid.store(0, Ordering::Release);
-    slot.database.store(0, Ordering::Release);
-    slot.latch.store(0, Ordering::Release);
+    wake::worker_gone();
     log!("{BACKEND_TYPE} exiting on shutdown request");
     exit_for_restart();
 }
@@ -301,7 +163,7 @@ impl Trouble {
             );
             self.last_message = Some(message);
         }
-        sleep(delay);
+        wake::sleep(delay);
     }
 
     fn clear(&mut self) {
@@ -336,11 +198,11 @@ fn wait_for_database(database: &str) {
         DatabaseState::Open => "could not be connected to",
     };
     log!("{BACKEND_TYPE}: database \"{database}\" (backfill.database) {why}; waiting for it");
-    while !shutdown_requested() {
+    while !wake::shutdown_requested() {
         let state = BackgroundWorker::transaction(|| database_state(&name));
         if state == DatabaseState::Open {
             log!("{BACKEND_TYPE}: database \"{database}\" can be connected to; restarting to connect to it");
-            SLOT.get().database_missing.store(false, Ordering::Release);
+            wake::set_database_missing(false);
             return;
         }
         BackgroundWorker::wait_latch(Some(settings::naptime().max(Duration::from_secs(5))));
@@ -412,7 +274,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
     };
     let mut failures = 0;
     loop {
-        if shutdown_requested() {
+        if wake::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
             release(job_id);
             return Drained::Ran;
@@ -421,7 +283,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
         match guarded(|| engine::run_batch(job_id, WORKER)) {
             Ok(Batch::More) => {
                 failures = 0;
-                sleep(settings::batch_delay());
+                wake::sleep(settings::batch_delay());
             }
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
@@ -461,7 +323,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
                      trying again in {} s: {message}",
                     delay.as_secs()
                 );
-                sleep(delay);
+                wake::sleep(delay);
             }
         }
     }

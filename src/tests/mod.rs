@@ -4,6 +4,8 @@
 
 mod extraction;
 mod hardening;
+#[cfg(test)]
+mod layering;
 mod schema;
 mod validation;
 

@@ -1,0 +1,79 @@
+//! The modules of src/ depend in one direction: each may use only modules of a lower layer
+//! (README, "Architecture"). Read from the sources, so a new `use crate::...` that points up
+//! or sideways fails here.
+
+/// Bottom to top. Pure modules, then infrastructure, the job queue, the batch engine, and the
+/// three entry points (SQL API, trigger, worker loop), which never use each other.
+const LAYERS: &[&[&str]] = &[
+    &["paths", "render"],
+    &["extract", "jsonb"],
+    &["error", "subxact", "privilege", "settings"],
+    &["query", "wake"],
+    &["queue"],
+    &["engine"],
+    &["api", "trigger", "worker"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// The modules `source` names as `crate::NAME`.
+fn uses(source: &str) -> Vec<String> {
+    let mut found: Vec<String> = source
+        .match_indices("crate::")
+        .map(|(at, prefix)| {
+            source[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(module) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if module == "lib" {
+            continue;
+        }
+        let layer = layer_of(&module)
+            .unwrap_or_else(|| panic!("src/{module}.rs is in no layer of LAYERS: place it"));
+        let source = std::fs::read_to_string(&path).unwrap();
+        // Test code of a module may reach anywhere; only the module itself counts.
+        let code = source.split("#[cfg(test)]").next().unwrap_or(&source);
+        for used in uses(code) {
+            let used_layer = layer_of(&used)
+                .unwrap_or_else(|| panic!("src/{module}.rs uses crate::{used}, in no layer"));
+            assert!(
+                used_layer < layer,
+                "src/{module}.rs (layer {layer}) uses crate::{used} (layer {used_layer}): \
+                 dependencies point down only"
+            );
+        }
+        seen.push(module);
+    }
+    assert!(seen.len() >= 15, "read only {seen:?}");
+}
+
+#[test]
+fn the_use_scanner_finds_what_it_should() {
+    assert_eq!(
+        uses("use crate::engine::{self, Batch};\nlet x = crate::wake::sleep(d);"),
+        ["engine", "wake"]
+    );
+}
