@@ -10,33 +10,6 @@ CREATE TRIGGER enqueue_backfill_on_model_update
     WHEN (OLD.metadata_extraction_paths IS DISTINCT FROM NEW.metadata_extraction_paths)
     EXECUTE FUNCTION enqueue_backfill_on_model_update();
 
--- One row a job: where it is, how fast it goes, when it should end.
-CREATE VIEW progress AS
-SELECT j.id,
-       j.process_model_identifier AS model,
-       ARRAY(SELECT p ->> 'key' FROM jsonb_array_elements(j.paths) AS p) AS keys,
-       j.state,
-       j.instances_processed AS processed,
-       j.instances_total AS total,
-       CASE WHEN j.instances_total = 0 THEN 100.0
-            ELSE round(100.0 * j.instances_processed / j.instances_total, 1) END AS percent,
-       round(j.instances_processed / nullif(extract(epoch FROM t.elapsed), 0), 1) AS instances_per_second,
-       CASE WHEN j.state = 'running' AND j.instances_processed > 0
-            THEN t.elapsed * ((j.instances_total - j.instances_processed)::float8 / j.instances_processed)
-       END AS eta,
-       t.elapsed,
-       j.instances_updated AS updated,
-       j.errors,
-       j.last_error,
-       j.overwrite,
-       j.origin,
-       j.created_at,
-       j.started_at,
-       j.finished_at,
-       j.queued_by
-  FROM job j
- CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t;
-
 -- Runs a job to its end in this session, one transaction per batch, so it works on a server
 -- without the worker. A second runner of the same job is refused; a failed, cancelled or
 -- interrupted job continues from its cursor. An interrupt at any point lets the job go at once
@@ -86,6 +59,54 @@ REVOKE ALL ON FUNCTION enqueue(text, text[], boolean), cancel(bigint), wait(bigi
                        check_worker()
     FROM PUBLIC;
 REVOKE ALL ON PROCEDURE run(bigint) FROM PUBLIC;
+
+-- What each object is, for \d+ and \df+ (every object of schema backfill has a comment).
+COMMENT ON TABLE @extschema@.process_model IS
+    'Process models and their metadata_extraction_paths ([{"key", "path"}]); an UPDATE of the paths queues a backfill job.';
+COMMENT ON TABLE @extschema@.process_instance IS
+    'Process instances; a job walks those of one model in id order.';
+COMMENT ON TABLE @extschema@.json_data IS
+    'Task data, content-addressed by hash, as in SpiffWorkflow.';
+COMMENT ON TABLE @extschema@.task IS
+    'Tasks of instances; the data of the latest COMPLETED one (by end_in_seconds) is what paths are read from.';
+COMMENT ON TABLE @extschema@.process_instance_metadata IS
+    'One row per instance and key: the value extracted from the latest completed task data, rendered as SpiffWorkflow stores it.';
+COMMENT ON TABLE @extschema@.job IS
+    'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as. Written by the extension only.';
+COMMENT ON VIEW @extschema@.progress IS
+    'One row per job: state, processed/total, percent, rate, ETA, elapsed, errors.';
+COMMENT ON FUNCTION @extschema@.latest_completed_task(bigint) IS
+    'The hash of the task data of the instance''s latest completed task (latest by end_in_seconds, then guid); inlined where it is called.';
+COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
+    'The data of the instance''s latest completed task, {} when it has none.';
+COMMENT ON FUNCTION @extschema@.extract_metadata(jsonb, jsonb) IS
+    'The values the paths give in this task data, {key: rendered text or null}, rendered in backfill.value_format.';
+COMMENT ON FUNCTION @extschema@.render_value(jsonb) IS
+    'The text process_instance_metadata.value gets for a JSON value (NULL for null), in backfill.value_format, cut to 255 characters.';
+COMMENT ON FUNCTION @extschema@.extract_values(jsonb, text[]) IS
+    'The rendered values of these paths in this task data, in order: what a batch calls once per instance.';
+COMMENT ON FUNCTION @extschema@.enqueue(text, text[], boolean) IS
+    'Queues a job for the named keys (NULL: all) of the model''s current paths, replacing existing values with overwrite; returns its id. The job runs as the calling role.';
+COMMENT ON FUNCTION @extschema@.cancel(bigint) IS
+    'Stops a queued or running job at its next batch boundary; false when it had already ended.';
+COMMENT ON FUNCTION @extschema@.wait(bigint, interval) IS
+    'Waits until the job is no longer queued or running (at most timeout) and returns its state.';
+COMMENT ON FUNCTION @extschema@.run_begin(bigint) IS
+    'First step of CALL backfill.run: takes the job for this session; true when there are batches to run.';
+COMMENT ON FUNCTION @extschema@.run_batch(bigint) IS
+    'One batch of a job this session runs, in the caller''s transaction; true while there is more.';
+COMMENT ON FUNCTION @extschema@.run_end(bigint) IS
+    'Last step of CALL backfill.run: lets the job go and says how it ended.';
+COMMENT ON FUNCTION @extschema@.check_worker() IS
+    'Whether the background worker will run this database''s jobs; a WARNING says what to change when not.';
+COMMENT ON FUNCTION @extschema@.worker_pid() IS
+    'The pid of the background worker serving this database, NULL when none runs.';
+COMMENT ON FUNCTION @extschema@.validate_metadata_extraction_paths() IS
+    'Trigger: rejects a malformed metadata_extraction_paths with 22023 naming the element.';
+COMMENT ON FUNCTION @extschema@.enqueue_backfill_on_model_update() IS
+    'Trigger: queues one job for the keys an UPDATE added (fill) or re-pointed (overwrite).';
+COMMENT ON PROCEDURE @extschema@.run(bigint) IS
+    'Runs a job to its end in this session, committing after every batch; continues a failed, cancelled or interrupted job from its cursor.';
 
 -- Says so at CREATE EXTENSION when the worker will not serve this database.
 SELECT check_worker();

@@ -99,19 +99,30 @@ SELECT pg_catalog.pg_extension_config_dump('process_instance_metadata_id_seq', '
 SELECT pg_catalog.pg_extension_config_dump('job', '');
 SELECT pg_catalog.pg_extension_config_dump('job_id_seq', '');
 
--- The data of an instance's latest completed task, '{}' when it has none. The batch engine
--- runs the same lookup inline (as a LATERAL join) so it plans together with the batch.
+-- The latest completed task of an instance, written once: latest_task_data and every batch
+-- (src/engine.rs) use it. It is inlined into the statement that calls it, so a batch plans it
+-- as one probe of task_latest_completed_idx; a function with SET search_path would not be, so
+-- this one names every operator with its schema and every table with the extension's.
+CREATE FUNCTION latest_completed_task(process_instance_id bigint)
+RETURNS TABLE (json_data_hash text)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1
+AS $$
+    SELECT t.json_data_hash
+      FROM @extschema@.task t
+     WHERE t.process_instance_id OPERATOR(pg_catalog.=) latest_completed_task.process_instance_id
+       AND t.state OPERATOR(pg_catalog.=) 'COMPLETED'
+     ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
+     LIMIT 1
+$$;
+
+-- The data of an instance's latest completed task, '{}' when it has none.
 CREATE FUNCTION latest_task_data(process_instance_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(
         (SELECT d.data
-           FROM @extschema@.task t
-           JOIN @extschema@.json_data d ON d.hash = t.json_data_hash
-          WHERE t.process_instance_id = latest_task_data.process_instance_id
-            AND t.state = 'COMPLETED'
-          ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
-          LIMIT 1),
+           FROM @extschema@.latest_completed_task(latest_task_data.process_instance_id) l
+           JOIN @extschema@.json_data d ON d.hash = l.json_data_hash),
         '{}'::jsonb)
 $$;

@@ -19,7 +19,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// `{key: rendered value or null}` for each element of `paths`, read from `task_data`.
-#[pg_extern(immutable, parallel_safe, strict)]
+/// STABLE, not IMMUTABLE: the rendering follows backfill.value_format, so the same arguments
+/// can give another result after a reload (an index or a folded constant would keep the old).
+#[pg_extern(stable, parallel_safe, strict)]
 fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
     let paths = queue::valid_paths(&paths.to_value_capped());
     let mut document: Option<Value> = None;
@@ -33,7 +35,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
 }
 
 /// The text `process_instance_metadata.value` gets for a JSON value; NULL for JSON null.
-#[pg_extern(immutable, parallel_safe, strict)]
+#[pg_extern(stable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
     render(&value.to_value_capped(), settings::value_format())
 }
@@ -290,14 +292,9 @@ fn run_end(job_id: Option<i64>) {
         return;
     }
     let summary = crate::privilege::as_job_table_owner(|| {
-        query::optional_value::<String>(
-        "SELECT format('backfill job %s %s: %s of %s instances processed, %s updated, %s errors in %s',
-                       p.id, p.state, p.processed, p.total, p.updated, p.errors, p.elapsed)
-           FROM backfill.progress p WHERE p.id = $1",
-        &[job_id.into()],
-    )
+        query::optional_value::<String>("SELECT backfill.job_summary($1)", &[job_id.into()])
     });
     if let Some(summary) = summary {
-        notice!("{summary}");
+        notice!("backfill job {job_id} {summary}");
     }
 }

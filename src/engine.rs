@@ -226,9 +226,7 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         let total = total.unwrap_or(0);
         as_job_table_owner(|| {
             Spi::run_with_args(
-                "UPDATE backfill.job SET state = 'running', started_at = now(), finished_at = NULL,
-                        last_error = NULL, instances_total = $2, max_instance_id = $3
-                  WHERE id = $1",
+                "SELECT backfill.job_start($1, $2, $3)",
                 &[job_id.into(), total.into(), max_id.into()],
             )
         })
@@ -241,11 +239,7 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         );
     } else {
         as_job_table_owner(|| {
-            Spi::run_with_args(
-                "UPDATE backfill.job SET state = 'running', finished_at = NULL, last_error = NULL
-                  WHERE id = $1",
-                &[job_id.into()],
-            )
+            Spi::run_with_args("SELECT backfill.job_resume($1)", &[job_id.into()])
         })
         .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
         log!(
@@ -370,15 +364,19 @@ fn attempt_batch(job: &Job, max_id: i64, limit: i64) -> Result<Outcome, Failure>
 
 /// The batch: the next `limit` instances of the model after `after` (keyset, up to the job's
 /// bound), the data of each one's latest completed task, the paths extracted in Rust once per
-/// instance, and the rows written set-based, in one statement.
-const BATCH_SQL: &str = "
+/// instance, and the rows written set-based, in one statement. Assembled by `batch_sql` from
+/// these pieces: the instances (locked FOR KEY SHARE on the fast path), then the rows, written
+/// DO NOTHING or DO UPDATE on conflict.
+const BATCH_INSTANCES: &str = "
 WITH batch AS MATERIALIZED (
     SELECT i.id
       FROM backfill.process_instance i
      WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
      ORDER BY i.id
-     LIMIT $4
-     /*lock*/
+     LIMIT $4";
+const LOCK_INSTANCES: &str = "
+     FOR KEY SHARE";
+const BATCH_ROWS: &str = "
 ), extracted AS (
     -- The two unnests in the select list run in lockstep, a (key, value) row each, without
     -- the tuplestore a set-returning function in FROM would fill per instance.
@@ -386,30 +384,34 @@ WITH batch AS MATERIALIZED (
            unnest($5::text[]) AS key,
            unnest(backfill.extract_values(coalesce(d.data, '{}'::jsonb), $6::text[])) AS value
       FROM batch b
-      LEFT JOIN LATERAL (
-            SELECT t.json_data_hash
-              FROM backfill.task t
-             WHERE t.process_instance_id = b.id AND t.state = 'COMPLETED'
-             ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
-             LIMIT 1) latest ON true
+      LEFT JOIN LATERAL backfill.latest_completed_task(b.id) latest ON true
       LEFT JOIN backfill.json_data d ON d.hash = latest.json_data_hash
 ), written AS (
     INSERT INTO backfill.process_instance_metadata AS m
            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
     SELECT e.id, e.key, e.value, $8, $8
       FROM extracted e
-    ON CONFLICT (process_instance_id, key) DO /*on_conflict*/
+    ON CONFLICT (process_instance_id, key) DO ";
+const FILL_MISSING: &str = "NOTHING";
+// Only keys whose path the job replaces are overwritten, and only when the value differs.
+const OVERWRITE: &str = "UPDATE
+        SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
+      WHERE m.key = ANY($7::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
+const BATCH_RESULT: &str = "
     RETURNING m.process_instance_id
 )
 SELECT (SELECT count(*) FROM batch),
        (SELECT max(id) FROM batch),
        (SELECT count(DISTINCT process_instance_id) FROM written)";
 
-const FILL_MISSING: &str = "NOTHING";
-// Only keys whose path the job replaces are overwritten, and only when the value differs.
-const OVERWRITE: &str = "UPDATE
-        SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
-      WHERE m.key = ANY($7::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
+fn batch_sql(overwrite: bool, foreign_key: ForeignKeyCheck) -> String {
+    let lock = match foreign_key {
+        ForeignKeyCheck::Triggers => "",
+        ForeignKeyCheck::LockedInstances => LOCK_INSTANCES,
+    };
+    let on_conflict = if overwrite { OVERWRITE } else { FILL_MISSING };
+    [BATCH_INSTANCES, lock, BATCH_ROWS, on_conflict, BATCH_RESULT].concat()
+}
 
 /// The columns a runner reads of its job, the TID last. Each batch transaction commits
 /// asynchronously (synchronous_commit = off, for this transaction only). That is safe
@@ -578,18 +580,7 @@ impl Plan {
             Plan::Batch {
                 overwrite,
                 foreign_key,
-            } => BATCH_SQL
-                .replace(
-                    "/*on_conflict*/",
-                    if overwrite { OVERWRITE } else { FILL_MISSING },
-                )
-                .replace(
-                    "/*lock*/",
-                    match foreign_key {
-                        ForeignKeyCheck::Triggers => "",
-                        ForeignKeyCheck::LockedInstances => "FOR KEY SHARE",
-                    },
-                ),
+            } => batch_sql(overwrite, foreign_key),
         }
     }
 
@@ -784,23 +775,23 @@ fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
 }
 
 fn finish(job: &Job) -> Batch {
-    let (processed, updated, errors, seconds) = as_job_table_owner(|| Spi::connect_mut(|client| {
-        let row = client
-            .update(
-                "UPDATE backfill.job SET state = 'succeeded', finished_at = clock_timestamp() WHERE id = $1
-                 RETURNING instances_processed, instances_updated, errors,
-                           extract(epoch FROM finished_at - started_at)::float8",
-                None,
-                &[job.id.into()],
-            )?
-            .first();
-        Ok::<_, pgrx::spi::Error>((
-            row.get::<i64>(1)?.unwrap_or(0),
-            row.get::<i64>(2)?.unwrap_or(0),
-            row.get::<i64>(3)?.unwrap_or(0),
-            row.get::<f64>(4)?.unwrap_or(0.0),
-        ))
-    }))
+    let (processed, updated, errors, seconds) = as_job_table_owner(|| {
+        Spi::connect_mut(|client| {
+            let row = client
+                .update(
+                    "SELECT * FROM backfill.job_finish($1)",
+                    None,
+                    &[job.id.into()],
+                )?
+                .first();
+            Ok::<_, pgrx::spi::Error>((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<i64>(3)?.unwrap_or(0),
+                row.get::<f64>(4)?.unwrap_or(0.0),
+            ))
+        })
+    })
     .unwrap_or_else(|e| error!("backfill: could not finish job {}: {e}", job.id));
     log!(
         "backfill: job {} succeeded for model {}: {processed} instances processed, {updated} updated, \
@@ -832,8 +823,7 @@ fn mark_failed(job: &Job, message: &str) {
 pub fn fail_job(job_id: i64, message: &str) {
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "UPDATE backfill.job SET state = 'failed', finished_at = clock_timestamp(), last_error = $2
-              WHERE id = $1 AND state IN ('queued', 'running')",
+            "SELECT backfill.job_fail($1, $2)",
             &[job_id.into(), message.into()],
         )
     })
@@ -849,16 +839,11 @@ fn log_progress(job_id: i64) {
     }
     LAST_PROGRESS_LOG.set(Some(Instant::now()));
     let line = as_job_table_owner(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT format('%s/%s instances (%s%%), %s updated, %s errors, %s instances/s',
-                       processed, total, percent, updated, errors, instances_per_second)
-           FROM backfill.progress WHERE id = $1",
-            &[job_id.into()],
-        )
+        Spi::get_one_with_args::<String>("SELECT backfill.job_summary($1)", &[job_id.into()])
     });
     // A progress line is not worth failing the batch over.
     match line {
-        Ok(Some(line)) => log!("backfill: job {job_id}: {line}"),
+        Ok(Some(line)) => log!("backfill: job {job_id} {line}"),
         Ok(None) => {}
         Err(e) => warning!("backfill: job {job_id}: could not read its progress: {e}"),
     }

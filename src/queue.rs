@@ -114,8 +114,7 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     let role = privilege::current_role();
     let id = as_job_table_owner(|| {
         Spi::get_one_with_args::<i64>(
-            "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin, queued_by)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "SELECT backfill.job_insert($1, $2, $3, $4, $5)",
             &[
                 model.into(),
                 JsonB(JobPath::to_json(paths)).into(),
@@ -126,7 +125,7 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
         )
     })
     .unwrap_or_else(|e| error!("backfill: could not insert a job: {e}"))
-    .expect("INSERT ... RETURNING id returns a row");
+    .unwrap_or_else(|| error!("backfill: job_insert returned no id"));
     crate::wake::wake_at_commit();
     id
 }
@@ -163,13 +162,9 @@ pub fn check_acts_for(job_id: i64, what: &str) {
 pub fn cancel(job_id: i64) -> bool {
     check_acts_for(job_id, "cancel");
     let cancelled = as_job_table_owner(|| {
-        optional_value::<i64>(
-            "UPDATE backfill.job SET state = 'cancelled', finished_at = now()
-              WHERE id = $1 AND state IN ('queued', 'running') RETURNING id",
-            &[job_id.into()],
-        )
+        optional_value::<bool>("SELECT backfill.job_cancel($1)", &[job_id.into()])
     })
-    .is_some();
+    .unwrap_or(false);
     if cancelled {
         log!("backfill: job {job_id} cancelled");
     }

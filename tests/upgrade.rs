@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 /// Every object of the extension in schema backfill (a test build adds functions of its own
 /// in schema tests), described in text: functions with their signature, result,
-/// strictness, volatility, settings, privileges and body; columns; views; constraints,
+/// strictness, volatility, settings, privileges, body and comment; columns; views; constraints,
 /// indexes and triggers of its tables; table privileges.
 const DESCRIBE: &str = "
 WITH members AS (
@@ -25,7 +25,7 @@ SELECT 'function ' || p.oid::regprocedure || ' -> ' || p.prorettype::regtype
        || ' kind=' || p.prokind::text || ' strict=' || p.proisstrict || ' volatile=' || p.provolatile::text
        || ' parallel=' || p.proparallel::text || ' config=' || coalesce(p.proconfig::text, '-')
        || ' acl=' || coalesce(p.proacl::text, '-') || ' args=' || pg_get_function_arguments(p.oid)
-       || ' src=' || p.prosrc
+       || ' src=' || p.prosrc || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '-')
   FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
  WHERE p.pronamespace = 'backfill'::regnamespace
 UNION ALL
@@ -36,6 +36,7 @@ SELECT 'column ' || c.oid::regclass || '.' || a.attname || ' ' || format_type(a.
   LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 UNION ALL
 SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+       || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')
        || coalesce(' view=' || pg_get_viewdef(c.oid), '')
   FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
 UNION ALL

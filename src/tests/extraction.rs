@@ -173,7 +173,8 @@ mod tests {
     }
 
     #[pg_test]
-    fn extraction_functions_are_immutable_and_parallel_safe() {
+    fn extraction_functions_are_stable_and_parallel_safe() {
+        // Stable: they read backfill.value_format (README, "Extraction").
         let flags = Spi::get_one::<String>(
             "SELECT string_agg(proname || ':' || provolatile::text || proparallel::text, ',' ORDER BY proname)
                FROM pg_proc WHERE pronamespace = 'backfill'::regnamespace
@@ -181,7 +182,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(flags, "extract_metadata:is,render_value:is");
+        assert_eq!(flags, "extract_metadata:ss,render_value:ss");
     }
 
     #[pg_test]

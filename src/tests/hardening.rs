@@ -190,15 +190,42 @@ mod tests {
     }
 
     #[pg_test]
+    fn every_object_and_setting_is_described() {
+        let undescribed: Vec<String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT p.oid::regprocedure::text FROM pg_proc p
+                      WHERE p.pronamespace = 'backfill'::regnamespace
+                        AND obj_description(p.oid, 'pg_proc') IS NULL
+                     UNION ALL
+                     SELECT c.oid::regclass::text FROM pg_class c
+                      WHERE c.relnamespace = 'backfill'::regnamespace AND c.relkind IN ('r', 'v')
+                        AND obj_description(c.oid, 'pg_class') IS NULL
+                     UNION ALL
+                     SELECT name FROM pg_settings
+                      WHERE name LIKE 'backfill.%'
+                        AND (coalesce(short_desc, '') = '' OR coalesce(extra_desc, '') = '')",
+                    None,
+                    &[],
+                )?
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+        assert!(undescribed.is_empty(), "{undescribed:?}");
+    }
+
+    #[pg_test]
     fn functions_have_a_fixed_search_path_and_job_rows_no_public_access() {
         // Every function of the extension that runs SQL carries search_path = pg_catalog,
-        // pg_temp; extract_values runs none (and is called once per instance).
+        // pg_temp; extract_values runs none (and is called once per instance), and
+        // latest_completed_task names every operator with its schema (it must stay inlinable).
         let unset: Vec<String> = Spi::connect(|client| {
             client
                 .select(
                     "SELECT p.oid::regprocedure::text FROM pg_proc p
                       WHERE p.pronamespace = 'backfill'::regnamespace AND p.prokind = 'f'
-                        AND p.proname <> 'extract_values'
+                        AND p.proname NOT IN ('extract_values', 'latest_completed_task')
                         AND (p.proconfig IS NULL
                              OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))",
                     None,

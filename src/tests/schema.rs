@@ -168,12 +168,13 @@ task.end_in_seconds numeric";
              ANALYZE backfill.process_instance, backfill.task, backfill.json_data;",
         )
         .unwrap();
+        // As a batch calls it: inlined (no function scan), one probe of the partial index.
         let plan = explain(
-            "SELECT t.json_data_hash FROM backfill.task t
-              WHERE t.process_instance_id = 4242 AND t.state = 'COMPLETED'
-              ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC LIMIT 1",
+            "SELECT l.json_data_hash FROM (VALUES (4242::bigint)) b(id)
+               LEFT JOIN LATERAL backfill.latest_completed_task(b.id) l ON true",
         );
         assert!(plan.contains("task_latest_completed_idx"), "{plan}");
+        assert!(!plan.contains("Function Scan"), "not inlined: {plan}");
         assert!(
             !plan.contains("\"Sort\""),
             "the index gives the order: {plan}"
