@@ -4,6 +4,17 @@ mod tests {
     use pgrx::prelude::*;
     use std::time::Instant;
 
+    /// The first column of every row of `sql`, as text.
+    fn texts(sql: &str) -> Vec<String> {
+        Spi::connect(|client| {
+            client
+                .select(sql, None, &[])?
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
         Spi::get_one::<T>(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -191,10 +202,8 @@ mod tests {
 
     #[pg_test]
     fn every_object_and_setting_is_described() {
-        let undescribed: Vec<String> = Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT p.oid::regprocedure::text FROM pg_proc p
+        let undescribed = texts(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
                       WHERE p.pronamespace = 'backfill'::regnamespace
                         AND obj_description(p.oid, 'pg_proc') IS NULL
                      UNION ALL
@@ -205,13 +214,7 @@ mod tests {
                      SELECT name FROM pg_settings
                       WHERE name LIKE 'backfill.%'
                         AND (coalesce(short_desc, '') = '' OR coalesce(extra_desc, '') = '')",
-                    None,
-                    &[],
-                )?
-                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap();
+        );
         assert!(undescribed.is_empty(), "{undescribed:?}");
     }
 
@@ -220,21 +223,13 @@ mod tests {
         // Every function of the extension that runs SQL carries search_path = pg_catalog,
         // pg_temp; extract_values runs none (and is called once per instance), and
         // latest_completed_task names every operator with its schema (it must stay inlinable).
-        let unset: Vec<String> = Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT p.oid::regprocedure::text FROM pg_proc p
+        let unset = texts(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
                       WHERE p.pronamespace = 'backfill'::regnamespace AND p.prokind = 'f'
                         AND p.proname NOT IN ('extract_values', 'latest_completed_task')
                         AND (p.proconfig IS NULL
                              OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))",
-                    None,
-                    &[],
-                )?
-                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap();
+        );
         assert!(unset.is_empty(), "{unset:?}");
         assert!(!one::<bool>(
             "SELECT has_table_privilege('public', 'backfill.job', 'INSERT')
