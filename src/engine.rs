@@ -16,7 +16,6 @@ use pgrx::spi::{OwnedPreparedStatement, SpiHeapTupleData};
 use pgrx::JsonB;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::CStr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -53,8 +52,6 @@ pub struct Runner {
     pub skip_locked_jobs: bool,
     /// The foreign-key fast path (ForeignKeyCheck::LockedInstances) may be used.
     pub foreign_key_fast_path: bool,
-    /// The lock wait of a batch when lock_timeout is not configured (0).
-    pub default_lock_timeout: Option<&'static CStr>,
 }
 
 impl Runner {
@@ -62,7 +59,6 @@ impl Runner {
     pub const SESSION: Runner = Runner {
         skip_locked_jobs: false,
         foreign_key_fast_path: false,
-        default_lock_timeout: None,
     };
 }
 
@@ -424,37 +420,12 @@ const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances
                                set_config('synchronous_commit', 'off', true), ctid, queued_by
                           FROM backfill.job";
 
-/// Applies the runner's settings to this batch's transaction and answers how the batch meets
-/// the foreign key.
+/// How this batch meets the foreign key, as the runner allows.
 fn batch_settings(job: &Job, runner: Runner) -> ForeignKeyCheck {
-    if let Some(timeout) = runner.default_lock_timeout {
-        bound_lock_wait(timeout);
-    }
     if runner.foreign_key_fast_path && fast_path_holds(job.role) {
         ForeignKeyCheck::LockedInstances
     } else {
         ForeignKeyCheck::Triggers
-    }
-}
-
-/// A lock wait of at most `timeout` for this transaction unless lock_timeout is configured: a
-/// batch stuck behind someone's lock fails, is retried, and after the last attempt fails the
-/// job, and the worker goes on to the next job instead of waiting for ever.
-pub fn bound_lock_wait(timeout: &CStr) {
-    // SAFETY: reading the setting's variable; SET LOCAL through the GUC machinery.
-    unsafe {
-        if pg_sys::LockTimeout == 0 {
-            pg_sys::set_config_option(
-                c"lock_timeout".as_ptr(),
-                timeout.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_LOCAL,
-                true,
-                0,
-                false,
-            );
-        }
     }
 }
 

@@ -107,13 +107,33 @@ pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
 const LOCK_WAIT: &CStr = c"10s";
 
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
-/// cancel) instead of waiting, may use the foreign-key fast path, and waits at most 10 s for a
-/// lock unless lock_timeout is configured.
+/// cancel) instead of waiting, and may use the foreign-key fast path. (Its lock waits are
+/// bounded by `guarded`, for every transaction.)
 const WORKER: Runner = Runner {
     skip_locked_jobs: true,
     foreign_key_fast_path: true,
-    default_lock_timeout: Some(LOCK_WAIT),
 };
+
+/// A lock wait of at most `timeout` for this transaction unless lock_timeout is configured: a
+/// batch stuck behind someone's lock fails, is retried, and after the last attempt fails the
+/// job, and the worker goes on to the next job instead of waiting for ever.
+fn bound_lock_wait(timeout: &CStr) {
+    // SAFETY: reading the setting's variable; SET LOCAL through the GUC machinery.
+    unsafe {
+        if pg_sys::LockTimeout == 0 {
+            pg_sys::set_config_option(
+                c"lock_timeout".as_ptr(),
+                timeout.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+}
 
 /// The worker's session: a search path no database user can write to (database and role
 /// defaults such as ALTER DATABASE ... SET search_path are overridden), READ COMMITTED, so
@@ -129,11 +149,14 @@ fn fix_session_settings() {
 }
 
 /// Runs `work` in a transaction of its own and catches an ERROR in it (rolled back with a
-/// subtransaction) instead of letting it end the process.
+/// subtransaction) instead of letting it end the process. Every lock the transaction waits
+/// for, job rows and tables alike, is waited for at most LOCK_WAIT unless lock_timeout is
+/// configured: a lock someone holds never stalls the worker.
 fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
     let work = std::panic::AssertUnwindSafe(work);
     BackgroundWorker::transaction(move || {
         let work = work;
+        bound_lock_wait(LOCK_WAIT);
         in_subtransaction(work.0)
     })
 }
@@ -302,11 +325,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
-                    // Outside a batch too, the worker's lock wait is bounded.
-                    if let Err(again) = guarded(|| {
-                        engine::bound_lock_wait(LOCK_WAIT);
-                        engine::fail_job(job_id, &message)
-                    }) {
+                    if let Err(again) = guarded(|| engine::fail_job(job_id, &message)) {
                         warning!(
                             "{BACKEND_TYPE}: could not mark job {job_id} failed: {} ({})",
                             again.message,
