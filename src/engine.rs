@@ -164,12 +164,18 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         Claim::Acquired => {}
         Claim::HeldBy(pid) => return Begin::Busy(pid),
     }
+    let begun = start_claimed(job_id, resume_stopped, runner);
+    if begun != Begin::Started {
+        queue::release_claim(job_id);
+    }
+    begun
+}
+
+/// `begin` once this process holds the job's run lock.
+fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     let job = match Job::lock(job_id, runner) {
         Lookup::Found(job) => job,
-        Lookup::Locked => {
-            queue::release_claim(job_id);
-            return Begin::Busy(None);
-        }
+        Lookup::Locked => return Begin::Busy(None),
         Lookup::Missing => {
             queue::release_claim(job_id);
             queue::no_such_job(job_id);
@@ -181,17 +187,16 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         _ => false,
     };
     if !runnable {
-        queue::release_claim(job_id);
         return Begin::NotRunnable(job.state);
     }
     if !privilege::role_exists(job.role) {
-        let message = format!(
-            "role {} that queued the job no longer exists",
-            job.role.to_u32()
+        return failed_at_start(
+            job_id,
+            &format!(
+                "role {} that queued the job no longer exists",
+                job.role.to_u32()
+            ),
         );
-        mark_failed(&job, &message);
-        queue::release_claim(job_id);
-        return Begin::NotRunnable("failed".to_owned());
     }
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
@@ -211,11 +216,8 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             }),
             // The role may not read the instances at all: nothing to retry.
             Err(failure) if is_permanent(&failure) => {
-                let message = format!("{} ({})", failure.message, failure.sqlstate);
-                warning!("backfill: job {job_id} failed: {message}");
-                mark_failed(&job, &message);
-                queue::release_claim(job_id);
-                return Begin::NotRunnable("failed".to_owned());
+                warning!("backfill: job {job_id} failed: {failure}");
+                return failed_at_start(job_id, &failure.to_string());
             }
             Err(failure) => failure.rethrow(),
         };
@@ -248,6 +250,13 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     }
     LAST_PROGRESS_LOG.set(Some(Instant::now()));
     Begin::Started
+}
+
+/// A job that cannot start (its role is gone, or may not read the instances): failed, with
+/// the reason, and nothing to run.
+fn failed_at_start(job_id: i64, message: &str) -> Begin {
+    fail_job(job_id, message);
+    Begin::NotRunnable("failed".to_owned())
 }
 
 /// Gives up this process's hold on the job (it stays in whatever state it is).
@@ -314,11 +323,9 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
                 let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
                 warning!(
                     "backfill: job {job_id}: batch after instance {} failed (attempt {attempt} of {BATCH_ATTEMPTS}), \
-                     retrying in {:.1} s: {} ({})",
+                     retrying in {:.1} s: {failure}",
                     job.cursor.map_or("<start>".to_owned(), |c| c.to_string()),
                     delay.as_secs_f64(),
-                    failure.message,
-                    failure.sqlstate
                 );
                 crate::wake::sleep(delay);
                 attempt += 1;
@@ -400,6 +407,15 @@ SELECT (SELECT count(*) FROM batch),
        (SELECT max(id) FROM batch),
        (SELECT count(DISTINCT process_instance_id) FROM written)";
 
+/// How a runner locks its job row: waiting for someone else's lock, or skipping the row.
+fn row_lock(skip_locked: bool) -> &'static str {
+    if skip_locked {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        "FOR UPDATE"
+    }
+}
+
 fn batch_sql(overwrite: bool, foreign_key: ForeignKeyCheck) -> String {
     let lock = match foreign_key {
         ForeignKeyCheck::Triggers => "",
@@ -442,9 +458,8 @@ fn fast_path_holds(role: Oid) -> bool {
     // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
     // and closed here, and its trigger and foreign-key lists are only read.
     unsafe {
-        let schema = pg_sys::get_namespace_oid(c"backfill".as_ptr(), false);
-        let metadata = pg_sys::get_relname_relid(c"process_instance_metadata".as_ptr(), schema);
-        let instances = pg_sys::get_relname_relid(c"process_instance".as_ptr(), schema);
+        let metadata = query::extension_relation(c"process_instance_metadata");
+        let instances = query::extension_relation(c"process_instance");
         if metadata == Oid::INVALID || instances == Oid::INVALID {
             return false;
         }
@@ -531,13 +546,12 @@ enum Plan {
 impl Plan {
     fn sql(self) -> String {
         match self {
-            Plan::LockJob { skip_locked } => format!(
-                "{LOCK_JOB} WHERE id = $1 FOR UPDATE{}",
-                if skip_locked { " SKIP LOCKED" } else { "" }
-            ),
+            Plan::LockJob { skip_locked } => {
+                format!("{LOCK_JOB} WHERE id = $1 {}", row_lock(skip_locked))
+            }
             Plan::LockJobAt { skip_locked } => format!(
-                "{LOCK_JOB} WHERE ctid = $2 AND id = $1 FOR UPDATE{}",
-                if skip_locked { " SKIP LOCKED" } else { "" }
+                "{LOCK_JOB} WHERE ctid = $2 AND id = $1 {}",
+                row_lock(skip_locked)
             ),
             Plan::Advance => "UPDATE backfill.job
                                  SET last_instance_id = coalesce($2, last_instance_id),
@@ -699,16 +713,11 @@ fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Fa
             Ok(one) => outcome.updated += one.updated,
             Err(failure) if is_instance_failure(&failure) => {
                 warning!(
-                    "backfill: job {}: instance {id} failed and is skipped: {} ({})",
-                    job.id,
-                    failure.message,
-                    failure.sqlstate
+                    "backfill: job {}: instance {id} failed and is skipped: {failure}",
+                    job.id
                 );
                 outcome.errors += 1;
-                outcome.last_error = Some(format!(
-                    "instance {id}: {} ({})",
-                    failure.message, failure.sqlstate
-                ));
+                outcome.last_error = Some(format!("instance {id}: {failure}"));
             }
             Err(failure) => return Err(failure),
         }
@@ -774,19 +783,15 @@ fn finish(job: &Job) -> Batch {
 }
 
 fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
-    let message = format!("{} ({})", failure.message, failure.sqlstate);
+    let message = failure.to_string();
     warning!(
         "backfill: job {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
         job.id,
         if attempts == 1 { "" } else { "s" },
         job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
     );
-    mark_failed(job, &message);
+    fail_job(job.id, &message);
     Batch::Finished("failed".to_owned())
-}
-
-fn mark_failed(job: &Job, message: &str) {
-    fail_job(job.id, message);
 }
 
 /// Marks a job failed with `message` as its last error (also used by the worker when a job

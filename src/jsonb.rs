@@ -108,7 +108,7 @@ impl JsonbArg {
         }
         object_member(container, last).map(|found| match found.type_ {
             // SAFETY: a jbvBinary value carries a container.
-            pg_sys::jbvType::jbvBinary => convert(unsafe { found.val.binary.data }, Depth::Cap),
+            pg_sys::jbvType::jbvBinary => capped(unsafe { found.val.binary.data }),
             _ => scalar_to_serde(&found),
         })
     }
@@ -117,12 +117,12 @@ impl JsonbArg {
     /// exact for rendering, and for reading metadata_extraction_paths (whose keys and paths
     /// are two levels down), however deep a hostile value goes.
     pub fn to_value_capped(&self) -> Value {
-        convert(self.root(), Depth::Cap)
+        capped(self.root())
     }
 
     /// The whole document, for JSONPath evaluation; `TooDeep` beyond JSONPATH_MAX_DEPTH.
     pub fn to_value(&self) -> Result<Value, TooDeep> {
-        convert_checked(self.root())
+        convert(self.root(), Depth::Limit)
     }
 }
 
@@ -134,12 +134,9 @@ enum Depth {
     Limit,
 }
 
-fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Value {
-    convert_with(container, depth).unwrap_or(Value::Null)
-}
-
-fn convert_checked(container: *mut pg_sys::JsonbContainer) -> Result<Value, TooDeep> {
-    convert_with(container, Depth::Limit)
+/// The container as deep as its rendering needs (Depth::Cap never fails).
+fn capped(container: *mut pg_sys::JsonbContainer) -> Value {
+    convert(container, Depth::Cap).unwrap_or(Value::Null)
 }
 
 /// An open container while converting: its value so far and, for an object, the key whose
@@ -152,7 +149,7 @@ struct Open {
 
 /// Converts a container with jsonb's iterator and a stack of its own: no recursion, however
 /// deep the document. Objects keep jsonb's key order.
-fn convert_with(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value, TooDeep> {
+fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value, TooDeep> {
     use pg_sys::JsonbIteratorToken as T;
     let max = match depth {
         Depth::Cap => RENDER_DEPTH,

@@ -3,7 +3,7 @@
 use crate::error::{invalid_parameter, raise};
 use crate::paths::{parse_paths_checking, MetadataPath};
 use crate::privilege::{self, as_job_table_owner};
-use crate::query::optional_value;
+use crate::query::{extension_relation, optional_value};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -144,15 +144,14 @@ pub fn role_of(job_id: i64) -> Oid {
 pub fn check_acts_for(job_id: i64, what: &str) {
     let role = role_of(job_id);
     if !privilege::acts_for(role) {
+        let name = privilege::role_name(role);
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "permission denied to {what} backfill job {job_id}: it runs as role \"{}\"",
-                privilege::role_name(role)
+                "permission denied to {what} backfill job {job_id}: it runs as role \"{name}\""
             ),
             format!(
-                "Only that role, its members and superusers may {what} it (GRANT {} TO ...).",
-                privilege::role_name(role)
+                "Only that role, its members and superusers may {what} it (GRANT {name} TO ...)."
             ),
         );
     }
@@ -202,11 +201,10 @@ pub enum Claim {
 }
 
 fn run_lock_tag(job_id: i64) -> pg_sys::LOCKTAG {
-    let job_table =
-        Spi::get_one::<Oid>("SELECT 'backfill.job'::pg_catalog.regclass::pg_catalog.oid")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| error!("backfill: table backfill.job not found"));
+    let job_table = extension_relation(c"job");
+    if job_table == Oid::INVALID {
+        error!("backfill: table backfill.job not found");
+    }
     pg_sys::LOCKTAG {
         // SAFETY: set in every backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),

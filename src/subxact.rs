@@ -30,6 +30,13 @@ impl Failure {
     }
 }
 
+/// "message (SQLSTATE)", as logs and `job.last_error` show a failure.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.sqlstate)
+    }
+}
+
 fn report_of(caught: &CaughtError) -> &ErrorReportWithLevel {
     match caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,

@@ -175,7 +175,7 @@ impl Trouble {
     /// Logs the failure (once while it repeats) and waits, twice as long each time.
     fn wait_after(&mut self, failure: &Failure, doing: &str) {
         self.failures += 1;
-        let message = format!("{} ({})", failure.message, failure.sqlstate);
+        let message = failure.to_string();
         let delay = Duration::from_secs(1)
             .saturating_mul(1 << self.failures.min(6).saturating_sub(1))
             .min(MAX_BACKOFF);
@@ -320,17 +320,13 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
             }
             Err(failure) => {
                 failures += 1;
-                let message = format!("{} ({})", failure.message, failure.sqlstate);
+                let message = failure.to_string();
                 if failures >= JOB_ATTEMPTS {
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
                     if let Err(again) = guarded(|| engine::fail_job(job_id, &message)) {
-                        warning!(
-                            "{BACKEND_TYPE}: could not mark job {job_id} failed: {} ({})",
-                            again.message,
-                            again.sqlstate
-                        );
+                        warning!("{BACKEND_TYPE}: could not mark job {job_id} failed: {again}");
                         trouble.wait_after(&again, "marking a job failed");
                     }
                     release(job_id);
@@ -348,9 +344,9 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
     }
 }
 
-/// Lets go of a job; an ERROR here would only mean the lock is already gone.
+/// Lets go of a job: its run lock is released directly (no SQL), outside any transaction.
 fn release(job_id: i64) {
-    let _ = guarded(|| engine::end(job_id));
+    engine::end(job_id);
 }
 
 /// The oldest queued or running job that no one else runs, now held by this process.
