@@ -36,8 +36,8 @@ END
 $$;
 
 -- Every function that runs SQL does so with a search path no database user can write to.
--- extract_values is the exception: it runs no SQL and is called once per instance by every
--- batch, where the setting would cost a save and restore per call.
+-- extract_values (both overloads) is the exception: it runs no SQL and is called once per
+-- instance by every batch, where the setting would cost a save and restore per call.
 ALTER FUNCTION extract_metadata(jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION render_value(jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue(text, text[], boolean) SET search_path = pg_catalog, pg_temp;
@@ -47,6 +47,8 @@ ALTER FUNCTION run_begin(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION run_batch(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION run_end(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION check_worker() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION attach(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION detach() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION worker_pid() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION validate_metadata_extraction_paths() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, pg_temp;
@@ -56,7 +58,7 @@ ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, 
 -- written by the extension alone: no role but the owner has any privilege on backfill.job.
 REVOKE ALL ON FUNCTION enqueue(text, text[], boolean), cancel(bigint), wait(bigint, interval),
                        run_begin(bigint), run_batch(bigint), run_end(bigint), worker_pid(),
-                       check_worker()
+                       check_worker(), attach(text), detach(), sync_process_models(jsonb)
     FROM PUBLIC;
 REVOKE ALL ON PROCEDURE run(bigint) FROM PUBLIC;
 
@@ -75,10 +77,18 @@ COMMENT ON TABLE @extschema@.job IS
     'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as. Written by the extension only.';
 COMMENT ON VIEW @extschema@.progress IS
     'One row per job: state, processed/total, percent, rate, ETA, elapsed, errors.';
-COMMENT ON FUNCTION @extschema@.latest_completed_task(bigint) IS
-    'The hash of the task data of the instance''s latest completed task (latest by end_in_seconds, then guid); inlined where it is called.';
+COMMENT ON TABLE @extschema@.attachment IS
+    'The schema whose process_instance, task, json_data and process_instance_metadata jobs use instead of backfill''s own (backfill.attach); no row: backfill''s own.';
 COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
-    'The data of the instance''s latest completed task, {} when it has none.';
+    'The data of the instance''s latest completed task, {} when it has none, from the attached tables when there are.';
+COMMENT ON FUNCTION @extschema@.extract_values(json, text[]) IS
+    'The rendered values of these paths in json task data, read from its text as Python''s json.loads reads it: what a batch calls once per instance on json data.';
+COMMENT ON FUNCTION @extschema@.attach(text) IS
+    'From now on, jobs read and write the process_instance, task, json_data and process_instance_metadata tables of this schema (checked first; the caller must own them).';
+COMMENT ON FUNCTION @extschema@.detach() IS
+    'From now on, jobs use the tables of schema backfill again.';
+COMMENT ON FUNCTION @extschema@.sync_process_models(jsonb) IS
+    'Inserts and updates process models from [{"id", "display_name", "metadata_extraction_paths"}] (as read from process_model.json files); one row per model: inserted, updated, unchanged or rejected: reason.';
 COMMENT ON FUNCTION @extschema@.extract_metadata(jsonb, jsonb) IS
     'The values the paths give in this task data, {key: rendered text or null}, rendered in backfill.value_format.';
 COMMENT ON FUNCTION @extschema@.render_value(jsonb) IS

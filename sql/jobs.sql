@@ -26,18 +26,35 @@ SELECT j.id,
        j.created_at,
        j.started_at,
        j.finished_at,
-       j.queued_by
+       j.queued_by,
+       j.tables_schema
   FROM job j
  CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t;
 
--- A queued job; it will run as `queued_by`.
+-- A queued job; it will run as `queued_by`, on the tables attached now.
 CREATE FUNCTION job_insert(model text, paths jsonb, overwrite boolean, origin text, queued_by regrole)
 RETURNS bigint
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO @extschema@.job (process_model_identifier, paths, overwrite, origin, queued_by)
-    VALUES (model, paths, overwrite, origin, queued_by)
+    INSERT INTO @extschema@.job (process_model_identifier, paths, overwrite, origin, queued_by, tables_schema)
+    VALUES (model, paths, overwrite, origin, queued_by,
+            coalesce((SELECT a.schema_name FROM @extschema@.attachment a), '@extschema@'::regnamespace))
     RETURNING id
+$$;
+
+CREATE FUNCTION attachment_set(schema_name regnamespace, attached_by regrole) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @extschema@.attachment (schema_name, attached_by) VALUES (schema_name, attached_by)
+    ON CONFLICT (only_one) DO UPDATE
+       SET schema_name = EXCLUDED.schema_name, attached_by = EXCLUDED.attached_by,
+           attached_at = EXCLUDED.attached_at
+$$;
+
+CREATE FUNCTION attachment_clear() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM @extschema@.attachment
 $$;
 
 -- A job's first start fixes its bounds: `total` instances, up to `max_instance_id`.
@@ -98,8 +115,13 @@ $$;
 
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
-                       job_cancel(bigint), job_summary(bigint)
+                       job_cancel(bigint), job_summary(bigint),
+                       attachment_set(regnamespace, regrole), attachment_clear()
     FROM PUBLIC;
+COMMENT ON FUNCTION attachment_set(regnamespace, regrole) IS
+    'Internal: records the schema whose tables jobs queued from now on use (backfill.attach).';
+COMMENT ON FUNCTION attachment_clear() IS
+    'Internal: forgets the attached schema (backfill.detach).';
 COMMENT ON FUNCTION job_insert(text, jsonb, boolean, text, regrole) IS
     'Internal: inserts a queued job that will run as queued_by.';
 COMMENT ON FUNCTION job_start(bigint, bigint, bigint) IS

@@ -83,10 +83,23 @@ CREATE TABLE job (
     -- The role that queued the job (whose UPDATE fired the trigger, or that called enqueue):
     -- the job reads and writes with its privileges. Written by the extension only. (Last: an
     -- upgrade from 0.1.0 adds it there.)
-    queued_by regrole NOT NULL
+    queued_by regrole NOT NULL,
+    -- The schema of the four tables the job reads and writes: backfill's own, or the one
+    -- attached when it was queued. (Last: an upgrade from 0.2.0 adds it there.)
+    tables_schema regnamespace NOT NULL
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');
+
+-- The application's tables jobs use instead of the ones above (backfill.attach): at most one
+-- row. Written by the extension only; readable by all.
+CREATE TABLE attachment (
+    schema_name regnamespace NOT NULL,
+    attached_by regrole NOT NULL,
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one)
+);
+GRANT SELECT ON attachment TO PUBLIC;
 
 -- pg_dump keeps the rows of these tables (the extension only creates them).
 SELECT pg_catalog.pg_extension_config_dump('process_model', '');
@@ -98,31 +111,28 @@ SELECT pg_catalog.pg_extension_config_dump('process_instance_metadata', '');
 SELECT pg_catalog.pg_extension_config_dump('process_instance_metadata_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('job', '');
 SELECT pg_catalog.pg_extension_config_dump('job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('attachment', '');
 
--- The latest completed task of an instance, written once: latest_task_data and every batch
--- (src/engine.rs) use it. It is inlined into the statement that calls it, so a batch plans it
--- as one probe of task_latest_completed_idx; a function with SET search_path would not be, so
--- this one names every operator with its schema and every table with the extension's.
-CREATE FUNCTION latest_completed_task(process_instance_id bigint)
-RETURNS TABLE (json_data_hash text)
-LANGUAGE sql STABLE PARALLEL SAFE ROWS 1
-AS $$
-    SELECT t.json_data_hash
-      FROM @extschema@.task t
-     WHERE t.process_instance_id OPERATOR(pg_catalog.=) latest_completed_task.process_instance_id
-       AND t.state OPERATOR(pg_catalog.=) 'COMPLETED'
-     ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
-     LIMIT 1
-$$;
-
--- The data of an instance's latest completed task, '{}' when it has none.
+-- The data of an instance's latest completed task (latest by end_in_seconds, then guid; a
+-- completed task without an end counts as earlier than any with one), '{}' when it has none,
+-- read from the attached tables when there are. json data is returned as jsonb.
 CREATE FUNCTION latest_task_data(process_instance_id bigint) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(
-        (SELECT d.data
-           FROM @extschema@.latest_completed_task(latest_task_data.process_instance_id) l
-           JOIN @extschema@.json_data d ON d.hash = l.json_data_hash),
-        '{}'::jsonb)
+DECLARE
+    tables regnamespace := coalesce((SELECT a.schema_name FROM @extschema@.attachment a),
+                                    '@extschema@'::regnamespace);
+    data jsonb;
+BEGIN
+    EXECUTE format(
+        'SELECT d.data::jsonb
+           FROM (SELECT t.json_data_hash FROM %1$s.task t
+                  WHERE t.process_instance_id = $1 AND t.state = ''COMPLETED''
+                  ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
+                  LIMIT 1) latest
+           JOIN %1$s.json_data d ON d.hash = latest.json_data_hash', tables)
+       INTO data USING process_instance_id;
+    RETURN coalesce(data, '{}');
+END
 $$;

@@ -3,7 +3,10 @@
 use crate::engine::{self, Batch, Begin, Runner};
 use crate::error::{self, invalid_parameter, report_with_hint, required};
 use crate::extract::extract;
-use crate::jsonb::{JsonbArg, TooDeep, JSONPATH_MAX_DEPTH};
+use crate::jsonb::{JsonTextArg, JsonbArg, TooDeep, JSONPATH_MAX_DEPTH};
+use crate::jsontext::{self, TextError};
+use crate::privilege;
+use crate::tables::Tables;
 use crate::paths::{MetadataPath, PathExpr};
 use crate::query;
 use crate::queue::{self, JobPath, Origin};
@@ -48,6 +51,50 @@ fn extract_values(task_data: JsonbArg, paths: Vec<String>) -> Vec<Option<String>
     paths
         .iter()
         .map(|path| value_at(&task_data, &compiled_path(path), &mut document))
+        .collect()
+}
+
+/// The rendered values of `paths` in task data of type json, read from its text as Python's
+/// `json.loads` reads it (see `jsontext`), never through jsonb: `1e+16`, `-0.0`, key order as
+/// written, `\u0000`. The batch engine calls this once per instance on attached tables whose
+/// `data` is json.
+#[pg_extern(stable, parallel_safe, strict, name = "extract_values")]
+fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<Option<String>> {
+    let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(path)).collect();
+    let refs: Vec<&PathExpr> = exprs.iter().map(|expr| &**expr).collect();
+    let text = task_data.text().unwrap_or_else(|| {
+        error::raise_plain(
+            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "task data is not UTF-8; backfill reads json text in a UTF-8 database only".to_owned(),
+        )
+    });
+    let values = jsontext::values_at(text, &refs).unwrap_or_else(|e| match e {
+        TextError::TooDeep => error::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "a value in the task data is nested more than 128 levels deep".to_owned(),
+            "Only the value a path leads to is built; paths to values less deep work.",
+        ),
+        TextError::Invalid(why) => error::raise_plain(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            format!("task data cannot be read as JSON: {why}"),
+        ),
+    });
+    let format = settings::value_format();
+    values
+        .iter()
+        .zip(&paths)
+        .map(|(value, path)| {
+            let text = render(value.as_ref()?, format)?;
+            if text.contains('\0') {
+                // What SpiffWorkflow's own write of that value would also fail on.
+                error::raise(
+                    PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+                    format!("the value of path \"{path}\" contains \\u0000, which text cannot hold"),
+                    "The instance gets no row for this key; fix the task data or the path.",
+                );
+            }
+            Some(text)
+        })
         .collect()
 }
 
@@ -297,4 +344,87 @@ fn run_end(job_id: Option<i64>) {
     if let Some(summary) = summary {
         notice!("backfill job {job_id} {summary}");
     }
+}
+
+/// From now on, jobs of this database read and write the tables of `schema_name` (an
+/// application's own, such as SpiffWorkflow's in public) instead of the extension's. The
+/// tables are checked first; the caller must own them. NOTICEs give the indexes the backfill's
+/// lookups want when none serves them.
+#[pg_extern(volatile)]
+fn attach(schema_name: Option<&str>) {
+    let name = required(schema_name, "backfill.attach", "schema_name");
+    let c_name = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: a catalog-cache lookup inside a transaction.
+    let schema = unsafe { pg_sys::get_namespace_oid(c_name.as_ptr(), true) };
+    if schema == pg_sys::Oid::INVALID {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("schema \"{name}\" does not exist"),
+            "Name the schema that holds the application's process_instance, task, json_data and process_instance_metadata tables.",
+        );
+    }
+    let tables = Tables::of_schema(schema).unwrap_or_else(|problem| problem.raise());
+    for problem in [tables.owner_problem(), tables.conflict_target_problem()] {
+        if let Some(problem) = problem {
+            problem.raise();
+        }
+    }
+    privilege::as_job_table_owner(|| {
+        Spi::run_with_args(
+            "SELECT backfill.attachment_set($1, $2)",
+            &[schema.into(), privilege::current_role().into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("backfill: could not record the attachment: {e}"));
+    for statement in tables.index_advice() {
+        report_with_hint(
+            PgLogLevel::NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("no index of {} serves a lookup every batch makes", tables.schema_sql),
+            format!("Create it while the application runs: {statement}"),
+        );
+    }
+    let unfinished = privilege::as_job_table_owner(|| {
+        query::optional_value::<i64>(
+            "SELECT count(*) FROM backfill.job
+              WHERE state IN ('queued', 'running') AND tables_schema <> $1",
+            &[schema.into()],
+        )
+    })
+    .unwrap_or(0);
+    if unfinished > 0 {
+        notice!(
+            "backfill: {unfinished} queued or running job(s) keep the tables they were queued for; jobs queued from now on use schema {}",
+            tables.schema_sql
+        );
+    }
+}
+
+/// Back to the extension's own tables in schema backfill, for jobs queued from now on.
+/// Allowed to whoever attached the tables, their owner, or a superuser.
+#[pg_extern(volatile)]
+fn detach() {
+    let attached = query::optional_value::<pg_sys::Oid>(
+        "SELECT attached_by::oid FROM backfill.attachment",
+        &[],
+    );
+    let Some(attached_by) = attached else {
+        notice!("backfill: no tables are attached; jobs use those of schema backfill");
+        return;
+    };
+    let owns_tables = query::optional_value::<pg_sys::Oid>(
+        "SELECT schema_name::oid FROM backfill.attachment",
+        &[],
+    )
+    .and_then(|schema| Tables::of_schema(schema).ok())
+    .is_some_and(|tables| tables.owner_problem().is_none());
+    if !privilege::acts_for(attached_by) && !owns_tables {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "must be the role that attached the tables, their owner or a superuser to detach them".to_owned(),
+            format!("They were attached by {}.", privilege::role_name(attached_by)),
+        );
+    }
+    privilege::as_job_table_owner(|| Spi::run("SELECT backfill.attachment_clear()"))
+        .unwrap_or_else(|e| error!("backfill: could not remove the attachment: {e}"));
 }

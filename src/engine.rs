@@ -5,10 +5,10 @@
 
 use crate::error::raise;
 use crate::privilege::{self, as_job_table_owner, as_role};
-use crate::query;
 use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
+use crate::tables::Tables;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
@@ -38,10 +38,11 @@ struct Job {
     processed: i64,
     /// The role that queued the job: its batches run with this role's privileges.
     role: Oid,
+    /// The schema of the tables the job reads and writes (backfill's own, or the one that was
+    /// attached when it was queued).
+    tables_schema: Oid,
     /// Where the row version read is: the batch updates exactly that one.
     tid: pg_sys::ItemPointerData,
-    /// How this batch's rows meet their foreign key (chosen per batch).
-    foreign_key: ForeignKeyCheck,
 }
 
 /// What the process running a job decides for its batches; the engine itself sniffs nothing.
@@ -67,14 +68,15 @@ impl Runner {
 enum ForeignKeyCheck {
     /// The constraint's triggers check each row: three queries an instance for three keys.
     Triggers,
-    /// The batch locks its instances FOR KEY SHARE itself, once each, and its one statement
-    /// runs in replica mode, which skips the triggers. This is exactly the guarantee the
-    /// triggers give (each checks its row's instance with that same lock, held to commit, so
-    /// the instance can be neither deleted nor re-keyed before the rows commit); an instance
-    /// deleted before the batch locks it is simply not in the batch. Used only when the runner
-    /// allows it (the worker) and only while, with the metadata table locked against DDL, it
-    /// has no trigger and no rule other than that foreign key's: replica mode would skip (or,
-    /// for ENABLE REPLICA ones, fire) anything else. See `fast_path_holds`.
+    /// The batch's instances are already locked FOR SHARE by this transaction (see
+    /// `lock_instances`), and its one statement runs in replica mode, which skips the
+    /// triggers. This is exactly the guarantee the triggers give (each checks its row's
+    /// instance with FOR KEY SHARE, a weaker lock, held to commit, so the instance can be
+    /// neither deleted nor re-keyed before the rows commit); an instance deleted before the
+    /// batch locks it is simply not in the batch. Used only when the runner allows it (the
+    /// worker) and only while, with the metadata table locked against DDL, it has no trigger
+    /// and no rule other than that foreign key's: replica mode would skip (or, for ENABLE
+    /// REPLICA ones, fire) anything else. See `fast_path_holds`.
     LockedInstances,
 }
 
@@ -106,8 +108,8 @@ impl Job {
                 cursor: row.get(6)?,
                 processed: row.get(7)?.unwrap_or(0),
                 role: row.get(10)?.unwrap_or(Oid::INVALID),
+                tables_schema: row.get(11)?.unwrap_or(Oid::INVALID),
                 tid: row.get(9)?.expect("ctid is never null"),
-                foreign_key: ForeignKeyCheck::Triggers,
             }))
         };
         let skip_locked = runner.skip_locked_jobs;
@@ -198,16 +200,24 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             ),
         );
     }
+    let tables = match usable_tables(&job) {
+        Ok(tables) => tables,
+        Err(message) => {
+            warning!("backfill: job {job_id} failed: {message}");
+            return failed_at_start(job_id, &message);
+        }
+    };
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
         // Counted as the job's role: instances it cannot see (row-level security) are not
         // part of its job.
+        let count = format!(
+            "SELECT count(*), max(id)::bigint FROM {} WHERE process_model_identifier = $1",
+            tables.sql_name("process_instance")
+        );
         let counted = guarded(|| {
             as_role(job.role, || {
-                Spi::get_two_with_args::<i64, i64>(
-                    "SELECT count(*), max(id) FROM backfill.process_instance WHERE process_model_identifier = $1",
-                    &[job.model.as_str().into()],
-                )
+                Spi::get_two_with_args::<i64, i64>(&count, &[job.model.as_str().into()])
             })
         });
         let (total, max_id) = match counted {
@@ -230,9 +240,10 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         })
         .unwrap_or_else(|e| error!("backfill: could not start job {job_id}: {e}"));
         log!(
-            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{}, as role {}",
+            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{} in schema {}, as role {}",
             job.model,
             max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
+            tables.schema_sql,
             privilege::role_name(job.role)
         );
     } else {
@@ -291,7 +302,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             format!("Run a job with CALL backfill.run({job_id})."),
         );
     }
-    let mut job = match Job::lock(job_id, runner) {
+    let job = match Job::lock(job_id, runner) {
         Lookup::Found(job) => job,
         Lookup::Locked => return Batch::Busy,
         Lookup::Missing => raise(
@@ -311,11 +322,23 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
-    job.foreign_key = batch_settings(&job, runner);
-    let limit = settings::batch_size();
+    let tables = match usable_tables(&job) {
+        Ok(tables) => tables,
+        Err(message) => {
+            warning!("backfill: job {job_id} failed: {message}");
+            fail_job(job_id, &message);
+            return Batch::Finished("failed".to_owned());
+        }
+    };
+    let batch = BatchOf {
+        job: &job,
+        tables,
+        max_id,
+        limit: settings::batch_size(),
+    };
     let mut attempt = 1;
     let outcome = loop {
-        match attempt_batch(&job, max_id, limit) {
+        match batch.attempt(runner) {
             Ok(outcome) => break outcome,
             Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
@@ -332,15 +355,36 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             }
         }
     };
-    // Outside the batch's subtransaction, in the transaction that locked the job row: a row
-    // locked by a transaction and updated by its subtransaction gets a MultiXact, and every
-    // later read of the row's versions has to look its members up.
-    advance(&job, &outcome);
-    if outcome.instances < limit || outcome.cursor.is_some_and(|c| c >= max_id) {
+    if outcome.instances > 0 {
+        // Outside the batch's subtransaction, in the transaction that locked the job row: a
+        // row locked by a transaction and updated by its subtransaction gets a MultiXact, and
+        // every later read of the row's versions has to look its members up.
+        advance(&job, &outcome);
+    }
+    let cursor = outcome.cursor.or(job.cursor);
+    let last = match cursor {
+        Some(cursor) if cursor >= max_id => true,
+        // A short batch may only mean that instances were deleted while the batch waited for
+        // them: the job ends when none is left.
+        _ if outcome.instances < batch.limit => !batch.more_after(cursor),
+        _ => false,
+    };
+    if last {
         return finish(&job);
     }
     log_progress(job_id);
     Batch::More
+}
+
+/// The job's tables, checked; the reason, for the job's last error, when they are unusable
+/// (dropped, or a column changed type since they were attached).
+fn usable_tables(job: &Job) -> Result<Tables, String> {
+    match guarded(|| Tables::of_schema(job.tables_schema)) {
+        Ok(Ok(tables)) => Ok(tables),
+        Ok(Err(unusable)) => Err(format!("{unusable} ({})", unusable.hint)),
+        Err(failure) if is_permanent(&failure) => Err(failure.to_string()),
+        Err(failure) => failure.rethrow(),
+    }
 }
 
 /// What a batch did, to be added to the job's counters.
@@ -353,59 +397,218 @@ struct Outcome {
     last_error: Option<String>,
 }
 
-/// One attempt at the next batch, rolled back as a whole when it fails as a whole.
-fn attempt_batch(job: &Job, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
-    let after = job.cursor.unwrap_or(i64::MIN);
-    match guarded(|| execute(job, after, max_id, limit)) {
-        Ok(outcome) => Ok(outcome),
-        Err(failure) if is_instance_failure(&failure) => {
-            guarded(|| isolate(job, after, max_id, limit))?
+/// The next batch of a job: the next `limit` instances of its model after its cursor, up to
+/// `max_id`, in its tables.
+struct BatchOf<'j> {
+    job: &'j Job,
+    tables: Tables,
+    max_id: i64,
+    limit: i64,
+}
+
+impl BatchOf<'_> {
+    /// One attempt: the instances are locked, then written; an attempt that fails as a whole
+    /// is rolled back as a whole. The locks are taken in a subtransaction of their own that
+    /// commits, so they are held to the end of the transaction even when the writing fails
+    /// and is done again instance by instance.
+    fn attempt(&self, runner: Runner) -> Result<Outcome, Failure> {
+        let locked = guarded(|| self.lock_instances())?;
+        if locked.ids.is_empty() {
+            return Ok(Outcome::default());
         }
-        Err(failure) => Err(failure),
+        let foreign_key = if locked.for_share && runner.foreign_key_fast_path && {
+            // SAFETY: see fast_path_holds.
+            unsafe { fast_path_holds(&self.tables) }
+        } {
+            ForeignKeyCheck::LockedInstances
+        } else {
+            ForeignKeyCheck::Triggers
+        };
+        let mut outcome = match guarded(|| self.write(&locked.ids, foreign_key)) {
+            Ok(updated) => Outcome {
+                updated,
+                ..Outcome::default()
+            },
+            Err(failure) if is_instance_failure(&failure) => {
+                guarded(|| self.isolate(&locked.ids, foreign_key))??
+            }
+            Err(failure) => return Err(failure),
+        };
+        outcome.instances = locked.ids.len() as i64;
+        outcome.cursor = locked.ids.last().copied();
+        Ok(outcome)
+    }
+
+    /// The batch's instances, in id order, locked FOR SHARE to the end of the transaction
+    /// when the job's role may lock them (it needs UPDATE on some column, as for any row lock).
+    ///
+    /// The lock is what makes a batch safe next to the application's own writes. SpiffWorkflow
+    /// saves an instance by updating its process_instance row (which takes FOR NO KEY UPDATE,
+    /// conflicting with FOR SHARE) and then inserting each metadata row it does not find, with
+    /// no ON CONFLICT. So an instance the application is saving is waited for, and the batch,
+    /// a statement of its own with a snapshot taken after the wait, sees its committed rows
+    /// and leaves them; an instance the batch holds makes the application wait for the
+    /// batch's commit, after which it finds the batch's rows and updates them. Neither side
+    /// ever inserts a row the other has inserted, and the application's value is never
+    /// replaced by a fill. (An overwrite job replaces values as its path gives them from the
+    /// same committed task data the application read.)
+    fn lock_instances(&self) -> Locked {
+        let for_share = may_lock(self.job.role, self.tables.instances);
+        let plan = Plan::LockInstances {
+            tables: self.tables.clone(),
+            for_share,
+        };
+        let after = self.job.cursor.unwrap_or(i64::MIN);
+        let args = [
+            self.job.model.as_str().into(),
+            after.into(),
+            self.max_id.into(),
+            self.limit.into(),
+        ];
+        let ids = as_role(self.job.role, || {
+            run_plan(plan, &args, |row| match row {
+                Some(row) => Ok(row.get::<Vec<i64>>(1)?.unwrap_or_default()),
+                None => Ok(Vec::new()),
+            })
+        });
+        Locked { ids, for_share }
+    }
+
+    /// Whether instances of the job are left after `cursor`.
+    fn more_after(&self, cursor: Option<i64>) -> bool {
+        let sql = format!(
+            "SELECT EXISTS (SELECT FROM {} i
+                             WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3)",
+            self.tables.sql_name("process_instance")
+        );
+        let after = cursor.unwrap_or(i64::MIN);
+        as_role(self.job.role, || {
+            Spi::get_one_with_args::<bool>(
+                &sql,
+                &[self.job.model.as_str().into(), after.into(), self.max_id.into()],
+            )
+        })
+        .unwrap_or_else(|e| error!("backfill: could not look for more instances: {e}"))
+        .unwrap_or(false)
+    }
+
+    /// Extracts and writes the rows of `ids` in one statement; the number of instances that
+    /// got a row written.
+    fn write(&self, ids: &[i64], foreign_key: ForeignKeyCheck) -> i64 {
+        let job = self.job;
+        let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
+        let paths: Vec<String> = job.paths.iter().map(|p| p.path.clone()).collect();
+        let overwrite: Vec<String> = job
+            .paths
+            .iter()
+            .filter(|p| p.overwrite)
+            .map(|p| p.key.clone())
+            .collect();
+        let plan = Plan::Batch {
+            overwrite: !overwrite.is_empty(),
+            tables: self.tables.clone(),
+        };
+        let args = [
+            ids.to_vec().into(),
+            keys.into(),
+            paths.into(),
+            overwrite.into(),
+            transaction_start_epoch().into(),
+        ];
+        let statement = || {
+            run_plan(plan, &args, |row| match row {
+                Some(row) => Ok(row.get::<i64>(1)?.unwrap_or(0)),
+                None => Ok(0),
+            })
+        };
+        // The job's rows are read and written with its role's privileges, row-level security
+        // included.
+        as_role(job.role, || match foreign_key {
+            ForeignKeyCheck::Triggers => statement(),
+            ForeignKeyCheck::LockedInstances => in_replica_mode(statement),
+        })
+    }
+
+    /// The slow path after a batch failed because of one instance's data: each instance in
+    /// its own subtransaction, failures counted and logged with the instance id.
+    fn isolate(&self, ids: &[i64], foreign_key: ForeignKeyCheck) -> Result<Outcome, Failure> {
+        let mut outcome = Outcome::default();
+        for &id in ids {
+            match guarded(|| self.write(&[id], foreign_key)) {
+                Ok(updated) => outcome.updated += updated,
+                Err(failure) if is_instance_failure(&failure) => {
+                    warning!(
+                        "backfill: job {}: instance {id} failed and is skipped: {failure}",
+                        self.job.id
+                    );
+                    outcome.errors += 1;
+                    outcome.last_error = Some(format!("instance {id}: {failure}"));
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Ok(outcome)
     }
 }
 
-/// The batch: the next `limit` instances of the model after `after` (keyset, up to the job's
-/// bound), the data of each one's latest completed task, the paths extracted in Rust once per
-/// instance, and the rows written set-based, in one statement. Assembled by `batch_sql` from
-/// these pieces: the instances (locked FOR KEY SHARE on the fast path), then the rows, written
-/// DO NOTHING or DO UPDATE on conflict.
-const BATCH_INSTANCES: &str = "
-WITH batch AS MATERIALIZED (
-    SELECT i.id
-      FROM backfill.process_instance i
-     WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
-     ORDER BY i.id
-     LIMIT $4";
-const LOCK_INSTANCES: &str = "
-     FOR KEY SHARE";
-const BATCH_ROWS: &str = "
-), extracted AS (
+/// The instances of a batch, and whether they are locked FOR SHARE.
+struct Locked {
+    ids: Vec<i64>,
+    for_share: bool,
+}
+
+/// The batch statement, for the job's tables: for each instance, the data of its latest
+/// completed task (latest by end_in_seconds, then guid; a completed task without an end
+/// counts as earlier than any with one), the paths extracted in Rust once per instance, and
+/// the rows written set-based, DO NOTHING or DO UPDATE on conflict.
+pub(crate) fn batch_sql(tables: &Tables, overwrite: bool) -> String {
+    // A NOT NULL value column gets no row for nothing found (SpiffWorkflow's own rule).
+    let only_values = if tables.value_not_null {
+        "WHERE e.value IS NOT NULL"
+    } else {
+        ""
+    };
+    // Only keys whose path the job replaces are overwritten, only when the value differs, and
+    // never with nothing.
+    let on_conflict = if overwrite {
+        "UPDATE SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
+          WHERE m.key = ANY($4::text[]) AND EXCLUDED.value IS NOT NULL
+            AND m.value IS DISTINCT FROM EXCLUDED.value"
+    } else {
+        "NOTHING"
+    };
+    format!(
+        "
+WITH extracted AS (
     -- The two unnests in the select list run in lockstep, a (key, value) row each, without
-    -- the tuplestore a set-returning function in FROM would fill per instance.
+    -- the tuplestore a set-returning function in FROM would fill per instance. extract_values
+    -- has an overload for json (read from its text) and one for jsonb.
     SELECT b.id,
-           unnest($5::text[]) AS key,
-           unnest(backfill.extract_values(coalesce(d.data, '{}'::jsonb), $6::text[])) AS value
-      FROM batch b
-      LEFT JOIN LATERAL backfill.latest_completed_task(b.id) latest ON true
-      LEFT JOIN backfill.json_data d ON d.hash = latest.json_data_hash
+           unnest($2::text[]) AS key,
+           unnest(backfill.extract_values(coalesce(d.data, '{{}}'), $3::text[])) AS value
+      FROM unnest($1::bigint[]) AS b(id)
+      LEFT JOIN LATERAL (
+            SELECT t.json_data_hash
+              FROM {tasks} t
+             WHERE t.process_instance_id = b.id AND t.state = 'COMPLETED'
+             ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
+             LIMIT 1) latest ON true
+      LEFT JOIN {data} d ON d.hash = latest.json_data_hash
 ), written AS (
-    INSERT INTO backfill.process_instance_metadata AS m
+    INSERT INTO {metadata} AS m
            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
-    SELECT e.id, e.key, e.value, $8, $8
+    SELECT e.id, e.key, e.value, $5, $5
       FROM extracted e
-    ON CONFLICT (process_instance_id, key) DO ";
-const FILL_MISSING: &str = "NOTHING";
-// Only keys whose path the job replaces are overwritten, and only when the value differs.
-const OVERWRITE: &str = "UPDATE
-        SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
-      WHERE m.key = ANY($7::text[]) AND m.value IS DISTINCT FROM EXCLUDED.value";
-const BATCH_RESULT: &str = "
+     {only_values}
+    ON CONFLICT (process_instance_id, key) DO {on_conflict}
     RETURNING m.process_instance_id
 )
-SELECT (SELECT count(*) FROM batch),
-       (SELECT max(id) FROM batch),
-       (SELECT count(DISTINCT process_instance_id) FROM written)";
+SELECT count(DISTINCT process_instance_id) FROM written",
+        tasks = tables.sql_name("task"),
+        data = tables.sql_name("json_data"),
+        metadata = tables.sql_name("process_instance_metadata"),
+    )
+}
 
 /// How a runner locks its job row: waiting for someone else's lock, or skipping the row.
 fn row_lock(skip_locked: bool) -> &'static str {
@@ -416,15 +619,6 @@ fn row_lock(skip_locked: bool) -> &'static str {
     }
 }
 
-fn batch_sql(overwrite: bool, foreign_key: ForeignKeyCheck) -> String {
-    let lock = match foreign_key {
-        ForeignKeyCheck::Triggers => "",
-        ForeignKeyCheck::LockedInstances => LOCK_INSTANCES,
-    };
-    let on_conflict = if overwrite { OVERWRITE } else { FILL_MISSING };
-    [BATCH_INSTANCES, lock, BATCH_ROWS, on_conflict, BATCH_RESULT].concat()
-}
-
 /// The columns a runner reads of its job, the TID last. Each batch transaction commits
 /// asynchronously (synchronous_commit = off, for this transaction only). That is safe
 /// because a batch's rows and the job's cursor commit together: a crash that loses the last
@@ -433,59 +627,55 @@ fn batch_sql(overwrite: bool, foreign_key: ForeignKeyCheck) -> String {
 /// batches redone, and a batch no longer waits for its WAL flush.
 const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances_total,
                                max_instance_id, last_instance_id, instances_processed,
-                               set_config('synchronous_commit', 'off', true), ctid, queued_by
+                               set_config('synchronous_commit', 'off', true), ctid, queued_by,
+                               tables_schema
                           FROM backfill.job";
 
-/// How this batch meets the foreign key, as the runner allows.
-fn batch_settings(job: &Job, runner: Runner) -> ForeignKeyCheck {
-    if runner.foreign_key_fast_path && fast_path_holds(job.role) {
-        ForeignKeyCheck::LockedInstances
-    } else {
-        ForeignKeyCheck::Triggers
+/// Whether `role` may lock rows of `instances` FOR SHARE: it needs UPDATE on the table or on
+/// some column of it.
+fn may_lock(role: Oid, instances: Oid) -> bool {
+    let update = pg_sys::ACL_UPDATE as pg_sys::AclMode;
+    // SAFETY: catalog lookups inside a transaction.
+    unsafe {
+        pg_sys::pg_class_aclcheck(instances, role, update) == pg_sys::AclResult::ACLCHECK_OK
+            || pg_sys::pg_attribute_aclcheck_all(
+                instances,
+                role,
+                update,
+                pg_sys::AclMaskHow::ACLMASK_ANY,
+            ) == pg_sys::AclResult::ACLCHECK_OK
     }
 }
 
-/// Whether the fast path gives exactly the triggers' guarantee for this batch: the metadata
-/// table has no trigger and no rule but those of its foreign key to process_instance (on
-/// process_instance_id), and the job's role may lock instances FOR KEY SHARE (which needs
-/// UPDATE on some column) as the triggers would on its behalf.
+/// Whether the fast path gives exactly the triggers' guarantee for this batch, whose
+/// instances this transaction holds FOR SHARE: the metadata table has no trigger and no rule
+/// but those of its foreign key to process_instance (on process_instance_id).
 ///
 /// The metadata table is locked ROW EXCLUSIVE first, held to commit: that conflicts with what
 /// CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between
 /// this look and the batch's commit; and taking the lock processes the invalidations of
 /// whatever committed before it was granted, so the relation cache read here is current.
-fn fast_path_holds(role: Oid) -> bool {
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn fast_path_holds(tables: &Tables) -> bool {
     // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
     // and closed here, and its trigger and foreign-key lists are only read.
     unsafe {
-        let metadata = query::extension_relation(c"process_instance_metadata");
-        let instances = query::extension_relation(c"process_instance");
-        if metadata == Oid::INVALID || instances == Oid::INVALID {
-            return false;
-        }
-        pg_sys::LockRelationOid(metadata, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let column = pg_sys::get_attnum(metadata, c"process_instance_id".as_ptr());
-        let relation = pg_sys::RelationIdGetRelation(metadata);
+        pg_sys::LockRelationOid(tables.metadata, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let column = pg_sys::get_attnum(tables.metadata, c"process_instance_id".as_ptr());
+        let relation = pg_sys::RelationIdGetRelation(tables.metadata);
         if relation.is_null() {
             return false;
         }
-        let foreign_key = instance_foreign_key(relation, instances, column);
+        let foreign_key = instance_foreign_key(relation, tables.instances, column);
         let trigdesc = (*relation).trigdesc;
         let only_foreign_key = trigdesc.is_null()
             || (0..(*trigdesc).numtriggers as usize)
                 .all(|i| Some((*(*trigdesc).triggers.add(i)).tgconstraint) == foreign_key);
         let no_rules = (*relation).rd_rules.is_null();
         pg_sys::RelationClose(relation);
-        let update = pg_sys::ACL_UPDATE as pg_sys::AclMode;
-        let may_lock = pg_sys::pg_class_aclcheck(instances, role, update)
-            == pg_sys::AclResult::ACLCHECK_OK
-            || pg_sys::pg_attribute_aclcheck_all(
-                instances,
-                role,
-                update,
-                pg_sys::AclMaskHow::ACLMASK_ANY,
-            ) == pg_sys::AclResult::ACLCHECK_OK;
-        only_foreign_key && no_rules && may_lock
+        only_foreign_key && no_rules
     }
 }
 
@@ -527,8 +717,9 @@ fn in_replica_mode<R>(work: impl FnOnce() -> R) -> R {
         .execute()
 }
 
-/// The statements of a batch, prepared once per process and kept.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// The statements of a batch, prepared once per process and kept (per set of tables: a table
+/// dropped and created again is another).
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Plan {
     LockJob {
         skip_locked: bool,
@@ -537,21 +728,25 @@ enum Plan {
         skip_locked: bool,
     },
     Advance,
+    LockInstances {
+        tables: Tables,
+        for_share: bool,
+    },
     Batch {
         overwrite: bool,
-        foreign_key: ForeignKeyCheck,
+        tables: Tables,
     },
 }
 
 impl Plan {
-    fn sql(self) -> String {
+    fn sql(&self) -> String {
         match self {
             Plan::LockJob { skip_locked } => {
-                format!("{LOCK_JOB} WHERE id = $1 {}", row_lock(skip_locked))
+                format!("{LOCK_JOB} WHERE id = $1 {}", row_lock(*skip_locked))
             }
             Plan::LockJobAt { skip_locked } => format!(
                 "{LOCK_JOB} WHERE ctid = $2 AND id = $1 {}",
-                row_lock(skip_locked)
+                row_lock(*skip_locked)
             ),
             Plan::Advance => "UPDATE backfill.job
                                  SET last_instance_id = coalesce($2, last_instance_id),
@@ -562,24 +757,31 @@ impl Plan {
                                WHERE ctid = $7 AND id = $1
                            RETURNING ctid"
                 .to_owned(),
-            Plan::Batch {
-                overwrite,
-                foreign_key,
-            } => batch_sql(overwrite, foreign_key),
+            Plan::LockInstances { tables, for_share } => format!(
+                "SELECT array_agg(id ORDER BY id) FROM (
+                     SELECT i.id::bigint AS id FROM {} i
+                      WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
+                      ORDER BY i.id LIMIT $4{}) batch",
+                tables.sql_name("process_instance"),
+                if *for_share { " FOR SHARE OF i" } else { "" }
+            ),
+            Plan::Batch { overwrite, tables } => batch_sql(tables, *overwrite),
         }
     }
 
-    fn argument_types(self) -> Vec<PgOid> {
+    fn argument_types(&self) -> Vec<PgOid> {
         const INT8: PgBuiltInOids = PgBuiltInOids::INT8OID;
         const TEXT: PgBuiltInOids = PgBuiltInOids::TEXTOID;
         const TEXTS: PgBuiltInOids = PgBuiltInOids::TEXTARRAYOID;
         const TID: PgBuiltInOids = PgBuiltInOids::TIDOID;
+        const INT8S: PgBuiltInOids = PgBuiltInOids::INT8ARRAYOID;
         let types: &[PgBuiltInOids] = match self {
             Plan::LockJob { .. } => &[INT8],
             Plan::LockJobAt { .. } => &[INT8, TID],
             Plan::Advance => &[INT8, INT8, INT8, INT8, INT8, TEXT, TID],
             // The write time is computed once per batch, not twice per row.
-            Plan::Batch { .. } => &[TEXT, INT8, INT8, INT8, TEXTS, TEXTS, TEXTS, INT8],
+            Plan::LockInstances { .. } => &[TEXT, INT8, INT8, INT8],
+            Plan::Batch { .. } => &[INT8S, TEXTS, TEXTS, TEXTS, INT8],
         };
         types.iter().map(|t| PgOid::BuiltIn(*t)).collect()
     }
@@ -620,50 +822,6 @@ fn run_plan<R>(
     .unwrap_or_else(|e| error!("backfill: batch statement failed: {e}"))
 }
 
-fn execute(job: &Job, after: i64, max_id: i64, limit: i64) -> Outcome {
-    let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
-    let paths: Vec<String> = job.paths.iter().map(|p| p.path.clone()).collect();
-    let overwrite: Vec<String> = job
-        .paths
-        .iter()
-        .filter(|p| p.overwrite)
-        .map(|p| p.key.clone())
-        .collect();
-    let plan = Plan::Batch {
-        overwrite: !overwrite.is_empty(),
-        foreign_key: job.foreign_key,
-    };
-    let args = [
-        job.model.as_str().into(),
-        after.into(),
-        max_id.into(),
-        limit.into(),
-        keys.into(),
-        paths.into(),
-        overwrite.into(),
-        transaction_start_epoch().into(),
-    ];
-    let statement = || {
-        run_plan(plan, &args, |row| {
-            let Some(row) = row else {
-                return Ok(Outcome::default());
-            };
-            Ok(Outcome {
-                instances: row.get(1)?.unwrap_or(0),
-                cursor: row.get(2)?,
-                updated: row.get(3)?.unwrap_or(0),
-                ..Outcome::default()
-            })
-        })
-    };
-    // The job's rows are read and written with its role's privileges, row-level security
-    // included.
-    as_role(job.role, || match job.foreign_key {
-        ForeignKeyCheck::Triggers => statement(),
-        ForeignKeyCheck::LockedInstances => in_replica_mode(statement),
-    })
-}
-
 /// `extract(epoch FROM now())::bigint`: the transaction's start in epoch seconds, rounded.
 fn transaction_start_epoch() -> i64 {
     const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800 * 1_000_000;
@@ -690,41 +848,6 @@ fn advance(job: &Job, outcome: &Outcome) {
     })
     .unwrap_or_else(|| error!("backfill: job {} changed under its row lock", job.id));
     LAST_TID.set(Some((job.id, tid)));
-}
-
-/// The slow path after a batch failed because of one instance's data: each instance in its
-/// own subtransaction, failures counted and logged with the instance id.
-fn isolate(job: &Job, after: i64, max_id: i64, limit: i64) -> Result<Outcome, Failure> {
-    let ids = as_role(job.role, || {
-        query::ids(
-            "SELECT id FROM backfill.process_instance
-              WHERE process_model_identifier = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
-            &[
-                job.model.as_str().into(),
-                after.into(),
-                max_id.into(),
-                limit.into(),
-            ],
-        )
-    });
-    let mut outcome = Outcome::default();
-    for id in ids {
-        match guarded(|| execute(job, id.saturating_sub(1), id, 1)) {
-            Ok(one) => outcome.updated += one.updated,
-            Err(failure) if is_instance_failure(&failure) => {
-                warning!(
-                    "backfill: job {}: instance {id} failed and is skipped: {failure}",
-                    job.id
-                );
-                outcome.errors += 1;
-                outcome.last_error = Some(format!("instance {id}: {failure}"));
-            }
-            Err(failure) => return Err(failure),
-        }
-        outcome.instances += 1;
-        outcome.cursor = Some(id);
-    }
-    Ok(outcome)
 }
 
 /// Errors caused by one instance's data (bad values, constraint or trigger failures raised for

@@ -1,8 +1,9 @@
-//! Reading a jsonb argument in place.
+//! Reading a jsonb (or json) argument in place.
 //!
 //! pgrx's `JsonB` turns the whole document into text and parses it again. Task data can be
 //! large and a batch reads one document per instance, so a dotted path is followed on the
-//! binary jsonb with PostgreSQL's own lookup, and only the value found is converted.
+//! binary jsonb with PostgreSQL's own lookup, and only the value found is converted. A json
+//! argument is lent as its text, for `jsontext` to read.
 
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::UnboxDatum;
@@ -71,6 +72,54 @@ unsafe impl UnboxDatum for JsonbArg {
             .expect("a jsonb datum that is not NULL")
     }
 }
+
+/// A json argument (detoasted, not copied), borrowed for the duration of the function call.
+pub struct JsonTextArg {
+    json: NonNull<pg_sys::varlena>,
+}
+
+impl JsonTextArg {
+    /// The document's text; `None` when it is not UTF-8 (a database in another encoding).
+    pub fn text(&self) -> Option<&str> {
+        // SAFETY: `json` points at a detoasted varlena for the whole call.
+        let bytes = unsafe {
+            let varlena = self.json.as_ptr();
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(varlena).cast::<u8>(),
+                pgrx::varlena::varsize_any_exhdr(varlena),
+            )
+        };
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+impl FromDatum for JsonTextArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        let detoasted = unsafe { pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr()) };
+        NonNull::new(detoasted).map(|json| JsonTextArg { json })
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonTextArg {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+impl_sql_translatable!(JsonTextArg, arg_only = "json");
 
 /// A document nested deeper than JSONPath evaluation is allowed to go.
 #[derive(Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod extract;
 mod jsonb;
+mod jsontext;
 mod paths;
 mod privilege;
 mod query;
@@ -16,6 +17,7 @@ mod queue;
 mod render;
 mod settings;
 mod subxact;
+mod tables;
 mod trigger;
 mod wake;
 mod worker;
@@ -27,6 +29,7 @@ pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
+pgrx::extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]

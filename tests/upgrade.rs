@@ -58,72 +58,60 @@ fn describe(db: &mut Client) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
-    // The worker serves another database: the jobs here run when the test runs them.
-    let cluster = Cluster::start("upgrade", &["backfill.database = 'postgres'"]);
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE DATABASE old").unwrap();
-    let mut db = cluster.connect("old");
-    db.batch_execute("CREATE EXTENSION backfill VERSION '0.1.0'")
-        .unwrap();
-    assert_eq!(
-        one_text(
-            &mut db,
-            "SELECT extversion FROM pg_extension WHERE extname = 'backfill'"
-        ),
-        "0.1.0"
-    );
+/// What an earlier release left behind: data, a queued job, and a job stopped half-way with
+/// its rows and cursor committed (as a crash or a stopped worker would leave it). Releases
+/// from 0.2.0 on record the role a job runs as.
+fn old_data(db: &mut Client, with_queued_by: bool) -> i64 {
     db.batch_execute(&bulk_sql(2_000)).unwrap();
-    // What 0.1.0 left behind: a queued job, and a job stopped half-way with its rows and
-    // cursor committed (as a crash or a stopped worker would leave it).
-    db.batch_execute(
-        "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin)
-         VALUES ('bulk/model', '[{\"key\": \"number\", \"path\": \"invoice.number\", \"overwrite\": false}]',
-                 false, 'model_update');
+    let (role_column, role) = if with_queued_by {
+        (", queued_by", ", 'postgres'")
+    } else {
+        ("", "")
+    };
+    db.batch_execute(&format!(
+        "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin{role_column})
+         VALUES ('bulk/model', '[{{\"key\": \"number\", \"path\": \"invoice.number\", \"overwrite\": false}}]',
+                 false, 'model_update'{role});
          INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin, state,
                                    instances_total, max_instance_id, last_instance_id,
-                                   instances_processed, instances_updated, started_at)
-         SELECT 'other/model', '[{\"key\": \"status\", \"path\": \"invoice.status\", \"overwrite\": false}]',
+                                   instances_processed, instances_updated, started_at{role_column})
+         SELECT 'other/model', '[{{\"key\": \"status\", \"path\": \"invoice.status\", \"overwrite\": false}}]',
                 false, 'manual', 'running', count(*), max(id), 1200,
-                count(*) FILTER (WHERE id <= 1200), count(*) FILTER (WHERE id <= 1200), now()
+                count(*) FILTER (WHERE id <= 1200), count(*) FILTER (WHERE id <= 1200), now(){role}
            FROM backfill.process_instance WHERE process_model_identifier = 'other/model';
          INSERT INTO backfill.process_instance_metadata
                 (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
          SELECT i.id, 'status',
                 backfill.extract_metadata(backfill.latest_task_data(i.id),
-                                          '[{\"key\": \"status\", \"path\": \"invoice.status\"}]') ->> 'status',
+                                          '[{{\"key\": \"status\", \"path\": \"invoice.status\"}}]') ->> 'status',
                 0, 0
            FROM backfill.process_instance i
-          WHERE i.process_model_identifier = 'other/model' AND i.id <= 1200;",
-    )
+          WHERE i.process_model_identifier = 'other/model' AND i.id <= 1200;"
+    ))
     .unwrap();
-    let rows_before = one_i64(
-        &mut db,
-        "SELECT count(*) FROM backfill.process_instance_metadata",
-    );
+    one_i64(db, "SELECT count(*) FROM backfill.process_instance_metadata")
+}
 
-    db.batch_execute("ALTER EXTENSION backfill UPDATE TO '0.2.0'")
-        .unwrap();
+fn version(db: &mut Client) -> String {
+    one_text(
+        db,
+        "SELECT extversion FROM pg_extension WHERE extname = 'backfill'",
+    )
+}
+
+/// After `ALTER EXTENSION backfill UPDATE` to the current version: nothing lost, both jobs
+/// complete exactly (the half-done one from its cursor), and the objects are those of a fresh
+/// install.
+fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_before: i64) {
     assert_eq!(
-        one_text(
-            &mut db,
-            "SELECT extversion FROM pg_extension WHERE extname = 'backfill'"
-        ),
-        "0.2.0"
-    );
-    assert_eq!(
-        one_i64(
-            &mut db,
-            "SELECT count(*) FROM backfill.process_instance_metadata"
-        ),
+        one_i64(db, "SELECT count(*) FROM backfill.process_instance_metadata"),
         rows_before
     );
-    // Jobs of 0.1.0 ran as a superuser: they run as the extension's owner.
+    // Jobs queued before attach existed use the extension's own tables.
     assert_eq!(
         one_i64(
-            &mut db,
-            "SELECT count(*) FROM backfill.job WHERE queued_by::text <> 'postgres'"
+            db,
+            "SELECT count(*) FROM backfill.job WHERE tables_schema <> 'backfill'::regnamespace"
         ),
         0
     );
@@ -131,34 +119,24 @@ fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
         db.batch_execute(&format!("CALL backfill.run({job})"))
             .unwrap();
         assert_eq!(
-            one_text(
-                &mut db,
-                &format!("SELECT state FROM backfill.job WHERE id = {job}")
-            ),
+            one_text(db, &format!("SELECT state FROM backfill.job WHERE id = {job}")),
             "succeeded"
         );
     }
     assert!(cluster
         .log()
         .contains("backfill: job 2 resumed for model other/model"));
-    assert_eq!(
-        wrong_rows(&mut db, "bulk/model", "number", "invoice.number"),
-        0
-    );
-    assert_eq!(
-        wrong_rows(&mut db, "other/model", "status", "invoice.status"),
-        0
-    );
+    assert_eq!(wrong_rows(db, "bulk/model", "number", "invoice.number"), 0);
+    assert_eq!(wrong_rows(db, "other/model", "status", "invoice.status"), 0);
     assert_eq!(
         one_i64(
-            &mut db,
+            db,
             "SELECT instances_total - instances_processed FROM backfill.job WHERE id = 2"
         ),
         0
     );
 
-    // The same objects as a fresh install of the current version.
-    let upgraded = describe(&mut db);
+    let upgraded = describe(db);
     let mut fresh = cluster.create_db("fresh");
     let installed = describe(&mut fresh);
     let missing: Vec<_> = installed.difference(&upgraded).collect();
@@ -167,4 +145,43 @@ fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
         missing.is_empty() && extra.is_empty(),
         "after the upgrade, missing:\n{missing:#?}\nand not in a fresh install:\n{extra:#?}"
     );
+}
+
+#[test]
+fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
+    // The worker serves another database: the jobs here run when the test runs them.
+    let cluster = Cluster::start("upgrade", &["backfill.database = 'postgres'"]);
+    let mut db = cluster.create_db("old");
+    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.1.0'")
+        .unwrap();
+    assert_eq!(version(&mut db), "0.1.0");
+    let rows_before = old_data(&mut db, false);
+
+    db.batch_execute("ALTER EXTENSION backfill UPDATE TO '0.2.0'")
+        .unwrap();
+    assert_eq!(version(&mut db), "0.2.0");
+    // Jobs of 0.1.0 ran as a superuser: they run as the extension's owner.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.job WHERE queued_by::text <> 'postgres'"
+        ),
+        0
+    );
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+#[test]
+fn update_from_0_2_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
+    let cluster = Cluster::start("upgrade-0.2", &["backfill.database = 'postgres'"]);
+    let mut db = cluster.create_db("old");
+    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.2.0'")
+        .unwrap();
+    assert_eq!(version(&mut db), "0.2.0");
+    let rows_before = old_data(&mut db, true);
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
 }

@@ -7,8 +7,10 @@
 const LAYERS: &[&[&str]] = &[
     &["paths", "render"],
     &["extract", "jsonb"],
+    &["jsontext"],
     &["error", "subxact", "privilege", "settings"],
     &["query", "wake"],
+    &["tables"],
     &["queue"],
     &["engine"],
     &["api", "trigger", "worker"],

@@ -125,7 +125,7 @@ task.end_in_seconds numeric";
             one::<i64>("SELECT count(*) FROM backfill.process_instance_metadata"),
             1
         );
-        Spi::run("INSERT INTO backfill.job (process_model_identifier, paths, origin, queued_by) VALUES ('m', '[]', 'manual', current_user::regrole)")
+        Spi::run("INSERT INTO backfill.job (process_model_identifier, paths, origin, queued_by, tables_schema) VALUES ('m', '[]', 'manual', current_user::regrole, 'backfill')")
             .unwrap();
         assert_fails(
             "UPDATE backfill.job SET state = 'paused'",
@@ -168,17 +168,29 @@ task.end_in_seconds numeric";
              ANALYZE backfill.process_instance, backfill.task, backfill.json_data;",
         )
         .unwrap();
-        // As a batch calls it: inlined (no function scan), one probe of the partial index.
-        let plan = explain(
-            "SELECT l.json_data_hash FROM (VALUES (4242::bigint)) b(id)
-               LEFT JOIN LATERAL backfill.latest_completed_task(b.id) l ON true",
-        );
-        assert!(plan.contains("task_latest_completed_idx"), "{plan}");
-        assert!(!plan.contains("Function Scan"), "not inlined: {plan}");
-        assert!(
-            !plan.contains("\"Sort\""),
-            "the index gives the order: {plan}"
-        );
+        // The batch statement itself: one probe of the partial index per instance, which
+        // gives the order (no sort).
+        let tables = crate::tables::Tables::of_schema(
+            Spi::get_one::<pg_sys::Oid>("SELECT 'backfill'::regnamespace::oid")
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        for overwrite in [false, true] {
+            Spi::run(&format!(
+                "PREPARE batch_{overwrite}(bigint[], text[], text[], text[], bigint) AS {}",
+                crate::engine::batch_sql(&tables, overwrite)
+            ))
+            .unwrap();
+            let plan = explain(&format!(
+                "EXECUTE batch_{overwrite}(ARRAY[4242, 4243], ARRAY['k'], ARRAY['n'], ARRAY['k'], 0)"
+            ));
+            assert!(plan.contains("task_latest_completed_idx"), "{plan}");
+            assert!(
+                !plan.contains("\"Sort\""),
+                "the index gives the order: {plan}"
+            );
+        }
         // latest_task_data agrees: latest completed is t = 3 (end 30), data n = 1 + (4242*3) % 50.
         assert_eq!(
             one::<String>("SELECT backfill.latest_task_data(4242)::text"),
@@ -205,7 +217,7 @@ task.end_in_seconds numeric";
         );
         assert_eq!(
             dumped,
-            "job,job_id_seq,json_data,process_instance,process_instance_id_seq,\
+            "attachment,job,job_id_seq,json_data,process_instance,process_instance_id_seq,\
              process_instance_metadata,process_instance_metadata_id_seq,process_model,task"
         );
     }

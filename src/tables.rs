@@ -1,0 +1,360 @@
+//! The four tables a job reads and writes: the extension's own in schema backfill, or an
+//! application's (SpiffWorkflow's `public.process_instance`, `task`, `json_data`,
+//! `process_instance_metadata`) once `backfill.attach` named their schema. Found and checked
+//! from the catalogs; what the batch engine needs to know about their types is kept here.
+
+use crate::error::raise;
+use pgrx::pg_sys::Oid;
+use pgrx::prelude::*;
+
+/// The four tables, by the names they have in every schema that holds them.
+pub const NAMES: [&str; 4] = [
+    "process_instance",
+    "task",
+    "json_data",
+    "process_instance_metadata",
+];
+
+const INT4: Oid = pg_sys::INT4OID;
+const INT8: Oid = pg_sys::INT8OID;
+const TEXT: Oid = pg_sys::TEXTOID;
+const VARCHAR: Oid = pg_sys::VARCHAROID;
+
+/// The columns the engine uses, with the types it accepts for each (domains count as their
+/// base type).
+const COLUMNS: &[(&str, &str, &[Oid])] = &[
+    ("process_instance", "id", &[INT4, INT8]),
+    ("process_instance", "process_model_identifier", &[TEXT, VARCHAR]),
+    ("task", "guid", &[pg_sys::UUIDOID, TEXT, VARCHAR]),
+    ("task", "process_instance_id", &[INT4, INT8]),
+    ("task", "state", &[TEXT, VARCHAR]),
+    ("task", "json_data_hash", &[TEXT, VARCHAR]),
+    (
+        "task",
+        "end_in_seconds",
+        &[pg_sys::NUMERICOID, INT4, INT8, pg_sys::FLOAT8OID],
+    ),
+    ("json_data", "hash", &[TEXT, VARCHAR]),
+    ("json_data", "data", &[pg_sys::JSONOID, pg_sys::JSONBOID]),
+    ("process_instance_metadata", "process_instance_id", &[INT4, INT8]),
+    ("process_instance_metadata", "key", &[TEXT, VARCHAR]),
+    ("process_instance_metadata", "value", &[TEXT, VARCHAR]),
+    (
+        "process_instance_metadata",
+        "created_at_in_seconds",
+        &[INT4, INT8, pg_sys::NUMERICOID],
+    ),
+    (
+        "process_instance_metadata",
+        "updated_at_in_seconds",
+        &[INT4, INT8, pg_sys::NUMERICOID],
+    ),
+];
+
+/// The tables of one schema, checked.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tables {
+    pub schema: Oid,
+    /// The schema's name, quoted for SQL text.
+    pub schema_sql: String,
+    pub instances: Oid,
+    pub tasks: Oid,
+    pub data: Oid,
+    pub metadata: Oid,
+    /// `json_data.data` is json (text, read with serde_json), not jsonb.
+    pub data_is_json: bool,
+    /// `process_instance_metadata.value` is NOT NULL: a missing or null value gets no row.
+    pub value_not_null: bool,
+}
+
+/// Why the tables of a schema cannot be used.
+#[derive(Debug)]
+pub struct Unusable {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Unusable {
+    pub fn raise(self) -> ! {
+        raise(self.code, self.message, self.hint)
+    }
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One column of one of the four tables, as the catalog describes it.
+struct Column {
+    table: String,
+    relation: Option<Oid>,
+    relkind: Option<String>,
+    name: Option<String>,
+    base_type: Oid,
+    type_name: Option<String>,
+    not_null: bool,
+}
+
+const COLUMNS_SQL: &str = "
+SELECT n.name, c.oid, c.relkind::text, a.attname::text, a.atttypid,
+       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+  FROM pg_catalog.unnest($2::text[]) AS n(name)
+  LEFT JOIN pg_catalog.pg_class c
+         ON c.relname OPERATOR(pg_catalog.=) n.name AND c.relnamespace OPERATOR(pg_catalog.=) $1
+  LEFT JOIN pg_catalog.pg_attribute a
+         ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
+        AND NOT a.attisdropped";
+
+impl Tables {
+    /// The four tables of `schema`, checked: each exists as a table, and each column the engine
+    /// uses exists with a type it accepts (SQLSTATE 42P01, 42703, 42804 otherwise).
+    pub fn of_schema(schema: Oid) -> Result<Tables, Unusable> {
+        let schema_name = schema_name(schema).ok_or_else(|| Unusable {
+            code: PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            message: format!("schema with OID {} does not exist", schema.to_u32()),
+            hint: "Attach the schema that holds the tables again, or detach.".into(),
+        })?;
+        let columns = read_columns(schema);
+        let hint_tables = format!(
+            "backfill needs tables {} in schema {schema_name}, with the columns SpiffWorkflow gives them.",
+            NAMES.join(", ")
+        );
+        let mut oids = [Oid::INVALID; 4];
+        for (i, table) in NAMES.iter().enumerate() {
+            let found = columns.iter().find(|c| c.table == *table);
+            match found.and_then(|c| c.relation.map(|oid| (oid, c.relkind.clone()))) {
+                Some((oid, Some(kind))) if kind == "r" || kind == "p" => oids[i] = oid,
+                Some(_) => {
+                    return Err(Unusable {
+                        code: PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                        message: format!("{schema_name}.{table} is not a table"),
+                        hint: hint_tables,
+                    })
+                }
+                None => {
+                    return Err(Unusable {
+                        code: PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                        message: format!("relation \"{schema_name}.{table}\" does not exist"),
+                        hint: hint_tables,
+                    })
+                }
+            }
+        }
+        let mut data_is_json = false;
+        let mut value_not_null = false;
+        for (table, name, accepted) in COLUMNS {
+            let Some(column) = columns
+                .iter()
+                .find(|c| c.table == *table && c.name.as_deref() == Some(name))
+            else {
+                return Err(Unusable {
+                    code: PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    message: format!(
+                        "column \"{name}\" of relation \"{schema_name}.{table}\" does not exist"
+                    ),
+                    hint: hint_tables,
+                });
+            };
+            if !accepted.contains(&column.base_type) {
+                return Err(Unusable {
+                    code: PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    message: format!(
+                        "column \"{name}\" of relation \"{schema_name}.{table}\" is of type {}, which backfill cannot use",
+                        column.type_name.as_deref().unwrap_or("unknown")
+                    ),
+                    hint: format!("Accepted types: {}.", type_names(accepted)),
+                });
+            }
+            match (*table, *name) {
+                ("json_data", "data") => data_is_json = column.base_type == pg_sys::JSONOID,
+                ("process_instance_metadata", "value") => value_not_null = column.not_null,
+                _ => {}
+            }
+        }
+        Ok(Tables {
+            schema,
+            schema_sql: quoted(&schema_name),
+            instances: oids[0],
+            tasks: oids[1],
+            data: oids[2],
+            metadata: oids[3],
+            data_is_json,
+            value_not_null,
+        })
+    }
+
+    /// `schema.table`, quoted, for SQL text.
+    pub fn sql_name(&self, table: &str) -> String {
+        format!("{}.{}", self.schema_sql, quoted(table))
+    }
+}
+
+fn read_columns(schema: Oid) -> Vec<Column> {
+    let names: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
+    Spi::connect(|client| {
+        client
+            .select(COLUMNS_SQL, None, &[schema.into(), names.into()])?
+            .map(|row| {
+                let type_oid: Option<Oid> = row.get(5)?;
+                Ok(Column {
+                    table: row.get(1)?.unwrap_or_default(),
+                    relation: row.get(2)?,
+                    relkind: row.get(3)?,
+                    name: row.get(4)?,
+                    // SAFETY: a catalog-cache lookup inside a transaction.
+                    base_type: type_oid.map_or(Oid::INVALID, |t| unsafe { pg_sys::getBaseType(t) }),
+                    type_name: row.get(6)?,
+                    not_null: row.get(7)?.unwrap_or(false),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read the columns of the tables: {e}"))
+}
+
+fn schema_name(schema: Oid) -> Option<String> {
+    // SAFETY: a catalog-cache lookup; NULL when there is no such schema.
+    let name = unsafe { pg_sys::get_namespace_name(schema) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: a palloc'd C string from the catalog.
+    Some(unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
+}
+
+/// An identifier quoted as PostgreSQL quotes it (catalog names hold no NUL).
+fn quoted(name: &str) -> String {
+    let c_name = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: quote_identifier reads a NUL-terminated string and returns it or a palloc'd copy.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c_name.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn type_names(types: &[Oid]) -> String {
+    types
+        .iter()
+        .map(|&t| match t {
+            INT4 => "integer",
+            INT8 => "bigint",
+            TEXT => "text",
+            VARCHAR => "character varying",
+            pg_sys::UUIDOID => "uuid",
+            pg_sys::NUMERICOID => "numeric",
+            pg_sys::FLOAT8OID => "double precision",
+            pg_sys::JSONOID => "json",
+            pg_sys::JSONBOID => "jsonb",
+            _ => "?",
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Tables {
+    /// Why the current role may not attach these tables: it must own each of them (or be a
+    /// member of the owner's role, or a superuser).
+    pub fn owner_problem(&self) -> Option<Unusable> {
+        let not_owned = optional_text(
+            "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+              WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
+                AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+              ORDER BY 1 LIMIT 1",
+            self.relations(),
+        )?;
+        Some(Unusable {
+            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            message: format!("must be owner of table {not_owned} to attach it"),
+            hint: "Attach as the role that owns the application's tables, or as a superuser."
+                .into(),
+        })
+    }
+
+    /// Why rows cannot be written with ON CONFLICT (process_instance_id, key): no unique index
+    /// on exactly those columns.
+    pub fn conflict_target_problem(&self) -> Option<Unusable> {
+        let found = optional_text(
+            "SELECT 'found' FROM pg_catalog.pg_index i
+              WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[4]::pg_catalog.oid AND i.indisunique AND i.indimmediate
+                AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND i.indnkeyatts OPERATOR(pg_catalog.=) 2
+                AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attname)
+                       FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                        AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey::int2[]))
+                    OPERATOR(pg_catalog.=) ARRAY['key', 'process_instance_id']
+              LIMIT 1",
+            self.relations(),
+        );
+        if found.is_some() {
+            return None;
+        }
+        Some(Unusable {
+            code: PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
+            message: format!(
+                "{} has no unique constraint on (process_instance_id, key)",
+                self.sql_name("process_instance_metadata")
+            ),
+            hint: "Each instance has at most one row per key; backfill relies on the constraint that says so."
+                .into(),
+        })
+    }
+
+    /// `CREATE INDEX CONCURRENTLY` statements for the lookups no index serves: an instance's
+    /// latest completed task, and a model's instances in id order.
+    pub fn index_advice(&self) -> Vec<String> {
+        let served = |relation: Oid, first: &str, second: &str| {
+            optional_text(
+                "SELECT 'served' FROM pg_catalog.pg_index i
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[1]::pg_catalog.oid AND i.indisvalid
+                    AND i.indnkeyatts OPERATOR(pg_catalog.>=) 2
+                    AND i.indkey[0] OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attname OPERATOR(pg_catalog.=) ($1)[2]::text)
+                    AND i.indkey[1] OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attname OPERATOR(pg_catalog.=) ($1)[3]::text)
+                  LIMIT 1",
+                vec![relation.to_u32().to_string(), first.to_owned(), second.to_owned()],
+            )
+            .is_some()
+        };
+        let mut advice = Vec::new();
+        if !served(self.tasks, "process_instance_id", "end_in_seconds") {
+            advice.push(format!(
+                "CREATE INDEX CONCURRENTLY backfill_task_latest_completed_idx ON {} \
+                 (process_instance_id, end_in_seconds DESC NULLS LAST, guid DESC) \
+                 INCLUDE (json_data_hash) WHERE state = 'COMPLETED';",
+                self.sql_name("task")
+            ));
+        }
+        if !served(self.instances, "process_model_identifier", "id") {
+            advice.push(format!(
+                "CREATE INDEX CONCURRENTLY backfill_process_instance_model_id_idx ON {} \
+                 (process_model_identifier, id);",
+                self.sql_name("process_instance")
+            ));
+        }
+        advice
+    }
+
+    fn relations(&self) -> Vec<String> {
+        [self.instances, self.tasks, self.data, self.metadata]
+            .iter()
+            .map(|oid| oid.to_u32().to_string())
+            .collect()
+    }
+}
+
+/// The text in the first row of `sql`, given one text[] argument; `None` without a row.
+fn optional_text(sql: &str, argument: Vec<String>) -> Option<String> {
+    Spi::connect(|client| {
+        let table = client.select(sql, Some(1), &[argument.into()])?;
+        if table.is_empty() {
+            Ok(None)
+        } else {
+            table.first().get_one::<String>()
+        }
+    })
+    .unwrap_or_else(|e| error!("backfill: catalog query failed: {e}"))
+}
