@@ -16,7 +16,9 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 # everything is already there.
 setup_toolchain() {
     local missing=() pkg
-    for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config sudo; do
+    # python3 writes SpiffWorkflow's task data (json.dumps) and the tests' reference values; git
+    # is what backfill-sync-models' hook is tested with.
+    for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config sudo python3 git; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

@@ -5,13 +5,13 @@ use crate::error::{self, invalid_parameter, report_with_hint, required};
 use crate::extract::extract;
 use crate::jsonb::{JsonTextArg, JsonbArg, TooDeep, JSONPATH_MAX_DEPTH};
 use crate::jsontext::{self, TextError};
-use crate::privilege;
-use crate::tables::Tables;
 use crate::paths::{MetadataPath, PathExpr};
+use crate::privilege;
 use crate::query;
 use crate::queue::{self, JobPath, Origin};
 use crate::render::render;
 use crate::settings;
+use crate::tables::Tables;
 use crate::wake;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -89,7 +89,9 @@ fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<O
                 // What SpiffWorkflow's own write of that value would also fail on.
                 error::raise(
                     PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-                    format!("the value of path \"{path}\" contains \\u0000, which text cannot hold"),
+                    format!(
+                        "the value of path \"{path}\" contains \\u0000, which text cannot hold"
+                    ),
                     "The instance gets no row for this key; fix the task data or the path.",
                 );
             }
@@ -364,10 +366,11 @@ fn attach(schema_name: Option<&str>) {
         );
     }
     let tables = Tables::of_schema(schema).unwrap_or_else(|problem| problem.raise());
-    for problem in [tables.owner_problem(), tables.conflict_target_problem()] {
-        if let Some(problem) = problem {
-            problem.raise();
-        }
+    if let Some(problem) = tables
+        .owner_problem()
+        .or_else(|| tables.conflict_target_problem())
+    {
+        problem.raise();
     }
     privilege::as_job_table_owner(|| {
         Spi::run_with_args(
@@ -380,7 +383,10 @@ fn attach(schema_name: Option<&str>) {
         report_with_hint(
             PgLogLevel::NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("no index of {} serves a lookup every batch makes", tables.schema_sql),
+            format!(
+                "no index of {} serves a lookup every batch makes",
+                tables.schema_sql
+            ),
             format!("Create it while the application runs: {statement}"),
         );
     }
@@ -421,8 +427,12 @@ fn detach() {
     if !privilege::acts_for(attached_by) && !owns_tables {
         error::raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "must be the role that attached the tables, their owner or a superuser to detach them".to_owned(),
-            format!("They were attached by {}.", privilege::role_name(attached_by)),
+            "must be the role that attached the tables, their owner or a superuser to detach them"
+                .to_owned(),
+            format!(
+                "They were attached by {}.",
+                privilege::role_name(attached_by)
+            ),
         );
     }
     privilege::as_job_table_owner(|| Spi::run("SELECT backfill.attachment_clear()"))

@@ -485,7 +485,11 @@ impl BatchOf<'_> {
         as_role(self.job.role, || {
             Spi::get_one_with_args::<bool>(
                 &sql,
-                &[self.job.model.as_str().into(), after.into(), self.max_id.into()],
+                &[
+                    self.job.model.as_str().into(),
+                    after.into(),
+                    self.max_id.into(),
+                ],
             )
         })
         .unwrap_or_else(|e| error!("backfill: could not look for more instances: {e}"))
@@ -662,7 +666,10 @@ unsafe fn fast_path_holds(tables: &Tables) -> bool {
     // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
     // and closed here, and its trigger and foreign-key lists are only read.
     unsafe {
-        pg_sys::LockRelationOid(tables.metadata, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        pg_sys::LockRelationOid(
+            tables.metadata,
+            pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
+        );
         let column = pg_sys::get_attnum(tables.metadata, c"process_instance_id".as_ptr());
         let relation = pg_sys::RelationIdGetRelation(tables.metadata);
         if relation.is_null() {
@@ -721,21 +728,11 @@ fn in_replica_mode<R>(work: impl FnOnce() -> R) -> R {
 /// dropped and created again is another).
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Plan {
-    LockJob {
-        skip_locked: bool,
-    },
-    LockJobAt {
-        skip_locked: bool,
-    },
+    LockJob { skip_locked: bool },
+    LockJobAt { skip_locked: bool },
     Advance,
-    LockInstances {
-        tables: Tables,
-        for_share: bool,
-    },
-    Batch {
-        overwrite: bool,
-        tables: Tables,
-    },
+    LockInstances { tables: Tables, for_share: bool },
+    Batch { overwrite: bool, tables: Tables },
 }
 
 impl Plan {

@@ -100,7 +100,7 @@ impl Node {
     }
 
     /// Forgets what this subtree found: a later duplicate of its key replaces the earlier.
-    fn clear<'de>(&self, found: &mut [Option<&'de RawValue>]) {
+    fn clear(&self, found: &mut [Option<&RawValue>]) {
         for &end in &self.ends {
             found[end] = None;
         }
@@ -138,9 +138,7 @@ impl<'de> DeserializeSeed<'de> for Seek<'_, 'de> {
                 node: self.node,
                 found: self.found,
             };
-            inner
-                .deserialize_any(children)
-                .map_err(de::Error::custom)?;
+            inner.deserialize_any(children).map_err(de::Error::custom)?;
         }
         Ok(())
     }
@@ -243,7 +241,10 @@ mod tests {
         let doc = r#"{"a": 1e+16, "b": -0.0, "c": 2.5e-300, "d": 0.30000000000000004,
                       "e": 100000000000000000000, "f": 1.0, "g": 1.5e-07, "h": -0, "i": 1E5,
                       "j": 1e400, "k": 12.50}"#;
-        let got = rendered(doc, &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]);
+        let got = rendered(
+            doc,
+            &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"],
+        );
         let want = [
             "1e+16",
             "-0.0",

@@ -24,7 +24,11 @@ const VARCHAR: Oid = pg_sys::VARCHAROID;
 /// base type).
 const COLUMNS: &[(&str, &str, &[Oid])] = &[
     ("process_instance", "id", &[INT4, INT8]),
-    ("process_instance", "process_model_identifier", &[TEXT, VARCHAR]),
+    (
+        "process_instance",
+        "process_model_identifier",
+        &[TEXT, VARCHAR],
+    ),
     ("task", "guid", &[pg_sys::UUIDOID, TEXT, VARCHAR]),
     ("task", "process_instance_id", &[INT4, INT8]),
     ("task", "state", &[TEXT, VARCHAR]),
@@ -36,7 +40,11 @@ const COLUMNS: &[(&str, &str, &[Oid])] = &[
     ),
     ("json_data", "hash", &[TEXT, VARCHAR]),
     ("json_data", "data", &[pg_sys::JSONOID, pg_sys::JSONBOID]),
-    ("process_instance_metadata", "process_instance_id", &[INT4, INT8]),
+    (
+        "process_instance_metadata",
+        "process_instance_id",
+        &[INT4, INT8],
+    ),
     ("process_instance_metadata", "key", &[TEXT, VARCHAR]),
     ("process_instance_metadata", "value", &[TEXT, VARCHAR]),
     (
@@ -222,7 +230,11 @@ fn schema_name(schema: Oid) -> Option<String> {
         return None;
     }
     // SAFETY: a palloc'd C string from the catalog.
-    Some(unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// An identifier quoted as PostgreSQL quotes it (catalog names hold no NUL).

@@ -89,7 +89,10 @@ fn old_data(db: &mut Client, with_queued_by: bool) -> i64 {
           WHERE i.process_model_identifier = 'other/model' AND i.id <= 1200;"
     ))
     .unwrap();
-    one_i64(db, "SELECT count(*) FROM backfill.process_instance_metadata")
+    one_i64(
+        db,
+        "SELECT count(*) FROM backfill.process_instance_metadata",
+    )
 }
 
 fn version(db: &mut Client) -> String {
@@ -104,7 +107,10 @@ fn version(db: &mut Client) -> String {
 /// install.
 fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_before: i64) {
     assert_eq!(
-        one_i64(db, "SELECT count(*) FROM backfill.process_instance_metadata"),
+        one_i64(
+            db,
+            "SELECT count(*) FROM backfill.process_instance_metadata"
+        ),
         rows_before
     );
     // Jobs queued before attach existed use the extension's own tables.
@@ -119,7 +125,10 @@ fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_be
         db.batch_execute(&format!("CALL backfill.run({job})"))
             .unwrap();
         assert_eq!(
-            one_text(db, &format!("SELECT state FROM backfill.job WHERE id = {job}")),
+            one_text(
+                db,
+                &format!("SELECT state FROM backfill.job WHERE id = {job}")
+            ),
             "succeeded"
         );
     }

@@ -227,12 +227,21 @@ impl Cluster {
 
     /// A connection that also collects the NOTICE and WARNING messages the server sends.
     pub fn connect_with_notices(&self, db: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        self.connect_as_with_notices("postgres", db)
+    }
+
+    /// `connect_with_notices` as role `user`.
+    pub fn connect_as_with_notices(
+        &self,
+        user: &str,
+        db: &str,
+    ) -> (Client, Arc<Mutex<Vec<String>>>) {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&notices);
         let client = postgres::Config::new()
             .host("127.0.0.1")
             .port(self.port)
-            .user("postgres")
+            .user(user)
             .dbname(db)
             .notice_callback(move |notice| {
                 let hint = notice
@@ -245,6 +254,42 @@ impl Cluster {
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"));
         (client, notices)
+    }
+
+    /// Runs psql as `user` on `db` with `script` on its standard input; panics with psql's
+    /// output when it fails.
+    pub fn psql(&self, user: &str, db: &str, script: &str) {
+        use std::io::Write;
+        let mut child = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                db,
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Creates database `db` with the extension installed and returns a connection to it.

@@ -1,0 +1,428 @@
+//! backfill-sync-models: makes `backfill.process_model` say what SpiffWorkflow's spec directory
+//! says. Every `process_model.json` under SPEC_DIR is a model whose id is its directory relative
+//! to SPEC_DIR (`finance/invoice`); process groups (`process_group.json`) are not models. The
+//! models go to `backfill.sync_process_models`, which inserts new ones and updates changed ones
+//! (a change of paths queues a backfill job, as a hand-written UPDATE does).
+//!
+//! Prints one line per model that changed or was rejected; exits 1 when any was rejected, 2
+//! when it could not run at all.
+
+use postgres::{Client, Config, NoTls};
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: backfill-sync-models [--dsn DSN] [--install-git-hook] SPEC_DIR
+
+Reads every process_model.json under SPEC_DIR (SpiffWorkflow's BPMN spec directory) and syncs
+the models' display_name and metadata_extraction_paths into backfill.process_model.
+
+  --dsn DSN           connection string (\"host=... dbname=... user=...\" or postgresql://...);
+                      without it, PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD (or
+                      ~/.pgpass), PGAPPNAME and PGCONNECT_TIMEOUT are used, as libpq does
+  --install-git-hook  install a post-commit hook in SPEC_DIR's git repository that runs this
+                      sync after every commit (SpiffWorkflow commits there on every save),
+                      then sync once
+";
+
+/// Marks a hook this command wrote, so it may replace it and no other.
+const HOOK_MARKER: &str = "# installed by backfill-sync-models";
+
+struct Args {
+    dsn: Option<String>,
+    install_hook: bool,
+    spec_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("backfill-sync-models: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(rejected) if rejected > 0 => ExitCode::from(1),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("backfill-sync-models: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_args(raw: Vec<String>) -> Result<Args, String> {
+    let mut dsn = None;
+    let mut install_hook = false;
+    let mut spec_dir = None;
+    let mut raw = raw.into_iter();
+    while let Some(arg) = raw.next() {
+        match arg.as_str() {
+            "--dsn" => dsn = Some(raw.next().ok_or("--dsn needs a value")?),
+            _ if arg.starts_with("--dsn=") => dsn = Some(arg["--dsn=".len()..].to_owned()),
+            "--install-git-hook" => install_hook = true,
+            "-h" | "--help" => return Err("help".into()),
+            _ if arg.starts_with('-') => return Err(format!("unknown option {arg}")),
+            _ if spec_dir.is_none() => spec_dir = Some(PathBuf::from(arg)),
+            _ => return Err(format!("unexpected argument {arg}")),
+        }
+    }
+    let spec_dir = spec_dir.ok_or("SPEC_DIR is missing")?;
+    Ok(Args {
+        dsn,
+        install_hook,
+        spec_dir,
+    })
+}
+
+/// Syncs; the number of models rejected.
+fn run(args: &Args) -> Result<usize, String> {
+    let spec_dir = args
+        .spec_dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.spec_dir.display()))?;
+    if args.install_hook {
+        install_hook(&spec_dir, args.dsn.as_deref())?;
+    }
+    let (models, unreadable) = read_models(&spec_dir)?;
+    for (id, why) in &unreadable {
+        println!("rejected  {id}: {why}");
+    }
+    let mut client = connect(args.dsn.as_deref())?;
+    let rows = client
+        .query(
+            "SELECT id, action FROM backfill.sync_process_models($1::text::jsonb)",
+            &[&Value::Array(models).to_string()],
+        )
+        .map_err(|e| describe(&e))?;
+    let mut rejected = unreadable.len();
+    for row in rows {
+        let id: Option<String> = row.get(0);
+        let action: String = row.get(1);
+        let id = id.unwrap_or_default();
+        match action.strip_prefix("rejected: ") {
+            Some(why) => {
+                rejected += 1;
+                println!("rejected  {id}: {why}");
+            }
+            None if action == "unchanged" => {}
+            None => println!("{action:<9} {id}"),
+        }
+    }
+    Ok(rejected)
+}
+
+/// The models of the spec directory, in id order, and the files that could not be read (id,
+/// reason).
+#[allow(clippy::type_complexity)]
+fn read_models(spec_dir: &Path) -> Result<(Vec<Value>, Vec<(String, String)>), String> {
+    let mut files = Vec::new();
+    find_model_files(spec_dir, &mut files)
+        .map_err(|e| format!("cannot read {}: {e}", spec_dir.display()))?;
+    files.sort();
+    let mut models = Vec::new();
+    let mut unreadable = Vec::new();
+    for file in files {
+        let dir = file.parent().unwrap_or(spec_dir);
+        let id = dir
+            .strip_prefix(spec_dir)
+            .unwrap_or(dir)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        if id.is_empty() {
+            unreadable.push((
+                "process_model.json".to_owned(),
+                "a model file directly in the spec directory has no model id".to_owned(),
+            ));
+            continue;
+        }
+        let parsed = fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(Value::Object(model)) => models.push(json!({
+                "id": id,
+                "display_name": model.get("display_name").cloned().unwrap_or(Value::Null),
+                "metadata_extraction_paths":
+                    model.get("metadata_extraction_paths").cloned().unwrap_or(Value::Null),
+            })),
+            Ok(_) => unreadable.push((id, "process_model.json is not a JSON object".to_owned())),
+            Err(why) => {
+                unreadable.push((id, format!("process_model.json is not valid JSON: {why}")))
+            }
+        }
+    }
+    Ok((models, unreadable))
+}
+
+/// Every process_model.json below `dir`, hidden directories (.git) left out.
+fn find_model_files(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        let kind = entry.file_type()?;
+        if kind.is_dir() && !hidden {
+            find_model_files(&path, found)?;
+        } else if kind.is_file() && entry.file_name() == "process_model.json" {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn connect(dsn: Option<&str>) -> Result<Client, String> {
+    let mut config = match dsn {
+        Some(dsn) => dsn
+            .parse::<Config>()
+            .map_err(|e| format!("invalid --dsn: {e}"))?,
+        None => config_from_environment()?,
+    };
+    if config.get_password().is_none() {
+        if let Some(password) = password_from_file(&config) {
+            config.password(password);
+        }
+    }
+    // The server's notices say which job an update queued.
+    config.notice_callback(|notice| eprintln!("{}: {}", notice.severity(), notice.message()));
+    config.connect(NoTls).map_err(|e| {
+        format!(
+            "cannot connect: {} (this command connects without TLS: use a local or trusted connection)",
+            describe(&e)
+        )
+    })
+}
+
+/// libpq's environment variables, as far as this command needs them.
+fn config_from_environment() -> Result<Config, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut config = Config::new();
+    let user = var("PGUSER")
+        .or_else(|| var("USER"))
+        .unwrap_or_else(|| "postgres".into());
+    config.user(&user);
+    config.dbname(var("PGDATABASE").as_deref().unwrap_or(&user));
+    match var("PGHOST") {
+        Some(hosts) => {
+            for host in hosts.split(',') {
+                if host.starts_with('/') {
+                    config.host_path(host);
+                } else {
+                    config.host(host);
+                }
+            }
+        }
+        None => {
+            config.host_path("/var/run/postgresql");
+        }
+    }
+    if let Some(port) = var("PGPORT") {
+        config.port(
+            port.parse()
+                .map_err(|_| format!("PGPORT is not a port: {port}"))?,
+        );
+    }
+    if let Some(password) = var("PGPASSWORD") {
+        config.password(password);
+    }
+    if let Some(name) = var("PGAPPNAME") {
+        config.application_name(&name);
+    } else {
+        config.application_name("backfill-sync-models");
+    }
+    if let Some(seconds) = var("PGCONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {
+        config.connect_timeout(std::time::Duration::from_secs(seconds));
+    }
+    if var("PGSSLMODE").is_some_and(|mode| !matches!(mode.as_str(), "disable" | "allow" | "prefer"))
+    {
+        return Err("PGSSLMODE asks for TLS, which this command does not speak".into());
+    }
+    Ok(config)
+}
+
+/// The password ~/.pgpass (or PGPASSFILE) gives for this connection, as libpq reads it.
+fn password_from_file(config: &Config) -> Option<String> {
+    let file = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pgpass")))?;
+    let text = fs::read_to_string(file).ok()?;
+    let host = match config.get_hosts().first()? {
+        postgres::config::Host::Tcp(host) => host.clone(),
+        postgres::config::Host::Unix(_) => "localhost".to_owned(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let wanted = [
+        host.as_str(),
+        port.as_str(),
+        config.get_dbname().unwrap_or(""),
+        config.get_user().unwrap_or(""),
+    ];
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(pgpass_fields)
+        .find(|fields| {
+            fields.len() == 5
+                && fields[..4]
+                    .iter()
+                    .zip(wanted)
+                    .all(|(field, want)| field == "*" || field == want)
+        })
+        .map(|fields| fields[4].clone())
+}
+
+/// The fields of a .pgpass line: separated by `:`, with `\:` and `\\` escaped.
+fn pgpass_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' => fields.push(String::new()),
+            _ => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(hint) => format!("{} ({}); hint: {hint}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// Writes a post-commit hook that runs this sync, in the git repository holding `spec_dir`.
+fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
+    let git = Command::new("git")
+        .arg("-C")
+        .arg(spec_dir)
+        .args(["rev-parse", "--git-path", "hooks/post-commit"])
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !git.status.success() {
+        return Err(format!(
+            "{} is not in a git repository: {}",
+            spec_dir.display(),
+            String::from_utf8_lossy(&git.stderr).trim()
+        ));
+    }
+    let hook = spec_dir.join(String::from_utf8_lossy(&git.stdout).trim());
+    if let Ok(existing) = fs::read_to_string(&hook) {
+        if !existing.contains(HOOK_MARKER) {
+            return Err(format!(
+                "{} exists and was not written by backfill-sync-models; add this line to it instead:\n  {}",
+                hook.display(),
+                sync_command(spec_dir, dsn)?
+            ));
+        }
+    }
+    let mut script = format!("#!/bin/sh\n{HOOK_MARKER}: keeps backfill.process_model in step with this spec directory.\n");
+    if dsn.is_none() {
+        // The connection as it is now: the process that commits may have another environment.
+        for name in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSFILE",
+            "PGAPPNAME",
+        ] {
+            if let Ok(value) = std::env::var(name) {
+                script.push_str(&format!("export {name}={}\n", shell_quote(&value)));
+            }
+        }
+    }
+    script.push_str(&format!("{} || true\n", sync_command(spec_dir, dsn)?));
+    if let Some(dir) = hook.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    fs::write(&hook, script).map_err(|e| format!("{}: {e}", hook.display()))?;
+    set_mode(&hook, if dsn.is_some() { 0o700 } else { 0o755 })?;
+    eprintln!("installed {}", hook.display());
+    Ok(())
+}
+
+fn sync_command(spec_dir: &Path, dsn: Option<&str>) -> Result<String, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut command = shell_quote(&me.to_string_lossy());
+    if let Some(dsn) = dsn {
+        command.push_str(&format!(" --dsn {}", shell_quote(dsn)));
+    }
+    command.push_str(&format!(" {}", shell_quote(&spec_dir.to_string_lossy())));
+    Ok(command)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_lines_split_on_unescaped_colons() {
+        assert_eq!(
+            pgpass_fields(r"db\:host:5432:*:me:pa\:ss\\word"),
+            ["db:host", "5432", "*", "me", r"pa:ss\word"]
+        );
+    }
+
+    #[test]
+    fn arguments() {
+        let args = parse_args(vec![
+            "--dsn=host=x".into(),
+            "--install-git-hook".into(),
+            "spec".into(),
+        ])
+        .unwrap();
+        assert_eq!(args.dsn.as_deref(), Some("host=x"));
+        assert!(args.install_hook);
+        assert_eq!(args.spec_dir, PathBuf::from("spec"));
+        assert!(parse_args(vec![]).is_err());
+        assert!(parse_args(vec!["--bogus".into(), "spec".into()]).is_err());
+    }
+
+    #[test]
+    fn models_are_found_by_directory_and_groups_skipped() {
+        let dir = std::env::temp_dir().join(format!("sync-models-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("finance/invoice")).unwrap();
+        fs::create_dir_all(dir.join(".git/x")).unwrap();
+        fs::write(dir.join("finance/process_group.json"), "{}").unwrap();
+        fs::write(
+            dir.join("finance/invoice/process_model.json"),
+            r#"{"display_name": "Invoice", "metadata_extraction_paths": [{"key": "n", "path": "a.b"}], "other": 1}"#,
+        )
+        .unwrap();
+        fs::write(dir.join(".git/x/process_model.json"), "{}").unwrap();
+        let (models, unreadable) = read_models(&dir).unwrap();
+        assert_eq!(
+            models,
+            vec![json!({"id": "finance/invoice", "display_name": "Invoice",
+                        "metadata_extraction_paths": [{"key": "n", "path": "a.b"}]})]
+        );
+        assert!(unreadable.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

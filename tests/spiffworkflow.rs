@@ -1,0 +1,1015 @@
+//! A SpiffWorkflow database: its own tables (tests/fixtures/spiffworkflow/schema.sql, loaded
+//! into schema `app` owned by the non-superuser role `spiff`), task data written as Python's
+//! json.dumps writes it (scripts/spiff_data.py), process models synced from
+//! process_model.json files, and the live engine's own metadata writes running next to a
+//! job. Everything here is done as `spiff`, with the GRANTs the README lists.
+
+mod common;
+
+use common::{json_string, one_i64, one_text, wait_for, Cluster};
+use postgres::Client;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCHEMA_SQL: &str = include_str!("fixtures/spiffworkflow/schema.sql");
+const INVOICE: &str = "finance/invoice";
+
+/// What the application's owner role needs (README, "SpiffWorkflow"); its own tables need
+/// nothing more.
+const SPIFF_GRANTS: &str = "\
+GRANT USAGE ON SCHEMA backfill TO spiff;
+GRANT SELECT, INSERT, UPDATE ON backfill.process_model TO spiff;
+GRANT SELECT ON backfill.job, backfill.progress TO spiff;
+GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach(),
+                          backfill.sync_process_models(jsonb),
+                          backfill.enqueue(text, text[], boolean), backfill.cancel(bigint),
+                          backfill.wait(bigint, interval), backfill.run_begin(bigint),
+                          backfill.run_batch(bigint), backfill.run_end(bigint),
+                          backfill.worker_pid()
+    TO spiff;
+GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO spiff;";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Database `db` of `cluster` with the extension, role `spiff` owning the database (as
+/// SpiffWorkflow's role usually does) and its schema `app` with
+/// SpiffWorkflow's tables and `instances` instances of generated data; a connection as spiff.
+fn spiff_database(cluster: &Cluster, db: &str, instances: usize) -> Client {
+    let mut admin = cluster.create_db(db);
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE spiff LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER DATABASE \"{db}\" OWNER TO spiff;
+             CREATE SCHEMA app AUTHORIZATION spiff;
+             {SPIFF_GRANTS}"
+        ))
+        .unwrap();
+    let mut spiff = cluster.connect_as("spiff", db);
+    spiff
+        .batch_execute(&format!("SET search_path = app; {SCHEMA_SQL}"))
+        .unwrap();
+    spiff.batch_execute("RESET search_path").unwrap();
+    cluster.psql("spiff", db, &generate(instances, 1));
+    spiff
+}
+
+/// The psql script of scripts/spiff_data.py for `instances` instances from id `first`.
+fn generate(instances: usize, first: i64) -> String {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/spiff_data.py"))
+        .args([
+            "generate",
+            "--schema",
+            "app",
+            "--instances",
+            &instances.to_string(),
+        ])
+        .args(["--first-id", &first.to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+type Rows = Vec<(i64, String, String)>;
+
+/// What SpiffWorkflow would store for the model's instances with these paths, computed by
+/// Python from the tables' raw content (scripts/spiff_data.py reference).
+fn reference(db: &mut Client, model: &str, paths: &[(&str, &str)]) -> Rows {
+    let instances: Vec<i64> = db
+        .query(
+            "SELECT id::bigint FROM app.process_instance WHERE process_model_identifier = $1",
+            &[&model],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tasks: Vec<serde_json::Value> = db
+        .query(
+            "SELECT t.process_instance_id::bigint, t.state::text, t.end_in_seconds::text,
+                    t.guid::text, t.json_data_hash::text
+               FROM app.task t JOIN app.process_instance i ON i.id = t.process_instance_id
+              WHERE i.process_model_identifier = $1",
+            &[&model],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::json!([
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, Option<String>>(2),
+                r.get::<_, String>(3),
+                r.get::<_, String>(4)
+            ])
+        })
+        .collect();
+    let data: serde_json::Map<String, serde_json::Value> = db
+        .query("SELECT hash::text, data::text FROM app.json_data", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).into()))
+        .collect();
+    let paths: Vec<serde_json::Value> = paths
+        .iter()
+        .map(|(key, path)| serde_json::json!({"key": key, "path": path}))
+        .collect();
+    let input =
+        serde_json::json!({"tasks": tasks, "data": data, "instances": instances, "paths": paths});
+    let mut child = Command::new("python3")
+        .arg(repo().join("scripts/spiff_data.py"))
+        .arg("reference")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The model's metadata rows for `keys`, as stored.
+fn stored(db: &mut Client, model: &str, keys: &[&str]) -> Rows {
+    let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    db.query(
+        "SELECT m.process_instance_id::bigint, m.key::text, m.value::text
+           FROM app.process_instance_metadata m
+           JOIN app.process_instance i ON i.id = m.process_instance_id
+          WHERE i.process_model_identifier = $1 AND m.key = ANY ($2)
+          ORDER BY 1, 2",
+        &[&model, &keys],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Rows compared one by one, so a failure shows the first differences, not two long lists.
+fn assert_rows_equal(actual: &Rows, expected: &Rows) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|r| !actual.contains(r))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && actual.len() == expected.len(),
+        "{} rows stored, {} expected; expected but not stored: {missing:#?}; stored but not expected: {extra:#?}",
+        actual.len(),
+        expected.len()
+    );
+}
+
+fn paths_json(paths: &[(&str, &str)]) -> String {
+    let elements: Vec<String> = paths
+        .iter()
+        .map(|(k, p)| {
+            format!(
+                "{{\"key\": {}, \"path\": {}}}",
+                json_string(k),
+                json_string(p)
+            )
+        })
+        .collect();
+    format!("[{}]", elements.join(", "))
+}
+
+/// sync_process_models for one model; returns its action.
+fn sync_model(db: &mut Client, model: &str, paths: &[(&str, &str)]) -> String {
+    let models = format!(
+        "[{{\"id\": {}, \"display_name\": \"Invoice\", \"metadata_extraction_paths\": {}}}]",
+        json_string(model),
+        paths_json(paths)
+    );
+    db.query_one(
+        "SELECT action FROM backfill.sync_process_models($1::text::jsonb)",
+        &[&models],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn newest_job(db: &mut Client) -> i64 {
+    one_i64(db, "SELECT max(id) FROM backfill.job")
+}
+
+fn wait_done(db: &mut Client, job: i64) -> String {
+    let state: String = db
+        .query_one("SELECT backfill.wait($1, '120 s')", &[&job])
+        .unwrap()
+        .get(0);
+    state
+}
+
+fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_default()
+}
+
+const PATHS: &[(&str, &str)] = &[
+    ("number", "invoice.number"),
+    ("total", "invoice.total"),
+    ("amount", "amount"),
+    ("big", "big"),
+    ("approved", "approved"),
+    ("nested", "nested"),
+    ("city", "customer.address.city"),
+    ("note", "note"),
+    ("nul_list", "nul_list"),
+    ("nothing", "nothing"),
+];
+
+fn keys<'a>(paths: &[(&'a str, &str)]) -> Vec<&'a str> {
+    paths.iter().map(|(k, _)| *k).collect()
+}
+
+#[test]
+fn attach_checks_the_tables_and_advises_indexes() {
+    let cluster = Cluster::start("spiff-attach", &["backfill.database = 'postgres'"]);
+    let mut spiff = spiff_database(&cluster, "spiff", 50);
+    // Each unusable variant of the tables, in a scratch schema of spiff's, in a transaction
+    // rolled back afterwards.
+    spiff
+        .batch_execute(&format!(
+            "CREATE SCHEMA bad; SET search_path = bad; {SCHEMA_SQL} RESET search_path;"
+        ))
+        .unwrap();
+    for (change, code, says) in [
+        ("DROP TABLE bad.task", "42P01", "relation \"bad.task\" does not exist"),
+        (
+            "ALTER TABLE bad.json_data RENAME COLUMN data TO payload",
+            "42703",
+            "column \"data\" of relation \"bad.json_data\" does not exist",
+        ),
+        (
+            "ALTER TABLE bad.task ALTER COLUMN end_in_seconds TYPE text",
+            "42804",
+            "column \"end_in_seconds\" of relation \"bad.task\" is of type text",
+        ),
+        (
+            "ALTER TABLE bad.json_data ALTER COLUMN data TYPE text",
+            "42804",
+            "is of type text",
+        ),
+        (
+            "ALTER TABLE bad.process_instance_metadata DROP CONSTRAINT process_instance_metadata_unique",
+            "42P10",
+            "has no unique constraint on (process_instance_id, key)",
+        ),
+        ("DROP TABLE bad.task; CREATE VIEW bad.task AS SELECT * FROM app.task", "42809", "bad.task is not a table"),
+    ] {
+        let mut tx = spiff.transaction().unwrap();
+        tx.batch_execute(change).unwrap();
+        let e = tx.execute("SELECT backfill.attach('bad')", &[]).unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{change}: {e:?}");
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(message.contains(says), "{change}: {e:?}");
+        tx.rollback().unwrap();
+    }
+    let e = spiff
+        .execute("SELECT backfill.attach('nowhere')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "3F000");
+    let e = spiff
+        .execute("SELECT backfill.attach(NULL)", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22004");
+
+    // Another role with EXECUTE may not attach tables it does not own, nor detach them.
+    let mut admin = cluster.connect("spiff");
+    admin
+        .batch_execute(
+            "CREATE ROLE other LOGIN;
+             GRANT USAGE ON SCHEMA backfill TO other;
+             GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach() TO other;
+             GRANT USAGE ON SCHEMA app TO other;",
+        )
+        .unwrap();
+    let mut other = cluster.connect_as("other", "spiff");
+    let e = other
+        .execute("SELECT backfill.attach('app')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+
+    // The owner attaches; NOTICEs give the indexes to create, verbatim.
+    let (mut spiff, notices) = cluster.connect_as_with_notices("spiff", "spiff");
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+    let advice: Vec<String> = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.split_once("(HINT: Create it while the application runs: "))
+        .map(|(_, hint)| hint.strip_suffix(')').unwrap_or(hint).to_owned())
+        .collect();
+    assert_eq!(advice.len(), 2, "{:?}", notices.lock().unwrap());
+    assert!(advice[0]
+        .starts_with("CREATE INDEX CONCURRENTLY backfill_task_latest_completed_idx ON app.task"));
+    for statement in &advice {
+        spiff.batch_execute(statement).unwrap();
+    }
+    notices.lock().unwrap().clear();
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+    assert!(
+        !notices
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("CREATE INDEX")),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    assert_eq!(
+        one_text(
+            &mut spiff,
+            "SELECT schema_name::text FROM backfill.attachment"
+        ),
+        "app"
+    );
+    // Jobs queued from now on are on app's tables; detach is the owner's.
+    sync_model(&mut spiff, INVOICE, &[]);
+    sync_model(&mut spiff, INVOICE, &[("number", "invoice.number")]);
+    assert_eq!(
+        one_text(
+            &mut spiff,
+            "SELECT tables_schema::text FROM backfill.job ORDER BY id DESC LIMIT 1"
+        ),
+        "app"
+    );
+    // No worker serves this database: CALL run fills app's tables in this session.
+    let job = newest_job(&mut spiff);
+    spiff
+        .batch_execute(&format!("CALL backfill.run({job})"))
+        .unwrap();
+    assert_rows_equal(
+        &stored(&mut spiff, INVOICE, &["number"]),
+        &reference(&mut spiff, INVOICE, &[("number", "invoice.number")]),
+    );
+    let e = other.execute("SELECT backfill.detach()", &[]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    spiff.execute("SELECT backfill.detach()", &[]).unwrap();
+    assert_eq!(
+        one_i64(&mut spiff, "SELECT count(*) FROM backfill.attachment"),
+        0
+    );
+
+    // Every accepted type: jsonb data, bigint ids, text key and NULL-able value, uuid guids,
+    // double end times. A NULL-able value column gets a row with NULL for nothing found.
+    spiff
+        .batch_execute(
+            "CREATE SCHEMA alt;
+             CREATE TABLE alt.process_instance (id bigint PRIMARY KEY, process_model_identifier text NOT NULL);
+             CREATE TABLE alt.json_data (hash text PRIMARY KEY, data jsonb NOT NULL);
+             CREATE TABLE alt.task (guid uuid PRIMARY KEY, process_instance_id bigint NOT NULL,
+                                    state text NOT NULL, json_data_hash text NOT NULL,
+                                    end_in_seconds double precision);
+             CREATE TABLE alt.process_instance_metadata (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 process_instance_id bigint NOT NULL REFERENCES alt.process_instance,
+                 key text NOT NULL, value text,
+                 created_at_in_seconds bigint NOT NULL, updated_at_in_seconds bigint NOT NULL,
+                 UNIQUE (key, process_instance_id));
+             INSERT INTO alt.process_instance VALUES (1, 'alt/model'), (2, 'alt/model');
+             INSERT INTO alt.json_data VALUES ('h1', '{\"a\": {\"b\": 1.50}}');
+             INSERT INTO alt.task VALUES (gen_random_uuid(), 1, 'COMPLETED', 'h1', 1.5);
+             SELECT backfill.attach('alt');",
+        )
+        .unwrap();
+    sync_model(&mut spiff, "alt/model", &[]);
+    sync_model(&mut spiff, "alt/model", &[("b", "a.b")]);
+    let job = newest_job(&mut spiff);
+    spiff
+        .batch_execute(&format!("CALL backfill.run({job})"))
+        .unwrap();
+    assert_eq!(
+        one_text(
+            &mut spiff,
+            "SELECT string_agg(process_instance_id || '=' || coalesce(value, 'NULL'), ',' ORDER BY 1)
+               FROM alt.process_instance_metadata"
+        ),
+        "1=1.5,2=NULL"
+    );
+}
+
+#[test]
+fn trigger_worker_and_overwrite_on_spiffworkflow_tables_match_python() {
+    let cluster = Cluster::start("spiff-worker", &["backfill.database = 'spiff'"]);
+    let mut spiff = spiff_database(&cluster, "spiff", 3_000);
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+    assert_eq!(sync_model(&mut spiff, INVOICE, &[]), "inserted");
+    // The live engine already wrote `number` for some instances: a fill leaves them.
+    spiff
+        .batch_execute(
+            "INSERT INTO app.process_instance_metadata
+                    (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+             SELECT id, 'number', 'live-' || id, 1, 1 FROM app.process_instance
+              WHERE process_model_identifier = 'finance/invoice' AND id % 9 = 0",
+        )
+        .unwrap();
+    let live: HashMap<i64, String> = spiff
+        .query(
+            "SELECT process_instance_id::bigint, value::text FROM app.process_instance_metadata",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    assert_eq!(sync_model(&mut spiff, INVOICE, PATHS), "updated");
+    let job = newest_job(&mut spiff);
+    assert_eq!(wait_done(&mut spiff, job), "succeeded");
+    let mut expected: Rows = reference(&mut spiff, INVOICE, PATHS)
+        .into_iter()
+        .filter(|(id, key, _)| !(key == "number" && live.contains_key(id)))
+        .chain(
+            live.iter()
+                .map(|(id, v)| (*id, "number".to_owned(), v.clone())),
+        )
+        .collect();
+    expected.sort();
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &keys(PATHS)), &expected);
+    // The spellings Python gives, present in this data and stored as such.
+    for spelling in [
+        "1e+16",
+        "-0.0",
+        "2.5e-300",
+        "0.30000000000000004",
+        "100000000000000000007",
+        "{'z': 3, 'a': [1.0, None, \"it's\"], 'm': {'é': -0.0}, 'b':",
+        "['a\\x00b']",
+    ] {
+        assert!(
+            expected.iter().any(|(_, _, v)| v.starts_with(spelling)),
+            "{spelling} not in the data"
+        );
+    }
+    // Nothing for a missing or null value (the column is NOT NULL), and every instance counted.
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            "SELECT count(*) FROM app.process_instance_metadata WHERE key = 'nothing'"
+        ),
+        0
+    );
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            &format!("SELECT instances_total - instances_processed + errors FROM backfill.job WHERE id = {job}")
+        ),
+        0
+    );
+    assert!(
+        one_text(
+            &mut spiff,
+            &format!("SELECT instances_total::text FROM backfill.job WHERE id = {job}")
+        ) != "0"
+    );
+
+    // A changed path overwrites, and never with nothing: where the new path finds nothing the
+    // old value stays.
+    let before: HashMap<i64, String> = stored(&mut spiff, INVOICE, &["amount"])
+        .into_iter()
+        .map(|(id, _, v)| (id, v))
+        .collect();
+    let mut changed: Vec<(&str, &str)> = PATHS.to_vec();
+    changed[2] = ("amount", "invoice.number");
+    assert_eq!(sync_model(&mut spiff, INVOICE, &changed), "updated");
+    let job = newest_job(&mut spiff);
+    assert_eq!(wait_done(&mut spiff, job), "succeeded");
+    let new_values: HashMap<i64, String> =
+        reference(&mut spiff, INVOICE, &[("amount", "invoice.number")])
+            .into_iter()
+            .map(|(id, _, v)| (id, v))
+            .collect();
+    let mut expected: Rows = before
+        .keys()
+        .chain(new_values.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|id| {
+            let value = new_values.get(id).or(before.get(id)).unwrap().clone();
+            (*id, "amount".to_owned(), value)
+        })
+        .collect();
+    expected.sort();
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &["amount"]), &expected);
+    assert!(
+        before.keys().any(|id| !new_values.contains_key(id)),
+        "some keep their old value"
+    );
+
+    // A top-level string holding \u0000 cannot be stored: that instance is an error, the
+    // others are filled.
+    let nul_job: i64 = spiff
+        .query_one(
+            "SELECT backfill.enqueue('finance/invoice', NULL, true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(wait_done(&mut spiff, nul_job), "succeeded");
+    sync_model(&mut spiff, INVOICE, &[("nul", "nul")]);
+    let job = newest_job(&mut spiff);
+    assert_eq!(wait_done(&mut spiff, job), "succeeded");
+    let nul_instances = one_i64(
+        &mut spiff,
+        "SELECT count(*) FROM app.process_instance i JOIN app.task t ON t.process_instance_id = i.id
+                JOIN app.json_data d ON d.hash = t.json_data_hash
+          WHERE i.process_model_identifier = 'finance/invoice' AND d.data::text LIKE '%\"nul\": %'",
+    );
+    let errors = one_i64(
+        &mut spiff,
+        &format!("SELECT errors FROM backfill.job WHERE id = {job}"),
+    );
+    assert!(
+        errors > 0 && errors <= nul_instances,
+        "{errors} errors, {nul_instances} instances with nul"
+    );
+    assert!(one_text(
+        &mut spiff,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {job}")
+    )
+    .contains("22P05"));
+
+    // latest_task_data reads the attached tables.
+    assert_eq!(
+        one_text(&mut spiff, "SELECT backfill.latest_task_data(17)::text"),
+        "{}",
+        "instance 17 has no completed task"
+    );
+    assert!(one_text(
+        &mut spiff,
+        "SELECT backfill.latest_task_data(1) #>> '{invoice,number}'"
+    )
+    .starts_with("INV-"));
+}
+
+#[test]
+fn kill_9_mid_job_resumes_on_spiffworkflow_tables() {
+    let cluster = Cluster::start(
+        "spiff-crash",
+        &[
+            "backfill.database = 'spiff'",
+            "backfill.batch_size = 50",
+            "backfill.batch_delay = '20ms'",
+        ],
+    );
+    let mut spiff = spiff_database(&cluster, "spiff", 4_000);
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+    sync_model(&mut spiff, INVOICE, &[]);
+    let paths = [("number", "invoice.number"), ("nested", "nested")];
+    // kill -9 of the worker mid-job: the server restarts, the job resumes at its cursor.
+    sync_model(&mut spiff, INVOICE, &paths);
+    let job = newest_job(&mut spiff);
+    wait_for("the job to be half-way", Duration::from_secs(60), || {
+        let done = one_i64(
+            &mut spiff,
+            &format!("SELECT instances_processed FROM backfill.job WHERE id = {job}"),
+        );
+        (done >= 1_000).then_some(())
+    });
+    let pid: i32 = wait_for("the worker's pid", Duration::from_secs(30), || {
+        spiff
+            .query_one("SELECT backfill.worker_pid()", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    drop(spiff); // the postmaster resets every connection after a crash
+    let mut spiff = cluster.connect_as("spiff", "spiff");
+    assert_eq!(wait_done(&mut spiff, job), "succeeded");
+    assert_rows_equal(
+        &stored(&mut spiff, INVOICE, &keys(&paths)),
+        &reference(&mut spiff, INVOICE, &paths),
+    );
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            &format!(
+                "SELECT instances_total - instances_processed FROM backfill.job WHERE id = {job}"
+            )
+        ),
+        0
+    );
+    let log = cluster.log();
+    assert!(
+        log.contains(&format!("(PID {pid}) was terminated by signal 9")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("backfill: job {job} resumed for model {INVOICE}")),
+        "{log}"
+    );
+}
+
+/// SpiffWorkflow's save of one instance, as its ORM does it: the instance row first, then the
+/// metadata row looked up by (instance, key) and inserted when absent, without ON CONFLICT.
+/// Returns the value it wrote.
+fn spiffworkflow_save(db: &mut Client, instance: i32) -> Result<String, postgres::Error> {
+    let mut tx = db.transaction()?;
+    let version: i32 = tx
+        .query_one(
+            "UPDATE app.process_instance SET updated_at_in_seconds = updated_at_in_seconds + 1
+              WHERE id = $1 RETURNING updated_at_in_seconds",
+            &[&instance],
+        )?
+        .get(0);
+    let value = format!("app-{version}");
+    let found = tx.query_opt(
+        "SELECT id FROM app.process_instance_metadata WHERE process_instance_id = $1 AND key = 'number'",
+        &[&instance],
+    )?;
+    // The application's own work between its read and its write.
+    std::thread::sleep(Duration::from_millis(2));
+    match found {
+        Some(row) => {
+            let id: i32 = row.get(0);
+            tx.execute(
+                "UPDATE app.process_instance_metadata SET value = $2, updated_at_in_seconds = 1 WHERE id = $1",
+                &[&id, &value],
+            )?;
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO app.process_instance_metadata
+                        (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+                 VALUES ($1, 'number', $2, 1, 1)",
+                &[&instance, &value],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(value)
+}
+
+#[test]
+fn the_live_engine_never_fails_and_keeps_its_values_while_a_job_fills_the_same_key() {
+    let cluster = Cluster::start(
+        "spiff-race",
+        &[
+            "backfill.database = 'spiff'",
+            "backfill.batch_size = 20",
+            "backfill.batch_delay = '15ms'",
+        ],
+    );
+    let mut spiff = spiff_database(&cluster, "spiff", 3_000);
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+    sync_model(&mut spiff, INVOICE, &[]);
+    let ids: Vec<i32> = spiff
+        .query(
+            "SELECT id FROM app.process_instance WHERE process_model_identifier = $1 ORDER BY id",
+            &[&INVOICE],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids = Arc::new(ids);
+    sync_model(&mut spiff, INVOICE, &[("number", "invoice.number")]);
+    let job = newest_job(&mut spiff);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let written = Arc::new(Mutex::new(HashMap::<i32, (i32, String)>::new()));
+    let saves = Arc::new(AtomicI64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let (ids, done, failures, written, saves) = (
+                ids.clone(),
+                done.clone(),
+                failures.clone(),
+                written.clone(),
+                saves.clone(),
+            );
+            let mut app = cluster.connect_as("spiff", "spiff");
+            std::thread::spawn(move || {
+                let mut state = 0x9e37_79b9_u64 + n;
+                while !done.load(Ordering::Relaxed) {
+                    // An instance just ahead of the job's cursor.
+                    let cursor: i64 = app
+                        .query_one(
+                            "SELECT coalesce(last_instance_id, 0) FROM backfill.job WHERE id = $1",
+                            &[&job],
+                        )
+                        .unwrap()
+                        .get(0);
+                    let start = ids.partition_point(|&id| i64::from(id) <= cursor);
+                    if start >= ids.len() {
+                        break;
+                    }
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let instance = ids[(start + (state % 60) as usize).min(ids.len() - 1)];
+                    match spiffworkflow_save(&mut app, instance) {
+                        Ok(value) => {
+                            let version: i32 = value["app-".len()..].parse().unwrap();
+                            let mut written = written.lock().unwrap();
+                            let entry = written.entry(instance).or_insert((0, String::new()));
+                            if version > entry.0 {
+                                *entry = (version, value);
+                            }
+                            saves.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("instance {instance}: {e:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert_eq!(wait_done(&mut spiff, job), "succeeded");
+    done.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} application transactions failed: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let written = written.lock().unwrap();
+    assert!(
+        saves.load(Ordering::Relaxed) >= 100,
+        "only {} saves ran during the job",
+        saves.load(Ordering::Relaxed)
+    );
+    // Every value the application wrote is there; every other instance has the job's value.
+    let mut expected: Rows = reference(&mut spiff, INVOICE, &[("number", "invoice.number")])
+        .into_iter()
+        .filter(|(id, _, _)| !written.contains_key(&(*id as i32)))
+        .chain(
+            written
+                .iter()
+                .map(|(id, (_, v))| (i64::from(*id), "number".to_owned(), v.clone())),
+        )
+        .collect();
+    expected.sort();
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &["number"]), &expected);
+}
+
+/// The sync command, built by scripts/test (target/debug unless BACKFILL_SYNC_MODELS says).
+fn sync_command() -> PathBuf {
+    std::env::var_os("BACKFILL_SYNC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug/backfill-sync-models"))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn model_json(name: &str, paths: &[(&str, &str)]) -> String {
+    format!(
+        "{{\"display_name\": {}, \"description\": \"\", \"exception_notification_addresses\": [],
+          \"fault_or_suspend_on_exception\": \"fault\", \"metadata_extraction_paths\": {},
+          \"primary_file_name\": \"main.bpmn\", \"primary_process_id\": \"Process_1\"}}",
+        json_string(name),
+        paths_json(paths)
+    )
+}
+
+#[test]
+fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
+    let cluster = Cluster::start("spiff-sync", &["backfill.database = 'postgres'"]);
+    let mut spiff = spiff_database(&cluster, "spiff", 20);
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+
+    // The function: inserted, updated (queues a job), unchanged, rejected per model.
+    let actions = |db: &mut Client, models: &str| -> Vec<(Option<String>, String)> {
+        db.query(
+            "SELECT id, action FROM backfill.sync_process_models($1::text::jsonb)",
+            &[&models],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let got = actions(
+        &mut spiff,
+        r#"[{"id": "a/one", "display_name": "One", "metadata_extraction_paths": [{"key": "k", "path": "x"}]},
+            {"id": "a/two", "metadata_extraction_paths": [{"key": "k"}]},
+            {"display_name": "no id"},
+            "not an object"]"#,
+    );
+    assert_eq!(got[0], (Some("a/one".into()), "inserted".into()));
+    assert_eq!(got[1].0.as_deref(), Some("a/two"));
+    assert!(
+        got[1].1.starts_with("rejected: ") && got[1].1.contains("path"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].1.starts_with("rejected: element 3 has no \"id\""),
+        "{got:?}"
+    );
+    assert!(got[3].1.starts_with("rejected: element 4"), "{got:?}");
+    let jobs_before = one_i64(&mut spiff, "SELECT count(*) FROM backfill.job");
+    let got = actions(
+        &mut spiff,
+        r#"[{"id": "a/one", "display_name": "One", "metadata_extraction_paths": [{"key": "k", "path": "x"}, {"key": "l", "path": "y"}]}]"#,
+    );
+    assert_eq!(got, vec![(Some("a/one".into()), "updated".into())]);
+    assert_eq!(
+        one_i64(&mut spiff, "SELECT count(*) FROM backfill.job"),
+        jobs_before + 1
+    );
+    let got = actions(
+        &mut spiff,
+        r#"[{"id": "a/one", "display_name": "One", "metadata_extraction_paths": [{"key": "k", "path": "x"}, {"key": "l", "path": "y"}]}]"#,
+    );
+    assert_eq!(got, vec![(Some("a/one".into()), "unchanged".into())]);
+    let e = spiff
+        .query("SELECT * FROM backfill.sync_process_models('{}')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+    let e = spiff
+        .query("SELECT * FROM backfill.sync_process_models(NULL)", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22004");
+
+    // The command, on a spec directory laid out as SpiffWorkflow lays it out.
+    let spec = cluster.dir.join("spec");
+    write(
+        &spec.join("finance/process_group.json"),
+        r#"{"display_name": "Finance"}"#,
+    );
+    write(
+        &spec.join("finance/invoice/process_model.json"),
+        &model_json("Invoice", &[("number", "invoice.number")]),
+    );
+    write(&spec.join("finance/invoice/main.bpmn"), "<bpmn/>");
+    write(
+        &spec.join("hr/leave-request/process_model.json"),
+        &model_json("Leave", &[]),
+    );
+    write(
+        &spec.join("broken/process_model.json"),
+        "{\"display_name\": ",
+    );
+    write(
+        &spec.join("bad-paths/process_model.json"),
+        &model_json("Bad", &[("", "x")]),
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=spiff dbname=spiff",
+        cluster.port
+    );
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let out = Command::new(sync_command())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("backfill-sync-models runs (scripts/test builds it)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let spec_arg = spec.to_str().unwrap();
+    let (code, out, err) = run(&["--dsn", &dsn, spec_arg], &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"inserted  finance/invoice"), "{out}");
+    assert!(lines.contains(&"inserted  hr/leave-request"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rejected  broken: process_model.json is not valid JSON")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("rejected  bad-paths: ")),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            "SELECT count(*) FROM backfill.process_model WHERE id = 'finance'"
+        ),
+        0
+    );
+
+    // Fixed files, and the connection from libpq's environment variables: only the change
+    // is printed, and the exit status is 0.
+    write(
+        &spec.join("broken/process_model.json"),
+        &model_json("Fixed", &[]),
+    );
+    write(
+        &spec.join("bad-paths/process_model.json"),
+        &model_json("Fixed", &[]),
+    );
+    let env = [
+        ("PGHOST", "127.0.0.1".to_owned()),
+        ("PGPORT", cluster.port.to_string()),
+        ("PGUSER", "spiff".to_owned()),
+        ("PGDATABASE", "spiff".to_owned()),
+    ];
+    let (code, out, err) = run(&[spec_arg], &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "inserted  bad-paths\ninserted  broken\n");
+
+    // The git hook: a commit that adds a path queues the job.
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&spec)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "models"]);
+    let (code, out, err) = run(&["--install-git-hook", "--dsn", &dsn, spec_arg], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let hook = spec.join(".git/hooks/post-commit");
+    assert!(std::fs::read_to_string(&hook)
+        .unwrap()
+        .contains("backfill-sync-models"));
+    let jobs_before = one_i64(
+        &mut spiff,
+        "SELECT count(*) FROM backfill.job WHERE process_model_identifier = 'finance/invoice'",
+    );
+    write(
+        &spec.join("finance/invoice/process_model.json"),
+        &model_json(
+            "Invoice",
+            &[("number", "invoice.number"), ("total", "invoice.total")],
+        ),
+    );
+    git(&["commit", "-q", "-a", "-m", "add total"]);
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            "SELECT count(*) FROM backfill.job WHERE process_model_identifier = 'finance/invoice'"
+        ),
+        jobs_before + 1
+    );
+    assert_eq!(
+        one_text(
+            &mut spiff,
+            "SELECT paths::text FROM backfill.job ORDER BY id DESC LIMIT 1"
+        ),
+        r#"[{"key": "total", "path": "invoice.total", "overwrite": false}]"#
+    );
+    // A hook someone else wrote is left alone.
+    std::fs::write(&hook, "#!/bin/sh\necho theirs\n").unwrap();
+    let (code, _, err) = run(&["--install-git-hook", "--dsn", &dsn, spec_arg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("was not written by backfill-sync-models"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hook).unwrap(),
+        "#!/bin/sh\necho theirs\n"
+    );
+}
+
+#[test]
+fn readme_lists_the_grants_these_tests_use() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains(SPIFF_GRANTS),
+        "README.md must contain:\n{SPIFF_GRANTS}"
+    );
+}
