@@ -207,6 +207,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             return failed_at_start(job_id, &message);
         }
     };
+    let role = acting_role(job.role, &tables);
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
         // Counted as the job's role: instances it cannot see (row-level security) are not
@@ -216,7 +217,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             tables.sql_name("process_instance")
         );
         let counted = guarded(|| {
-            as_role(job.role, || {
+            as_role(role, || {
                 Spi::get_two_with_args::<i64, i64>(&count, &[job.model.as_str().into()])
             })
         });
@@ -244,7 +245,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             job.model,
             max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
             tables.schema_sql,
-            privilege::role_name(job.role)
+            privilege::role_name(role)
         );
     } else {
         as_job_table_owner(|| {
@@ -332,6 +333,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     };
     let batch = BatchOf {
         job: &job,
+        role: acting_role(job.role, &tables),
         tables,
         max_id,
         limit: settings::batch_size(),
@@ -376,6 +378,21 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     Batch::More
 }
 
+/// The role a job's statements run as: the role that queued it, except that a superuser's
+/// job on tables a non-superuser owns runs as that owner, as PostgreSQL runs maintenance of a
+/// table as its owner. The owner decides what runs when those tables are written (its
+/// triggers, its policies' functions): with a superuser's privileges, attaching tables would
+/// hand it a superuser's. The owner can do no more on its own tables than the superuser.
+fn acting_role(queued_by: Oid, tables: &Tables) -> Oid {
+    // SAFETY: catalog lookups inside a transaction.
+    let superuser = |role: Oid| unsafe { pg_sys::superuser_arg(role) };
+    if tables.owner != Oid::INVALID && superuser(queued_by) && !superuser(tables.owner) {
+        tables.owner
+    } else {
+        queued_by
+    }
+}
+
 /// The job's tables, checked; the reason, for the job's last error, when they are unusable
 /// (dropped, or a column changed type since they were attached).
 fn usable_tables(job: &Job) -> Result<Tables, String> {
@@ -401,6 +418,8 @@ struct Outcome {
 /// `max_id`, in its tables.
 struct BatchOf<'j> {
     job: &'j Job,
+    /// Whose privileges the batch has (`acting_role`).
+    role: Oid,
     tables: Tables,
     max_id: i64,
     limit: i64,
@@ -453,7 +472,7 @@ impl BatchOf<'_> {
     /// replaced by a fill. (An overwrite job replaces values as its path gives them from the
     /// same committed task data the application read.)
     fn lock_instances(&self) -> Locked {
-        let for_share = may_lock(self.job.role, self.tables.instances);
+        let for_share = may_lock(self.role, self.tables.instances);
         let plan = Plan::LockInstances {
             tables: self.tables.clone(),
             for_share,
@@ -465,7 +484,7 @@ impl BatchOf<'_> {
             self.max_id.into(),
             self.limit.into(),
         ];
-        let ids = as_role(self.job.role, || {
+        let ids = as_role(self.role, || {
             run_plan(plan, &args, |row| match row {
                 Some(row) => Ok(row.get::<Vec<i64>>(1)?.unwrap_or_default()),
                 None => Ok(Vec::new()),
@@ -482,7 +501,7 @@ impl BatchOf<'_> {
             self.tables.sql_name("process_instance")
         );
         let after = cursor.unwrap_or(i64::MIN);
-        as_role(self.job.role, || {
+        as_role(self.role, || {
             Spi::get_one_with_args::<bool>(
                 &sql,
                 &[
@@ -527,7 +546,7 @@ impl BatchOf<'_> {
         };
         // The job's rows are read and written with its role's privileges, row-level security
         // included.
-        as_role(job.role, || match foreign_key {
+        as_role(self.role, || match foreign_key {
             ForeignKeyCheck::Triggers => statement(),
             ForeignKeyCheck::LockedInstances => in_replica_mode(statement),
         })

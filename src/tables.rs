@@ -69,6 +69,8 @@ pub struct Tables {
     pub tasks: Oid,
     pub data: Oid,
     pub metadata: Oid,
+    /// The owner of the metadata table.
+    pub owner: Oid,
     /// `json_data.data` is json (text, read with serde_json), not jsonb.
     pub data_is_json: bool,
     /// `process_instance_metadata.value` is NOT NULL: a missing or null value gets no row.
@@ -100,6 +102,7 @@ struct Column {
     table: String,
     relation: Option<Oid>,
     relkind: Option<String>,
+    owner: Option<Oid>,
     name: Option<String>,
     base_type: Oid,
     type_name: Option<String>,
@@ -108,7 +111,7 @@ struct Column {
 
 const COLUMNS_SQL: &str = "
 SELECT n.name, c.oid, c.relkind::text, a.attname::text, a.atttypid,
-       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, c.relowner
   FROM pg_catalog.unnest($2::text[]) AS n(name)
   LEFT JOIN pg_catalog.pg_class c
          ON c.relname OPERATOR(pg_catalog.=) n.name AND c.relnamespace OPERATOR(pg_catalog.=) $1
@@ -151,6 +154,11 @@ impl Tables {
                 }
             }
         }
+        let owner = columns
+            .iter()
+            .find(|c| c.table == "process_instance_metadata")
+            .and_then(|c| c.owner)
+            .unwrap_or(Oid::INVALID);
         let mut data_is_json = false;
         let mut value_not_null = false;
         for (table, name, accepted) in COLUMNS {
@@ -189,6 +197,7 @@ impl Tables {
             tasks: oids[1],
             data: oids[2],
             metadata: oids[3],
+            owner,
             data_is_json,
             value_not_null,
         })
@@ -216,6 +225,7 @@ fn read_columns(schema: Oid) -> Vec<Column> {
                     base_type: type_oid.map_or(Oid::INVALID, |t| unsafe { pg_sys::getBaseType(t) }),
                     type_name: row.get(6)?,
                     not_null: row.get(7)?.unwrap_or(false),
+                    owner: row.get(8)?,
                 })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()

@@ -776,6 +776,75 @@ fn the_live_engine_never_fails_and_keeps_its_values_while_a_job_fills_the_same_k
     assert_rows_equal(&stored(&mut spiff, INVOICE, &["number"]), &expected);
 }
 
+#[test]
+fn a_superusers_job_on_attached_tables_runs_as_their_owner() {
+    // spiff owns the attached tables and so decides what runs on them: a trigger of its own
+    // on the metadata table must never run with a superuser's privileges because a superuser
+    // queued the job (by a model update, or enqueue).
+    let cluster = Cluster::start("spiff-owner", &["backfill.database = 'spiff'"]);
+    let mut spiff = spiff_database(&cluster, "spiff", 200);
+    spiff
+        .batch_execute(
+            "SELECT backfill.attach('app');
+             CREATE TABLE app.audit (who text, super boolean);
+             CREATE FUNCTION app.audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO app.audit SELECT current_user, r.rolsuper
+                   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER audit AFTER INSERT ON app.process_instance_metadata
+                 FOR EACH ROW EXECUTE FUNCTION app.audit_row();",
+        )
+        .unwrap();
+    sync_model(&mut spiff, INVOICE, &[]);
+    let mut admin = cluster.connect("spiff");
+    admin
+        .batch_execute(
+            "UPDATE backfill.process_model
+                SET metadata_extraction_paths = '[{\"key\": \"number\", \"path\": \"invoice.number\"}]'
+              WHERE id = 'finance/invoice'",
+        )
+        .unwrap();
+    let job = newest_job(&mut admin);
+    assert_eq!(
+        one_text(
+            &mut admin,
+            &format!("SELECT queued_by::text FROM backfill.job WHERE id = {job}")
+        ),
+        "postgres"
+    );
+    assert_eq!(wait_done(&mut admin, job), "succeeded");
+    admin
+        .batch_execute(
+            "DELETE FROM app.process_instance_metadata WHERE process_instance_id % 2 = 0",
+        )
+        .unwrap();
+    let manual: i64 = admin
+        .query_one(
+            "SELECT backfill.enqueue('finance/invoice', NULL, true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!("CALL backfill.run({manual})"))
+        .ok();
+    assert_eq!(wait_done(&mut admin, manual), "succeeded");
+    assert_eq!(
+        one_text(
+            &mut admin,
+            "SELECT string_agg(DISTINCT who || ' ' || super, ', ') FROM app.audit"
+        ),
+        "spiff false"
+    );
+    assert!(one_i64(&mut admin, "SELECT count(*) FROM app.audit") > 0);
+    assert_rows_equal(
+        &stored(&mut admin, INVOICE, &["number"]),
+        &reference(&mut admin, INVOICE, &[("number", "invoice.number")]),
+    );
+}
+
 /// The sync command, built by scripts/test (target/debug unless BACKFILL_SYNC_MODELS says).
 fn sync_command() -> PathBuf {
     std::env::var_os("BACKFILL_SYNC_MODELS")
