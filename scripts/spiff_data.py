@@ -50,7 +50,7 @@ def copy_text(value):
             .replace("\n", "\\n").replace("\r", "\\r"))
 
 
-def instance_document(rng, i, size):
+def instance_document(rng, i, size, nul=True):
     number = None if i % 10 == 4 else f"INV-{i:06d}"
     invoice = {"number": number, "total": rng.choice(FLOATS), "currency": "EUR",
                "lines": [{"sku": f"S{k}", "qty": k, "price": round(rng.random() * 100, 2)}
@@ -67,17 +67,28 @@ def instance_document(rng, i, size):
         "nested": {"z": i, "a": [1.0, None, "it's"], "m": {"é": -0.0}, "b": rng.choice(WORDS)},
         "customer": {"name": rng.choice(WORDS), "address": {"city": rng.choice(WORDS)}},
         "note": " ".join(rng.choice(WORDS) for _ in range(60)),
-        "nul_list": ["a\x00b"] if i % 7 == 0 else [],
+        "nul_list": ["a\x00b"] if i % 7 == 0 and nul else [],
     }
-    if i % 29 == 0:
+    if i % 29 == 0 and nul:
         data["nul"] = "a\x00b"
-    padding = []
-    while size and len(dumps(data)) + 60 * len(padding) < size:
-        padding.append({"id": len(padding), "word": rng.choice(WORDS),
-                        "value": round(rng.random() * 1000, 3)})
-    if padding:
-        data["padding"] = padding
+    if size:
+        # Form data of about `size` bytes in all, from a pool of chunks (each chunk about 600
+        # bytes of json text).
+        chunks = (size - len(dumps(data))) // 600 + 1
+        data["padding"] = [entry for chunk in rng.choices(padding_pool(), k=chunks) for entry in chunk]
     return data
+
+
+_POOL = []
+
+
+def padding_pool():
+    if not _POOL:
+        rng = random.Random(99)
+        for c in range(256):
+            _POOL.append([{"id": c * 10 + k, "word": rng.choice(WORDS), "value": round(rng.random() * 1000, 3)}
+                          for k in range(10)])
+    return _POOL
 
 
 def generate(args):
@@ -109,7 +120,7 @@ def generate(args):
         out.write(f"{content_hash(data)}\t{copy_text(dumps(data))}\n")
     own = {}
     for i in ids:
-        data = instance_document(rng, i, args.doc_bytes)
+        data = instance_document(rng, i, args.doc_bytes, nul=not args.without_nul)
         own[i] = content_hash(data)
         out.write(f"{own[i]}\t{copy_text(dumps(data))}\n")
     out.write("\\.\n")
@@ -152,7 +163,7 @@ def generate(args):
         if i % 13 == 0:
             task(i, "ERROR", trap_hash, latest + 5_000_000)
     out.write("\\.\n")
-    out.write("SELECT pg_catalog.setval('process_instance_id_seq', (SELECT max(id) FROM process_instance));\n")
+    out.write("SELECT pg_catalog.setval('process_instance_id_seq', (SELECT max(id) FROM process_instance)) \\g /dev/null\n")
     out.write("COMMIT;\n")
 
 
@@ -189,6 +200,8 @@ def main():
     g.add_argument("--first-id", type=int, default=1)
     g.add_argument("--doc-bytes", type=int, default=0, help="pad each instance's document to about this size")
     g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--without-nul", action="store_true",
+                   help="no \\u0000 in the data (PostgreSQL's json operators and jsonb cannot read it)")
     g.add_argument("--schema", default="", help="the schema holding the tables (search_path)")
     g.set_defaults(run=generate)
     r = commands.add_parser("reference")

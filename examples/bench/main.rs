@@ -11,9 +11,11 @@
 //!   has succeeded (worker, default batch size, a commit per batch).
 //!
 //! Every run's rows are compared with the first run of L, row for row, before anything is
-//! printed.
+//! printed. Then the same comparison on SpiffWorkflow's own tables, json task data of about
+//! 30 KB (spiff.rs).
 
 mod compare;
+mod spiff;
 
 use compare::{first_difference, Row};
 use postgres::{Client, NoTls};
@@ -40,6 +42,9 @@ struct Options {
     runs: usize,
     scale_instances: i64,
     json: bool,
+    spiff_instances: i64,
+    spiff_runs: usize,
+    spiff_only: bool,
 }
 
 fn parse_options() -> Options {
@@ -49,6 +54,10 @@ fn parse_options() -> Options {
         runs: 5,
         scale_instances: 1_000_000,
         json: false,
+        // 100,000 of them are instances of the model the benchmark fills.
+        spiff_instances: 125_000,
+        spiff_runs: 3,
+        spiff_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -63,6 +72,9 @@ fn parse_options() -> Options {
             "--runs" => options.runs = value("--runs") as usize,
             "--scale-instances" => options.scale_instances = value("--scale-instances"),
             "--json" => options.json = true,
+            "--spiff-instances" => options.spiff_instances = value("--spiff-instances"),
+            "--spiff-runs" => options.spiff_runs = value("--spiff-runs") as usize,
+            "--spiff-only" => options.spiff_only = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -75,7 +87,8 @@ fn parse_options() -> Options {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
-         [--scale-instances M (1000000; 0 skips the scale check)] [--json]"
+         [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
+         [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3)] [--spiff-only]"
     );
     std::process::exit(2)
 }
@@ -521,6 +534,11 @@ fn check(got: &[Row], reference: &[Row], what: &str) {
 
 fn main() {
     let options = parse_options();
+    if options.spiff_only {
+        let report = spiff::run(options.port, options.spiff_instances, options.spiff_runs);
+        spiff::print(&report);
+        return;
+    }
     let mut db = connect(options.port);
     let version: String = db.query_one("SHOW server_version", &[]).unwrap().get(0);
     progress(&format!(
@@ -600,6 +618,9 @@ fn main() {
         scales.push(scale);
     }
 
+    // The JSON report covers the extension's own tables only.
+    let spiff_report = (options.spiff_instances > 0 && !options.json)
+        .then(|| spiff::run(options.port, options.spiff_instances, options.spiff_runs));
     report(
         &options,
         &version,
@@ -608,6 +629,9 @@ fn main() {
         &product_runs,
         &scales,
     );
+    if let Some(spiff_report) = spiff_report {
+        spiff::print(&spiff_report);
+    }
 }
 
 fn report(
