@@ -187,3 +187,5 @@ COMMENT ON FUNCTION @extschema@.detach() IS
     'From now on, jobs use the tables of schema backfill again.';
 COMMENT ON FUNCTION @extschema@.sync_process_models(jsonb) IS
     'Inserts and updates process models from [{"id", "display_name", "metadata_extraction_paths"}] (as read from process_model.json files); one row per model: inserted, updated, unchanged or rejected: reason.';
+COMMENT ON FUNCTION @extschema@.worker_pid() IS
+    'The pid of the background worker serving this database right now, NULL when none runs (a worker runs while the database has jobs to run).';

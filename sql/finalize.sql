@@ -110,7 +110,7 @@ COMMENT ON FUNCTION @extschema@.run_end(bigint) IS
 COMMENT ON FUNCTION @extschema@.check_worker() IS
     'Whether the background worker will run this database''s jobs; a WARNING says what to change when not.';
 COMMENT ON FUNCTION @extschema@.worker_pid() IS
-    'The pid of the background worker serving this database, NULL when none runs.';
+    'The pid of the background worker serving this database right now, NULL when none runs (a worker runs while the database has jobs to run).';
 COMMENT ON FUNCTION @extschema@.validate_metadata_extraction_paths() IS
     'Trigger: rejects a malformed metadata_extraction_paths with 22023 naming the element.';
 COMMENT ON FUNCTION @extschema@.enqueue_backfill_on_model_update() IS

@@ -10,6 +10,7 @@ mod error;
 mod extract;
 mod jsonb;
 mod jsontext;
+mod launcher;
 mod paths;
 mod privilege;
 mod query;
@@ -36,7 +37,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
     wake::init();
-    worker::init();
+    launcher::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -3,7 +3,6 @@
 use crate::render::ValueFormat;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
-use std::ffi::CString;
 use std::time::Duration;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -15,8 +14,9 @@ pub enum ValueFormatSetting {
 }
 
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// The most workers there can be: the slots in shared memory.
+pub const WORKER_SLOTS: usize = 64;
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static BATCH_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -34,15 +34,21 @@ pub fn init() {
         GucFlags::default(),
     );
     // PostgreSQL refuses to define a postmaster-context setting after server start (the
-    // session loading the library would end with FATAL); without the preload there is no
-    // worker for it to configure anyway.
+    // session loading the library would end with FATAL); without the preload there are no
+    // workers for it to bound anyway.
     // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        GucRegistry::define_string_guc(
-            c"backfill.database",
-            c"The database the backfill worker serves.",
-            c"The worker connects to this database at server start and runs its queued jobs.",
-            &DATABASE,
+        GucRegistry::define_int_guc(
+            c"backfill.max_workers",
+            c"Most backfill worker processes running at once, across all databases.",
+            c"The launcher starts a worker for a database when a job is queued there (and once \
+              for every database at server start, to resume interrupted jobs); it exits when \
+              the database has nothing left to run. The launcher itself is not counted; \
+              max_worker_processes must leave room for the launcher and these. 0: no workers, \
+              jobs run with CALL backfill.run.",
+            &MAX_WORKERS,
+            0,
+            WORKER_SLOTS as i32,
             GucContext::Postmaster,
             GucFlags::default(),
         );
@@ -72,10 +78,11 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"backfill.naptime",
-        c"Longest sleep of the idle worker; an enqueue wakes it sooner.",
-        c"A committed enqueue or model update wakes the worker at once; this only bounds how \
-          long it sleeps before looking for work anyway (jobs queued while it could not see \
-          them, a database that appeared).",
+        c"How long an idle worker waits for more work before it exits (at most 2 s), and the launcher's longest sleep.",
+        c"A committed enqueue or model update wakes the database's worker (or has the \
+          launcher start one) at once. A worker with nothing to run waits this long (2 s at \
+          most) for more work, then exits, so that no idle worker stays connected to a \
+          database: DROP DATABASE waits 5 s for other sessions to leave.",
         &NAPTIME_MS,
         10,
         3_600_000,
@@ -113,11 +120,8 @@ pub fn enabled() -> bool {
     ENABLED.get()
 }
 
-pub fn database() -> String {
-    DATABASE
-        .get()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "postgres".to_owned())
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().max(0) as usize
 }
 
 pub fn batch_size() -> i64 {
@@ -130,4 +134,9 @@ pub fn batch_delay() -> Duration {
 
 pub fn naptime() -> Duration {
     Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
+}
+
+/// How long an idle worker waits for more work before it exits.
+pub fn idle_linger() -> Duration {
+    naptime().min(Duration::from_secs(2))
 }

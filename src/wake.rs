@@ -1,9 +1,10 @@
-//! What backends and the worker share: the worker's slot in shared memory (its latch, pid and
-//! database), waking it when a job is queued, and sleeping on a latch. Infrastructure below
-//! the job queue, the batch engine and the worker loop.
+//! What backends, the launcher and the workers share in shared memory: the launcher's latch,
+//! one slot per worker (its database, state, pid and latch), and the databases waiting for a
+//! worker. A committed enqueue wakes its database's worker or asks the launcher to start one;
+//! sleeping on a latch. Infrastructure below the job queue, the batch engine and the loops.
 
 use crate::error::report_with_hint;
-use crate::settings;
+use crate::settings::{self, WORKER_SLOTS};
 use pgrx::prelude::*;
 use pgrx::{
     pg_shmem_init, register_xact_callback, PGRXSharedMemory, PgAtomic, PgXactCallbackEvent,
@@ -12,86 +13,285 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// What backends know of the worker, in shared memory.
+/// `backend_type` of the workers in pg_stat_activity.
+pub const WORKER_TYPE: &str = "backfill worker";
+/// `backend_type` of the launcher.
+pub const LAUNCHER_TYPE: &str = "backfill launcher";
+
+/// Databases that can wait for a worker at once (more wait for the launcher's next look).
+const REQUEST_SLOTS: usize = 64;
+
+/// A worker slot's state.
+const FREE: u32 = 0;
+/// Reserved by the launcher for a database; the worker has not yet connected.
+const STARTING: u32 = 1;
+/// Connected, and woken by each enqueue in its database.
+const SERVING: u32 = 2;
+/// About to exit: a last look for work, then gone. An enqueue asks the launcher instead.
+const LEAVING: u32 = 3;
+
 #[derive(Default)]
-pub struct WorkerSlot {
+struct Slot {
+    state: AtomicU32,
+    database: AtomicU32,
+    pid: AtomicI32,
     /// Address of the worker's latch (PGPROC.procLatch, in shared memory), 0 when none.
     latch: AtomicU64,
-    pid: AtomicI32,
-    /// The database it is connected to.
-    database: AtomicU32,
-    /// Set when connecting to the configured database failed (it does not exist, or it does
-    /// not allow connections): the next start waits for it without trying to connect,
-    /// instead of failing to connect in a loop.
-    database_missing: AtomicBool,
+    /// Changes at each reservation, so a late release of an earlier use cannot free it.
+    generation: AtomicU32,
 }
 
-unsafe impl PGRXSharedMemory for WorkerSlot {}
+pub struct Registry {
+    launcher_pid: AtomicI32,
+    launcher_latch: AtomicU64,
+    workers: [Slot; WORKER_SLOTS],
+    /// Database OIDs that want a worker (0: empty).
+    requests: [AtomicU32; REQUEST_SLOTS],
+    /// Set when a request found the table full: the launcher then looks at every database.
+    look_everywhere: AtomicBool,
+}
 
-static SLOT: PgAtomic<WorkerSlot> = unsafe { PgAtomic::new(c"backfill_worker_slot") };
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            launcher_pid: AtomicI32::new(0),
+            launcher_latch: AtomicU64::new(0),
+            workers: std::array::from_fn(|_| Slot::default()),
+            requests: std::array::from_fn(|_| AtomicU32::new(0)),
+            look_everywhere: AtomicBool::new(false),
+        }
+    }
+}
 
-/// True in every process of a server that loaded the library at start (shared memory and the
-/// worker exist only then).
+unsafe impl PGRXSharedMemory for Registry {}
+
+static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"backfill_registry") };
+
+/// True in every process of a server that loaded the library at start (shared memory, the
+/// launcher and the workers exist only then).
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-/// Sets up the slot; only while shared_preload_libraries are loaded (the worker exists only
-/// then).
+/// Sets up the registry; only while shared_preload_libraries are loaded.
 pub fn init() {
     // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
     PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(SLOT);
-}
-
-/// The worker, once connected: backends can now see and wake it.
-pub fn worker_ready(pid: i32, database: pg_sys::Oid) {
-    let slot = SLOT.get();
-    // SAFETY: MyProc is this process's PGPROC; its latch lives in shared memory.
-    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as u64;
-    slot.latch.store(latch, Ordering::Release);
-    slot.database.store(database.to_u32(), Ordering::Release);
-    slot.pid.store(pid, Ordering::Release);
-}
-
-/// The worker, on its way out.
-pub fn worker_gone() {
-    let slot = SLOT.get();
-    slot.pid.store(0, Ordering::Release);
-    slot.database.store(0, Ordering::Release);
-    slot.latch.store(0, Ordering::Release);
-}
-
-/// Whether the last attempt to connect to the configured database failed.
-pub fn database_missing() -> bool {
-    SLOT.get().database_missing.load(Ordering::Acquire)
-}
-
-pub fn set_database_missing(missing: bool) {
-    SLOT.get()
-        .database_missing
-        .store(missing, Ordering::Release);
+    pg_shmem_init!(REGISTRY);
 }
 
 pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// The pid of the worker serving this database, if one is running and ready.
+fn my_latch() -> u64 {
+    // SAFETY: MyProc is this process's PGPROC; its latch lives in shared memory.
+    (unsafe { &raw mut (*pg_sys::MyProc).procLatch }) as u64
+}
+
+fn set_latch(latch: u64) {
+    if latch != 0 {
+        // SAFETY: the address is a PGPROC latch in shared memory, valid for the life of the
+        // server; setting the latch of a process that has exited is harmless.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+// ---- the launcher
+
+pub fn launcher_ready(pid: i32) {
+    let registry = REGISTRY.get();
+    registry.launcher_latch.store(my_latch(), Ordering::SeqCst);
+    registry.launcher_pid.store(pid, Ordering::SeqCst);
+}
+
+pub fn launcher_gone() {
+    let registry = REGISTRY.get();
+    registry.launcher_pid.store(0, Ordering::SeqCst);
+    registry.launcher_latch.store(0, Ordering::SeqCst);
+}
+
+pub fn launcher_pid() -> Option<i32> {
+    if !preloaded() {
+        return None;
+    }
+    Some(REGISTRY.get().launcher_pid.load(Ordering::SeqCst)).filter(|&pid| pid != 0)
+}
+
+/// Asks the launcher for a worker in `database` and wakes it.
+pub fn request(database: pg_sys::Oid) {
+    let registry = REGISTRY.get();
+    let wanted = database.to_u32();
+    if !registry
+        .requests
+        .iter()
+        .any(|r| r.load(Ordering::SeqCst) == wanted)
+    {
+        let queued = registry.requests.iter().any(|request| {
+            request
+                .compare_exchange(0, wanted, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
+        if !queued {
+            registry.look_everywhere.store(true, Ordering::SeqCst);
+        }
+    }
+    set_latch(registry.launcher_latch.load(Ordering::SeqCst));
+}
+
+/// Whether a request found the table full since the last call: then every database counts
+/// as asking.
+pub fn take_look_everywhere() -> bool {
+    REGISTRY.get().look_everywhere.swap(false, Ordering::SeqCst)
+}
+
+/// The databases asking for a worker, taken off the table.
+pub fn take_requests() -> Vec<pg_sys::Oid> {
+    REGISTRY
+        .get()
+        .requests
+        .iter()
+        .map(|r| r.swap(0, Ordering::SeqCst))
+        .filter(|&db| db != 0)
+        .map(pg_sys::Oid::from)
+        .collect()
+}
+
+/// What the launcher finds for a database that wants a worker.
+pub enum Serving {
+    /// A worker will see its new jobs (it is serving, or has yet to make its first look).
+    Yes,
+    /// Its worker is leaving: start another once that one is gone.
+    Leaving,
+    No,
+}
+
+/// Whether `database` has a worker that will see a job committed now; wakes it.
+pub fn served(database: pg_sys::Oid) -> Serving {
+    let mut found = Serving::No;
+    for slot in &REGISTRY.get().workers {
+        if slot.database.load(Ordering::SeqCst) != database.to_u32() {
+            continue;
+        }
+        match slot.state.load(Ordering::SeqCst) {
+            SERVING => {
+                set_latch(slot.latch.load(Ordering::SeqCst));
+                return Serving::Yes;
+            }
+            STARTING => return Serving::Yes,
+            LEAVING => found = Serving::Leaving,
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Workers running or starting.
+pub fn workers_in_use() -> usize {
+    REGISTRY
+        .get()
+        .workers
+        .iter()
+        .filter(|slot| slot.state.load(Ordering::SeqCst) != FREE)
+        .count()
+}
+
+/// Reserves a free slot for a worker in `database`, within backfill.max_workers: the slot's
+/// index and generation.
+pub fn reserve_slot(database: pg_sys::Oid) -> Option<(usize, u32)> {
+    if workers_in_use() >= settings::max_workers() {
+        return None;
+    }
+    let registry = REGISTRY.get();
+    for (index, slot) in registry.workers.iter().enumerate() {
+        if slot
+            .state
+            .compare_exchange(FREE, STARTING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let generation = slot
+                .generation
+                .fetch_add(1, Ordering::SeqCst)
+                .wrapping_add(1);
+            slot.pid.store(0, Ordering::SeqCst);
+            slot.latch.store(0, Ordering::SeqCst);
+            slot.database.store(database.to_u32(), Ordering::SeqCst);
+            return Some((index, generation));
+        }
+    }
+    None
+}
+
+/// Frees slot `index` if it is still the reservation `generation`, and wakes the launcher
+/// (a database may be waiting for a slot).
+pub fn release_slot(index: usize, generation: u32) {
+    let registry = REGISTRY.get();
+    let Some(slot) = registry.workers.get(index) else {
+        return;
+    };
+    if slot.generation.load(Ordering::SeqCst) == generation {
+        slot.latch.store(0, Ordering::SeqCst);
+        slot.pid.store(0, Ordering::SeqCst);
+        slot.database.store(0, Ordering::SeqCst);
+        slot.state.store(FREE, Ordering::SeqCst);
+    }
+    set_latch(registry.launcher_latch.load(Ordering::SeqCst));
+}
+
+// ---- a worker
+
+/// The database slot `index` was reserved for, and the reservation's generation.
+pub fn slot_reservation(index: usize) -> Option<(pg_sys::Oid, u32)> {
+    let slot = REGISTRY.get().workers.get(index)?;
+    (slot.state.load(Ordering::SeqCst) == STARTING).then(|| {
+        (
+            pg_sys::Oid::from(slot.database.load(Ordering::SeqCst)),
+            slot.generation.load(Ordering::SeqCst),
+        )
+    })
+}
+
+/// The worker of slot `index`, connected: enqueues in its database now wake it.
+pub fn worker_serving(index: usize, pid: i32) {
+    let slot = &REGISTRY.get().workers[index];
+    slot.latch.store(my_latch(), Ordering::SeqCst);
+    slot.pid.store(pid, Ordering::SeqCst);
+    slot.state.store(SERVING, Ordering::SeqCst);
+}
+
+/// The worker of slot `index` is about to exit: from now on an enqueue asks the launcher,
+/// which starts another worker once this one is gone. The worker takes a last look for work
+/// after this (and serves again if it finds some), so nothing committed before is missed.
+pub fn worker_leaving(index: usize) {
+    REGISTRY.get().workers[index]
+        .state
+        .store(LEAVING, Ordering::SeqCst);
+}
+
+// ---- backends
+
+/// The pid of a worker serving this database right now, if any (an idle database has none).
 pub fn serving_pid() -> Option<i32> {
     if !preloaded() {
         return None;
     }
-    let slot = SLOT.get();
     // SAFETY: MyDatabaseId is set in every backend connected to a database.
     let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let pid = slot.pid.load(Ordering::Acquire);
-    (pid != 0 && slot.database.load(Ordering::Acquire) == here).then_some(pid)
+    REGISTRY
+        .get()
+        .workers
+        .iter()
+        .filter(|slot| {
+            slot.database.load(Ordering::SeqCst) == here
+                && slot.state.load(Ordering::SeqCst) == SERVING
+        })
+        .map(|slot| slot.pid.load(Ordering::SeqCst))
+        .find(|&pid| pid != 0)
 }
 
 /// Why no worker will run jobs queued in this database, as (message, hint); `None` when one
-/// will. `live` also asks whether the worker is running right now, not only configured.
+/// will. `live` also asks whether the launcher is running right now, not only configured.
 pub fn problem(live: bool) -> Option<(String, String)> {
     if !preloaded() {
         return Some((
@@ -101,24 +301,18 @@ pub fn problem(live: bool) -> Option<(String, String)> {
                 .into(),
         ));
     }
-    // SAFETY: the name of the database this backend is connected to.
-    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
-        .to_string_lossy()
-        .into_owned();
-    let served = settings::database();
-    if served != here {
+    if settings::max_workers() == 0 {
         return Some((
-            format!("the backfill worker serves database \"{served}\" (backfill.database), not \"{here}\""),
-            format!(
-                "Set backfill.database = '{here}' in postgresql.conf and restart PostgreSQL, \
-                 or run jobs of this database with CALL backfill.run(job_id)."
-            ),
+            "backfill.max_workers is 0, so no background worker runs backfill jobs".into(),
+            "Set backfill.max_workers in postgresql.conf and restart PostgreSQL, \
+             or run jobs with CALL backfill.run(job_id)."
+                .into(),
         ));
     }
-    if live && serving_pid().is_none() {
+    if live && launcher_pid().is_none() {
         return Some((
-            format!("no backfill worker is running for database \"{here}\" right now"),
-            "The server log says why (look for \"backfill worker\"); the job stays queued, \
+            "the backfill launcher is not running right now".into(),
+            "The server log says why (look for \"backfill launcher\"); the job stays queued, \
              and CALL backfill.run(job_id) runs it in your session."
                 .into(),
         ));
@@ -130,7 +324,8 @@ thread_local! {
     static WAKE_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Wakes the worker when the current transaction commits (not before: it would find nothing).
+/// When the current transaction commits (not before: it would find nothing), wakes this
+/// database's worker, or has the launcher start one.
 pub fn wake_at_commit() {
     if !preloaded() || WAKE_REGISTERED.get() {
         return;
@@ -138,17 +333,16 @@ pub fn wake_at_commit() {
     WAKE_REGISTERED.set(true);
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_REGISTERED.set(false);
-        let latch = SLOT.get().latch.load(Ordering::Acquire);
-        if latch != 0 {
-            // SAFETY: the address is the worker's PGPROC latch in shared memory, valid for the
-            // life of the server; setting the latch of a process that has exited is harmless.
-            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        // SAFETY: MyDatabaseId is set in every backend connected to a database.
+        let here = unsafe { pg_sys::MyDatabaseId };
+        if !matches!(served(here), Serving::Yes) {
+            request(here);
         }
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.set(false));
 }
 
-/// Sleeps up to `duration` on this process's latch, returning early when the worker is asked
+/// Sleeps up to `duration` on this process's latch, returning early when the process is asked
 /// to stop; a backend's cancel request interrupts it with the usual error.
 pub fn sleep(duration: Duration) {
     let deadline = Instant::now() + duration;

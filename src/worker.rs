@@ -1,38 +1,19 @@
-//! The background worker: one process, `backend_type = 'backfill worker'`, serving the
-//! database named by `backfill.database`. It drains queued jobs oldest first through the same
-//! batch engine as `CALL backfill.run`, one transaction per batch, and sleeps on its latch when
-//! idle; a committed enqueue sets that latch (see `wake`).
+//! A worker: `backend_type = 'backfill worker'`, started by the launcher (src/launcher.rs)
+//! for one database, in a slot of shared memory reserved for it. It drains that database's
+//! queued jobs oldest first through the same batch engine as `CALL backfill.run`, one
+//! transaction per batch; a committed enqueue sets its latch (see `wake`). With nothing left
+//! to run it waits `backfill.naptime` (2 s at most) for more, then exits: no idle worker stays
+//! connected to a database, so DROP DATABASE and DROP EXTENSION never wait for one.
 
 use crate::engine::{self, Batch, Begin, Runner};
 use crate::query;
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
-use crate::wake;
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use crate::wake::{self, WORKER_TYPE as BACKEND_TYPE};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::ffi::CStr;
-use std::time::Duration;
-
-pub const BACKEND_TYPE: &str = "backfill worker";
-/// How long the postmaster waits before starting the worker again after it exits abnormally.
-const RESTART_DELAY: Duration = Duration::from_secs(1);
-
-pub fn init() {
-    // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
-    BackgroundWorkerBuilder::new(BACKEND_TYPE)
-        .set_type(BACKEND_TYPE)
-        .set_library("backfill")
-        .set_function("backfill_worker_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(RESTART_DELAY))
-        .load();
-}
+use std::time::{Duration, Instant};
 
 fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
@@ -42,65 +23,117 @@ fn reload_config_if_asked() {
     }
 }
 
+/// On any exit of the process, a FATAL while connecting included: frees the worker's slot.
+unsafe extern "C-unwind" fn free_slot(_code: std::ffi::c_int, reservation: pg_sys::Datum) {
+    let packed = reservation.value() as u64;
+    wake::release_slot((packed >> 32) as usize, packed as u32);
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn backfill_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = settings::database();
-    if wake::database_missing() {
-        wait_for_database(&database);
-        exit_for_restart();
-    }
-    // If connecting fails (no such database, or it refuses connections), the next start waits
-    // instead.
-    wake::set_database_missing(true);
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    wake::set_database_missing(false);
+    let slot = slot.value();
+    let Some((database, generation)) = wake::slot_reservation(slot) else {
+        // Not a reservation of the launcher's (the slot was freed meanwhile).
+        return;
+    };
+    // SAFETY: registers a callback with its argument; it runs at exit while shared memory is
+    // still attached (on_proc_exit callbacks run after it is detached).
+    unsafe {
+        pg_sys::before_shmem_exit(
+            Some(free_slot),
+            pg_sys::Datum::from(((slot as u64) << 32) | u64::from(generation)),
+        )
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     BackgroundWorker::transaction(fix_session_settings);
-    // SAFETY: both are set once the connection is made.
-    wake::worker_ready(unsafe { pg_sys::MyProcPid }, unsafe {
-        pg_sys::MyDatabaseId
-    });
-    log!("{BACKEND_TYPE} started for database \"{database}\"");
+    // SAFETY: set once the process has started.
+    let pid = unsafe { pg_sys::MyProcPid };
+    wake::worker_serving(slot, pid);
+    let name = BackgroundWorker::transaction(database_name);
 
-    let mut extension_present = None;
+    let mut announced = false;
     let mut trouble = Trouble::default();
+    let mut idle_since: Option<Instant> = None;
     while !wake::shutdown_requested() {
         reload_config_if_asked();
-        let present = match guarded(extension_installed) {
-            Ok(present) => present,
+        match guarded(extension_installed) {
+            Ok(true) if !announced => {
+                log!("{BACKEND_TYPE} started for database \"{name}\"");
+                announced = true;
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                // The launcher's pass over every database at its start meets many of these.
+                debug1!("{BACKEND_TYPE}: extension backfill is not installed in database \"{name}\"; exiting");
+                return;
+            }
             Err(failure) => {
                 trouble.wait_after(&failure, "looking for the extension");
                 continue;
             }
-        };
-        if extension_present != Some(present) {
-            if !present {
-                log!(
-                    "{BACKEND_TYPE}: extension backfill is not installed in database \"{database}\"; \
-                     waiting for CREATE EXTENSION backfill"
-                );
-            }
-            extension_present = Some(present);
         }
-        if present {
-            match drain_one_job(&mut trouble) {
-                Drained::Ran => {
-                    trouble.clear();
-                    continue;
-                }
-                Drained::Idle => trouble.clear(),
-                Drained::Failed => continue,
+        match drain_one_job(&mut trouble) {
+            Drained::Ran => {
+                trouble.clear();
+                idle_since = None;
+                continue;
             }
+            Drained::Idle => trouble.clear(),
+            Drained::Failed => continue,
         }
         // What the batches did shows in pg_stat_* views once the worker is idle.
         // SAFETY: called between transactions, as backends do before going idle.
         unsafe { pg_sys::pgstat_report_stat(true) };
-        BackgroundWorker::wait_latch(Some(settings::naptime()));
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        let linger = settings::idle_linger();
+        if since.elapsed() >= linger {
+            // From here on an enqueue asks the launcher, which starts a new worker once this
+            // one is gone; a last look finds whatever committed before.
+            wake::worker_leaving(slot);
+            match guarded(unfinished_jobs) {
+                Ok(false) => break,
+                Ok(true) | Err(_) => {
+                    // Jobs someone else runs (CALL backfill.run) or that were just queued:
+                    // stay, to take them when they are free.
+                    wake::worker_serving(slot, pid);
+                    idle_since = Some(Instant::now());
+                }
+            }
+        }
+        BackgroundWorker::wait_latch(Some(
+            linger
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(10)),
+        ));
     }
-    wake::worker_gone();
-    log!("{BACKEND_TYPE} exiting on shutdown request");
-    exit_for_restart();
+    if wake::shutdown_requested() {
+        // A job stopped at a batch boundary (SIGTERM to this worker alone) goes on in a new
+        // worker; in a server shutting down, the launcher is stopping too and starts none.
+        if matches!(guarded(unfinished_jobs), Ok(true)) {
+            wake::worker_leaving(slot);
+            // SAFETY: the database this process is connected to.
+            wake::request(unsafe { pg_sys::MyDatabaseId });
+        }
+        log!("{BACKEND_TYPE} exiting on shutdown request (database \"{name}\")");
+    }
+}
+
+fn database_name() -> String {
+    // SAFETY: the name of the database this process is connected to.
+    unsafe { CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether any job is queued or running (whoever runs it).
+fn unfinished_jobs() -> bool {
+    query::optional_value::<i32>(
+        "SELECT 1 FROM backfill.job WHERE state IN ('queued', 'running') LIMIT 1",
+        &[],
+    )
+    .is_some()
 }
 
 /// The longest the worker waits for a lock unless lock_timeout is configured.
@@ -198,78 +231,9 @@ impl Trouble {
     }
 }
 
-/// Exits with code 1: unless the server is shutting down, the postmaster starts the worker
-/// again after RESTART_DELAY (code 0 would unregister it for good).
-fn exit_for_restart() -> ! {
-    // SAFETY: the normal way for a backend to exit.
-    unsafe { pg_sys::proc_exit(1) }
-}
-
 fn extension_installed() -> bool {
     query::optional_value::<i32>("SELECT 1 FROM pg_extension WHERE extname = 'backfill'", &[])
         .is_some()
-}
-
-/// Without a database connection: waits, logging once, until the configured database exists
-/// and allows connections, then exits so that the postmaster starts a worker that connects.
-fn wait_for_database(database: &str) {
-    BackgroundWorker::connect_worker_to_spi(None, None);
-    let name = std::ffi::CString::new(database).unwrap_or_default();
-    let why = match BackgroundWorker::transaction(|| database_state(&name)) {
-        DatabaseState::Missing => "does not exist",
-        DatabaseState::RefusesConnections => "does not allow connections (ALLOW_CONNECTIONS false)",
-        DatabaseState::Open => "could not be connected to",
-    };
-    log!("{BACKEND_TYPE}: database \"{database}\" (backfill.database) {why}; waiting for it");
-    while !wake::shutdown_requested() {
-        let state = BackgroundWorker::transaction(|| database_state(&name));
-        if state == DatabaseState::Open {
-            log!("{BACKEND_TYPE}: database \"{database}\" can be connected to; restarting to connect to it");
-            wake::set_database_missing(false);
-            return;
-        }
-        BackgroundWorker::wait_latch(Some(settings::naptime().max(Duration::from_secs(5))));
-        reload_config_if_asked();
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum DatabaseState {
-    Missing,
-    RefusesConnections,
-    Open,
-}
-
-/// Whether a database of that name exists and allows connections, read from pg_database with
-/// a plain heap scan: the only way without a database connection (index lookups need
-/// pg_class), as the autovacuum launcher does.
-fn database_state(name: &std::ffi::CStr) -> DatabaseState {
-    // SAFETY: inside a transaction; pg_database is a shared catalog, its tuples are
-    // FormData_pg_database; the scan and relation are closed before returning.
-    unsafe {
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
-        let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
-        let mut found = DatabaseState::Missing;
-        loop {
-            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
-            if tuple.is_null() {
-                break;
-            }
-            let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-            if std::ffi::CStr::from_ptr((*database).datname.data.as_ptr()) == name {
-                found = if (*database).datallowconn {
-                    DatabaseState::Open
-                } else {
-                    DatabaseState::RefusesConnections
-                };
-                break;
-            }
-        }
-        pg_sys::heap_endscan(scan);
-        pg_sys::table_close(relation, lock);
-        found
-    }
 }
 
 enum Drained {

@@ -67,7 +67,7 @@ fn another_session_takes_the_job(other: &mut Client, job: i64) {
 fn interrupted_at_any_moment_a_run_lets_its_job_go_at_once() {
     let (cluster, mut db) = start_app(
         "run-cancels",
-        "postgres",
+        false,
         &["backfill.batch_size = 5"],
         &bulk_sql(10_000),
     );
@@ -157,7 +157,7 @@ fn interrupted_at_any_moment_a_run_lets_its_job_go_at_once() {
 
 #[test]
 fn a_null_job_id_is_refused_not_looped_on() {
-    let (_cluster, mut db) = start_app("run-null", "postgres", &[], &bulk_sql(10));
+    let (_cluster, mut db) = start_app("run-null", false, &[], &bulk_sql(10));
     db.batch_execute("SET statement_timeout = '20s'").unwrap();
     let err = db.batch_execute("CALL backfill.run(NULL)").unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("22004"), "{err}");
@@ -183,7 +183,7 @@ fn documents_of_any_depth_among_ordinary_ones() {
         nested("1500"),
         nested("200")
     );
-    let (_cluster, mut db) = start_app("run-deep", "postgres", &[], &data);
+    let (_cluster, mut db) = start_app("run-deep", false, &[], &data);
     db.execute(
         "UPDATE backfill.process_model
             SET metadata_extraction_paths =

@@ -16,7 +16,7 @@ const INVOICES: i64 = 3000;
 
 /// A server whose worker serves another database, with the sample loaded in "app".
 fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
-    start_app(name, "postgres", extra, SAMPLE_SQL)
+    start_app(name, false, extra, SAMPLE_SQL)
 }
 
 fn job_row(db: &mut Client, id: i64) -> (String, i64, i64, i64, i64, Option<i64>) {
@@ -74,7 +74,9 @@ fn model_update_then_run_fills_every_instance_exactly() {
         "{notice}"
     );
     assert!(
-        notice.contains("will wait: the backfill worker serves database \"postgres\""),
+        notice.contains(
+            "will wait: backfill.max_workers is 0, so no background worker runs backfill jobs"
+        ),
         "{notice}"
     );
     assert_eq!(
@@ -159,12 +161,15 @@ fn model_update_then_run_fills_every_instance_exactly() {
 
 #[test]
 fn create_extension_warns_when_no_worker_will_serve_the_database() {
-    let cluster = Cluster::start("run-warn", &["backfill.database = 'postgres'"]);
+    let cluster = Cluster::start("run-warn", &["backfill.max_workers = 0"]);
     let (mut db, notices) = cluster.create_db_with_notices("other");
     let said = notices.lock().unwrap().join("\n");
     assert!(
-        said.contains("WARNING: the backfill worker serves database \"postgres\" (backfill.database), not \"other\" \
-                       (HINT: Set backfill.database = 'other' in postgresql.conf and restart PostgreSQL"),
+        said.contains(
+            "WARNING: backfill.max_workers is 0, so no background worker runs backfill jobs \
+                       (HINT: Set backfill.max_workers in postgresql.conf and restart PostgreSQL, \
+                       or run jobs with CALL backfill.run(job_id).)"
+        ),
         "{said}"
     );
     assert!(!db

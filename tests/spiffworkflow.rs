@@ -245,7 +245,7 @@ fn keys<'a>(paths: &[(&'a str, &str)]) -> Vec<&'a str> {
 
 #[test]
 fn attach_checks_the_tables_and_advises_indexes() {
-    let cluster = Cluster::start("spiff-attach", &["backfill.database = 'postgres'"]);
+    let cluster = Cluster::start("spiff-attach", &["backfill.max_workers = 0"]);
     let mut spiff = spiff_database(&cluster, "spiff", 50);
     // Each unusable variant of the tables, in a scratch schema of spiff's, in a transaction
     // rolled back afterwards.
@@ -412,7 +412,7 @@ fn attach_checks_the_tables_and_advises_indexes() {
 
 #[test]
 fn trigger_worker_and_overwrite_on_spiffworkflow_tables_match_python() {
-    let cluster = Cluster::start("spiff-worker", &["backfill.database = 'spiff'"]);
+    let cluster = Cluster::start("spiff-worker", &[]);
     let mut spiff = spiff_database(&cluster, "spiff", 3_000);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
     assert_eq!(sync_model(&mut spiff, INVOICE, &[]), "inserted");
@@ -568,11 +568,7 @@ fn trigger_worker_and_overwrite_on_spiffworkflow_tables_match_python() {
 fn kill_9_mid_job_resumes_on_spiffworkflow_tables() {
     let cluster = Cluster::start(
         "spiff-crash",
-        &[
-            "backfill.database = 'spiff'",
-            "backfill.batch_size = 50",
-            "backfill.batch_delay = '20ms'",
-        ],
+        &["backfill.batch_size = 50", "backfill.batch_delay = '20ms'"],
     );
     let mut spiff = spiff_database(&cluster, "spiff", 4_000);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
@@ -670,11 +666,7 @@ fn spiffworkflow_save(db: &mut Client, instance: i32) -> Result<String, postgres
 fn the_live_engine_never_fails_and_keeps_its_values_while_a_job_fills_the_same_key() {
     let cluster = Cluster::start(
         "spiff-race",
-        &[
-            "backfill.database = 'spiff'",
-            "backfill.batch_size = 20",
-            "backfill.batch_delay = '15ms'",
-        ],
+        &["backfill.batch_size = 20", "backfill.batch_delay = '15ms'"],
     );
     let mut spiff = spiff_database(&cluster, "spiff", 3_000);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
@@ -781,7 +773,7 @@ fn a_superusers_job_on_attached_tables_runs_as_their_owner() {
     // spiff owns the attached tables and so decides what runs on them: a trigger of its own
     // on the metadata table must never run with a superuser's privileges because a superuser
     // queued the job (by a model update, or enqueue).
-    let cluster = Cluster::start("spiff-owner", &["backfill.database = 'spiff'"]);
+    let cluster = Cluster::start("spiff-owner", &[]);
     let mut spiff = spiff_database(&cluster, "spiff", 200);
     spiff
         .batch_execute(
@@ -869,7 +861,7 @@ fn model_json(name: &str, paths: &[(&str, &str)]) -> String {
 
 #[test]
 fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
-    let cluster = Cluster::start("spiff-sync", &["backfill.database = 'postgres'"]);
+    let cluster = Cluster::start("spiff-sync", &["backfill.max_workers = 0"]);
     let mut spiff = spiff_database(&cluster, "spiff", 20);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
 

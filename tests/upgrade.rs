@@ -159,7 +159,7 @@ fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_be
 #[test]
 fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
     // The worker serves another database: the jobs here run when the test runs them.
-    let cluster = Cluster::start("upgrade", &["backfill.database = 'postgres'"]);
+    let cluster = Cluster::start("upgrade", &["backfill.max_workers = 0"]);
     let mut db = cluster.create_db("old");
     db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.1.0'")
         .unwrap();
@@ -184,7 +184,7 @@ fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
 
 #[test]
 fn update_from_0_2_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
-    let cluster = Cluster::start("upgrade-0.2", &["backfill.database = 'postgres'"]);
+    let cluster = Cluster::start("upgrade-0.2", &["backfill.max_workers = 0"]);
     let mut db = cluster.create_db("old");
     db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.2.0'")
         .unwrap();

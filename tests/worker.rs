@@ -1,5 +1,6 @@
-//! The background worker: automatic backfill after a model update, wake-up on commit, settings
-//! on reload, and recovery from SIGTERM, kill -9 and immediate shutdown.
+//! The launcher and the workers: automatic backfill after a model update, a worker started on
+//! commit, every database served without configuration, settings on reload, and recovery from
+//! SIGTERM, kill -9 and immediate shutdown.
 
 mod common;
 
@@ -12,12 +13,10 @@ use std::time::{Duration, Instant};
 const BULK: &str = "bulk/model";
 const N: i64 = 10_000;
 
-/// A server whose worker serves database "app", with the bulk data loaded and the worker
-/// connected to it.
+/// A server with database "app" and the bulk data loaded; its workers start when a job is
+/// queued.
 fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
-    let (cluster, db) = start_app(name, "app", extra, &bulk_sql(N));
-    wait_for_worker(&cluster);
-    (cluster, db)
+    start_app(name, true, extra, &bulk_sql(N))
 }
 
 fn wait_for_worker(cluster: &Cluster) -> i32 {
@@ -103,14 +102,23 @@ fn assert_complete(db: &mut Client, job: i64, keys: &[(&str, &str)]) {
 
 #[test]
 fn model_update_is_backfilled_without_any_call_and_wakes_the_worker_at_once() {
-    // A long naptime: only the wake-up on commit can start the job within a second.
+    // A long naptime: only the request at commit can start a worker within a second.
     let (cluster, mut db) = start("worker-auto", &["backfill.naptime = '30s'"]);
-    let backend_type = one_text(
-        &mut db,
-        "SELECT backend_type FROM pg_stat_activity WHERE pid = backfill.worker_pid()",
+    wait_for("the launcher", Duration::from_secs(30), || {
+        (one_i64(
+            &mut db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill launcher'",
+        ) == 1)
+            .then_some(())
+    });
+    // No worker while the database has nothing to run.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'"
+        ),
+        0
     );
-    assert_eq!(backend_type, "backfill worker");
-    thread::sleep(Duration::from_millis(300)); // let the worker settle into its idle wait
 
     db.batch_execute("BEGIN").unwrap();
     db.batch_execute(
@@ -150,8 +158,8 @@ fn model_update_is_backfilled_without_any_call_and_wakes_the_worker_at_once() {
 #[test]
 fn kill_9_of_the_worker_mid_job_resumes_after_restart() {
     let (cluster, mut db) = start("worker-kill9", &["backfill.batch_delay = '10ms'"]);
-    let pid = wait_for_worker(&cluster);
     let job = add_path(&mut db, BULK, "number", "invoice.number");
+    let pid = wait_for_worker(&cluster);
     wait_until_processed(&mut db, job, 2000, Duration::from_secs(60));
     assert!(Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -205,8 +213,8 @@ fn resumed_after_some(log: &str, job: i64) -> bool {
 #[test]
 fn sigterm_finishes_the_batch_exits_cleanly_and_the_job_completes() {
     let (cluster, mut db) = start("worker-sigterm", &["backfill.batch_delay = '10ms'"]);
-    let pid = wait_for_worker(&cluster);
     let job = add_path(&mut db, BULK, "number", "invoice.number");
+    let pid = wait_for_worker(&cluster);
     wait_until_processed(&mut db, job, 1000, Duration::from_secs(60));
     assert!(db
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -348,43 +356,72 @@ fn concurrent_writers_are_neither_blocked_nor_overwritten() {
 }
 
 #[test]
-fn missing_database_and_extension_are_waited_for_not_crash_looped() {
-    let cluster = Cluster::start(
-        "worker-missing",
-        &["backfill.database = 'later'", "backfill.naptime = '200ms'"],
-    );
-    wait_for("the worker to notice", Duration::from_secs(30), || {
-        cluster
-            .log()
-            .contains("database \"later\" (backfill.database) does not exist; waiting for it")
-            .then_some(())
-    });
-    thread::sleep(Duration::from_secs(3));
-    let log = cluster.log();
+fn every_database_with_the_extension_is_served_without_configuration() {
+    let cluster = Cluster::start("worker-databases", &["backfill.batch_delay = '20ms'"]);
+    // Three databases created after the server started, each with the extension and a job,
+    // queued close together: their workers run at the same time.
+    let names = ["one", "two", "three"];
+    let mut dbs: Vec<Client> = names
+        .iter()
+        .map(|name| {
+            let mut db = cluster.create_db(name);
+            db.batch_execute(&bulk_sql(5_000)).unwrap();
+            db
+        })
+        .collect();
+    let jobs: Vec<i64> = dbs
+        .iter_mut()
+        .map(|db| add_path(db, BULK, "number", "invoice.number"))
+        .collect();
+    let mut spans = Vec::new();
+    for ((name, db), job) in names.iter().zip(dbs.iter_mut()).zip(&jobs) {
+        assert_eq!(wait_done_in(&cluster, name, *job), "succeeded");
+        assert_eq!(
+            wrong_rows(db, BULK, "number", "invoice.number"),
+            0,
+            "{name}"
+        );
+        let row = db
+            .query_one(
+                "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8
+                   FROM backfill.job WHERE id = $1",
+                &[job],
+            )
+            .unwrap();
+        spans.push((row.get::<_, f64>(0), row.get::<_, f64>(1)));
+    }
+    let overlapping = spans
+        .iter()
+        .enumerate()
+        .any(|(i, a)| spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1));
     assert!(
-        log.matches("FATAL:  database \"later\" does not exist")
-            .count()
-            <= 1,
-        "{log}"
+        overlapping,
+        "jobs of different databases ran one after another: {spans:?}"
     );
-    assert_eq!(log.matches("waiting for it").count(), 1, "{log}");
 
+    // Idle workers leave: DROP DATABASE (without FORCE) and DROP EXTENSION go through while
+    // another database's job runs.
+    let mut three = dbs.pop().unwrap();
+    let running = add_path(&mut three, BULK, "total", "invoice.total");
+    dbs.pop()
+        .unwrap()
+        .batch_execute("DROP EXTENSION backfill")
+        .unwrap();
+    drop(dbs);
     cluster
         .connect("postgres")
-        .batch_execute("CREATE DATABASE later")
+        .batch_execute("DROP DATABASE one")
         .unwrap();
-    wait_for("the worker to connect", Duration::from_secs(30), || {
-        let log = cluster.log();
-        (log.contains("backfill worker started for database \"later\"")
-            && log.contains("extension backfill is not installed in database \"later\"; waiting for CREATE EXTENSION backfill"))
-        .then_some(())
-    });
-    let mut db = cluster.connect("later");
-    db.batch_execute("CREATE EXTENSION backfill").unwrap();
-    db.batch_execute(&bulk_sql(400)).unwrap();
-    let job = add_path(&mut db, BULK, "number", "invoice.number");
-    assert_eq!(wait_done_in(&cluster, "later", job), "succeeded");
-    assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
+    assert_eq!(wait_done_in(&cluster, "three", running), "succeeded");
+    assert_eq!(wrong_rows(&mut three, BULK, "total", "invoice.total"), 0);
+    let log = cluster.log();
+    for name in names {
+        assert!(
+            log.contains(&format!("backfill worker started for database \"{name}\"")),
+            "{log}"
+        );
+    }
+    assert!(!log.contains("FATAL"), "{log}");
 }
 
 #[test]

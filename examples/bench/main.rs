@@ -88,7 +88,7 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
          [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
-         [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3)] [--spiff-only]"
+         [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only]"
     );
     std::process::exit(2)
 }
@@ -312,8 +312,7 @@ fn run_d(port: u16, synchronous_commit: bool) -> f64 {
 /// from the UPDATE (its RETURNING is evaluated just before its commit) to the job's
 /// finished_at.
 fn run_p(db: &mut Client, port: u16) -> ProductRun {
-    let worker = fresh_worker(db);
-    let sampler = MemorySampler::start(worker);
+    wait_for_no_worker(db);
     let paths = NEW_KEYS
         .iter()
         .map(|(key, path)| format!(r#"{{"key": "{key}", "path": "{path}"}}"#))
@@ -332,6 +331,7 @@ fn run_p(db: &mut Client, port: u16) -> ProductRun {
         )
         .unwrap();
     let update_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let sampler = MemorySampler::start(wait_for_worker_pid(port));
     let updated_at: String = row.get(0);
     let job = wait_for_job(port);
     let seconds: f64 = db
@@ -368,23 +368,46 @@ fn wait_for_job(port: u16) -> i64 {
     }
 }
 
-/// Restarts the worker, so that each run's memory is its own, and waits for the new one.
-fn fresh_worker(db: &mut Client) -> i32 {
-    db.batch_execute("SELECT pg_terminate_backend(backfill.worker_pid())")
-        .unwrap();
+/// Waits until no worker is connected to this database (the last run's leaves once idle), so
+/// that the next run's worker is a new process whose memory is its own.
+fn wait_for_no_worker(db: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'backfill worker' AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the last run's worker did not leave"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pid of the worker the launcher started for this database.
+fn wait_for_worker_pid(port: u16) -> i32 {
+    let mut watcher = connect(port);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        thread::sleep(Duration::from_millis(100));
-        let pid: Option<i32> = db
-            .query_one("SELECT backfill.worker_pid()", &[])
+        let pid: Option<i32> = watcher
+            .query_one(
+                "SELECT max(pid) FROM pg_stat_activity
+                  WHERE backend_type = 'backfill worker' AND datname = current_database()",
+                &[],
+            )
             .unwrap()
             .get(0);
         if let Some(pid) = pid {
-            // Let it see the extension and settle into its idle wait.
-            thread::sleep(Duration::from_millis(300));
             return pid;
         }
-        assert!(Instant::now() < deadline, "the worker did not come back");
+        assert!(Instant::now() < deadline, "no worker started");
+        thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["tables"],
     &["queue"],
     &["engine"],
-    &["api", "trigger", "worker"],
+    &["api", "trigger", "worker", "launcher"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

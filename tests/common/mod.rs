@@ -344,16 +344,21 @@ impl Drop for Cluster {
     }
 }
 
-/// A server whose worker serves `worker_database` (`extra_conf` appended), with database
-/// "app" created, the extension installed in it and `data_sql` loaded; and a connection to it.
+/// A server (`extra_conf` appended) with database "app" created, the extension installed in
+/// it and `data_sql` loaded; and a connection to it. Without `workers`
+/// (`backfill.max_workers = 0`) no background worker runs jobs: the test runs them with
+/// CALL backfill.run.
 pub fn start_app(
     name: &str,
-    worker_database: &str,
+    workers: bool,
     extra_conf: &[&str],
     data_sql: &str,
 ) -> (Cluster, Client) {
-    let served = format!("backfill.database = '{worker_database}'");
-    let mut conf = vec![served.as_str()];
+    let mut conf = if workers {
+        vec![]
+    } else {
+        vec!["backfill.max_workers = 0"]
+    };
     conf.extend_from_slice(extra_conf);
     let cluster = Cluster::start(name, &conf);
     let mut db = cluster.create_db("app");

@@ -1,0 +1,231 @@
+//! The launcher: one process, `backend_type = 'backfill launcher'`, connected to no database.
+//! It starts a worker (src/worker.rs) for a database when one is asked for there (a committed
+//! enqueue or model update, CREATE EXTENSION), at most `backfill.max_workers` at a time, and
+//! at its own start once for every database, so that jobs a restart interrupted resume. A
+//! worker exits when its database has nothing left to run; no setting names a database.
+
+use crate::settings;
+use crate::wake::{self, Serving, LAUNCHER_TYPE, WORKER_TYPE};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// How long the postmaster waits before starting the launcher again after it exits.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+pub fn init() {
+    // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
+        .set_type(LAUNCHER_TYPE)
+        .set_library("backfill")
+        .set_function("backfill_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_DELAY))
+        .load();
+}
+
+/// A worker the launcher started, until the postmaster says it stopped.
+struct Started {
+    slot: usize,
+    generation: u32,
+    handle: DynamicBackgroundWorker,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: the launcher reads only the shared catalog pg_database.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    // SAFETY: this process's pid.
+    wake::launcher_ready(unsafe { pg_sys::MyProcPid });
+    let max_workers = settings::max_workers();
+    log!("{LAUNCHER_TYPE} started: at most {max_workers} workers");
+    // SAFETY: reading a postmaster setting's variable.
+    let processes = unsafe { pg_sys::max_worker_processes } as usize;
+    if max_workers > 0 && processes < max_workers + 1 {
+        warning!(
+            "{LAUNCHER_TYPE}: max_worker_processes = {processes} leaves room for fewer than the launcher \
+             and backfill.max_workers = {max_workers} workers; jobs may wait for a free process \
+             (set max_worker_processes to at least {}, plus what parallel queries and other \
+             extensions use)",
+            max_workers + 1
+        );
+    }
+    // After a start or a crash, every database once: its worker resumes the jobs that were
+    // running, and exits at once if there is nothing.
+    let mut pending: Vec<pg_sys::Oid> = databases().iter().map(|d| d.oid).collect();
+    let mut said_closed: Vec<pg_sys::Oid> = Vec::new();
+    let mut started: Vec<Started> = Vec::new();
+    let mut said_busy = false;
+    while !wake::shutdown_requested() {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: what the postmaster's children do on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if wake::take_look_everywhere() {
+            pending.extend(databases().iter().map(|d| d.oid));
+        }
+        pending.extend(wake::take_requests());
+        pending.sort_unstable_by_key(|db| db.to_u32());
+        pending.dedup();
+        started.retain(still_running);
+        if !pending.is_empty() {
+            // A database dropped since it asked is forgotten; one that does not allow
+            // connections waits, without a worker trying to connect.
+            let known = databases();
+            pending.retain(|db| known.iter().any(|d| d.oid == *db));
+            let mut waiting = Vec::new();
+            for database in pending.drain(..) {
+                let open = known
+                    .iter()
+                    .any(|d| d.oid == database && d.allows_connections);
+                if !open {
+                    if !said_closed.contains(&database) {
+                        let name = known
+                            .iter()
+                            .find(|d| d.oid == database)
+                            .map(|d| d.name.as_str())
+                            .unwrap_or("?");
+                        log!(
+                            "{LAUNCHER_TYPE}: database \"{name}\" does not allow connections (ALLOW_CONNECTIONS false); \
+                             its jobs wait until it does"
+                        );
+                        said_closed.push(database);
+                    }
+                    waiting.push(database);
+                    continue;
+                }
+                said_closed.retain(|d| *d != database);
+                match wake::served(database) {
+                    Serving::Yes => continue,
+                    Serving::Leaving => {
+                        waiting.push(database);
+                        continue;
+                    }
+                    Serving::No => {}
+                }
+                if max_workers == 0 {
+                    continue;
+                }
+                let Some((slot, generation)) = wake::reserve_slot(database) else {
+                    if !said_busy {
+                        log!(
+                            "{LAUNCHER_TYPE}: all {max_workers} workers are busy (backfill.max_workers); \
+                             database {} waits for one",
+                            database.to_u32()
+                        );
+                        said_busy = true;
+                    }
+                    waiting.push(database);
+                    continue;
+                };
+                match start_worker(slot) {
+                    Ok(handle) => started.push(Started {
+                        slot,
+                        generation,
+                        handle,
+                    }),
+                    Err(_) => {
+                        wake::release_slot(slot, generation);
+                        if !said_busy {
+                            warning!(
+                                "{LAUNCHER_TYPE}: could not start a worker: no free background worker \
+                                 process (max_worker_processes); database {} waits for one",
+                                database.to_u32()
+                            );
+                            said_busy = true;
+                        }
+                        waiting.push(database);
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                said_busy = false;
+            }
+            pending = waiting;
+        }
+        // Until a request, a worker's exit (both set the latch) or the naptime.
+        BackgroundWorker::wait_latch(Some(settings::naptime()));
+    }
+    wake::launcher_gone();
+    log!("{LAUNCHER_TYPE} exiting on shutdown request");
+}
+
+fn start_worker(
+    slot: usize,
+) -> Result<DynamicBackgroundWorker, pgrx::bgworkers::DynamicBackgroundWorkerLoadError> {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library("backfill")
+        .set_function("backfill_worker_main")
+        .set_argument(Some(pg_sys::Datum::from(slot)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        // SAFETY: this process's pid: the postmaster tells the launcher when the worker stops.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+}
+
+/// Whether a worker is still starting or running; when it stopped, its slot is freed (it
+/// frees the slot itself on exit, but a worker that never ran cannot).
+fn still_running(worker: &Started) -> bool {
+    match worker.handle.pid() {
+        Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => true,
+        Err(_) => {
+            wake::release_slot(worker.slot, worker.generation);
+            false
+        }
+    }
+}
+
+/// A database a worker may serve.
+struct Database {
+    oid: pg_sys::Oid,
+    name: String,
+    allows_connections: bool,
+}
+
+/// The databases, templates left out (a connection to one would make CREATE DATABASE from it
+/// fail).
+fn databases() -> Vec<Database> {
+    BackgroundWorker::transaction(|| {
+        // SAFETY: inside a transaction; pg_database is a shared catalog whose tuples are
+        // FormData_pg_database; a plain heap scan (index lookups need pg_class, which a
+        // process without a database cannot read), as the autovacuum launcher does. The scan
+        // and relation are closed before returning.
+        unsafe {
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+            let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+            let mut open = Vec::new();
+            loop {
+                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tuple.is_null() {
+                    break;
+                }
+                let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+                if !(*database).datistemplate {
+                    open.push(Database {
+                        oid: (*database).oid,
+                        name: std::ffi::CStr::from_ptr((*database).datname.data.as_ptr())
+                            .to_string_lossy()
+                            .into_owned(),
+                        allows_connections: (*database).datallowconn,
+                    });
+                }
+            }
+            pg_sys::heap_endscan(scan);
+            pg_sys::table_close(relation, lock);
+            open
+        }
+    })
+}
