@@ -396,7 +396,7 @@ fn acting_role(queued_by: Oid, tables: &Tables) -> Oid {
 /// The job's tables, checked; the reason, for the job's last error, when they are unusable
 /// (dropped, or a column changed type since they were attached).
 fn usable_tables(job: &Job) -> Result<Tables, String> {
-    match guarded(|| Tables::of_schema(job.tables_schema)) {
+    match guarded(|| Tables::remembered(job.tables_schema)) {
         Ok(Ok(tables)) => Ok(tables),
         Ok(Err(unusable)) => Err(format!("{unusable} ({})", unusable.hint)),
         Err(failure) if is_permanent(&failure) => Err(failure.to_string()),

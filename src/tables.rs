@@ -6,6 +6,8 @@
 use crate::error::raise;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 /// The four tables, by the names they have in every schema that holds them.
 pub const NAMES: [&str; 4] = [
@@ -207,6 +209,69 @@ impl Tables {
     pub fn sql_name(&self, table: &str) -> String {
         format!("{}.{}", self.schema_sql, quoted(table))
     }
+}
+
+thread_local! {
+    /// The tables found per schema by this process, until the catalog says one of them, or a
+    /// schema, changed: a batch needs them every time, and reading the catalog for them costs
+    /// as much as a small batch's own work.
+    static FOUND: RefCell<HashMap<u32, Tables>> = RefCell::new(HashMap::new());
+    /// Set when an invalidation arrived while FOUND was in use: forget everything next time.
+    static STALE: Cell<bool> = const { Cell::new(false) };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Tables {
+    /// `of_schema`, remembered until an invalidation of one of the tables (DDL, a change of
+    /// owner) or of any schema (a rename) makes this process read the catalog again.
+    pub fn remembered(schema: Oid) -> Result<Tables, Unusable> {
+        if !WATCHING.get() {
+            // SAFETY: registers process-lifetime callbacks (once; PostgreSQL keeps a few
+            // slots for them) that only clear this process's memory.
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(forget_relation),
+                    pg_sys::Datum::from(0),
+                );
+                pg_sys::CacheRegisterSyscacheCallback(
+                    pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
+                    Some(forget_schemas),
+                    pg_sys::Datum::from(0),
+                );
+            }
+            WATCHING.set(true);
+        }
+        if STALE.replace(false) {
+            FOUND.with_borrow_mut(HashMap::clear);
+        }
+        if let Some(tables) = FOUND.with_borrow(|found| found.get(&schema.to_u32()).cloned()) {
+            return Ok(tables);
+        }
+        let tables = Tables::of_schema(schema)?;
+        FOUND.with_borrow_mut(|found| found.insert(schema.to_u32(), tables.clone()));
+        Ok(tables)
+    }
+}
+
+unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relation: Oid) {
+    FOUND.with(|found| match found.try_borrow_mut() {
+        Ok(mut found) if relation == Oid::INVALID => found.clear(),
+        Ok(mut found) => {
+            found.retain(|_, t| ![t.instances, t.tasks, t.data, t.metadata].contains(&relation))
+        }
+        Err(_) => STALE.set(true),
+    });
+}
+
+unsafe extern "C-unwind" fn forget_schemas(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    FOUND.with(|found| match found.try_borrow_mut() {
+        Ok(mut found) => found.clear(),
+        Err(_) => STALE.set(true),
+    });
 }
 
 fn read_columns(schema: Oid) -> Vec<Column> {
