@@ -425,6 +425,56 @@ fn every_database_with_the_extension_is_served_without_configuration() {
 }
 
 #[test]
+fn max_workers_bounds_the_workers_and_waiting_databases_get_their_turn() {
+    let cluster = Cluster::start(
+        "worker-max",
+        &["backfill.max_workers = 1", "backfill.batch_delay = '10ms'"],
+    );
+    let names = ["first", "second"];
+    let mut dbs: Vec<Client> = names
+        .iter()
+        .map(|name| {
+            let mut db = cluster.create_db(name);
+            db.batch_execute(&bulk_sql(3_000)).unwrap();
+            db
+        })
+        .collect();
+    let jobs: Vec<i64> = dbs
+        .iter_mut()
+        .map(|db| add_path(db, BULK, "number", "invoice.number"))
+        .collect();
+    // Never more than one worker at a time, sampled while both jobs are unfinished.
+    let mut admin = cluster.connect("postgres");
+    let mut most = 0;
+    while jobs.iter().zip(dbs.iter_mut()).any(|(job, db)| {
+        let state = one_text(
+            db,
+            &format!("SELECT state FROM backfill.job WHERE id = {job}"),
+        );
+        state == "queued" || state == "running"
+    }) {
+        most = most.max(one_i64(
+            &mut admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
+        ));
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(most, 1, "workers at once");
+    for (db, name) in dbs.iter_mut().zip(names) {
+        assert_eq!(
+            wrong_rows(db, BULK, "number", "invoice.number"),
+            0,
+            "{name}"
+        );
+    }
+    let log = cluster.log();
+    assert!(
+        log.contains("all 1 workers are busy (backfill.max_workers)"),
+        "{log}"
+    );
+}
+
+#[test]
 fn batches_reach_the_job_row_without_walking_its_versions() {
     // A snapshot held open for the whole job keeps every version of the job row alive. Each
     // batch must still reach the row directly (by its TID), not by id through the chain of
