@@ -84,6 +84,7 @@ start_cluster() {
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = ''"
         echo "shared_preload_libraries = 'backfill'"
+        echo "max_worker_processes = 16"   # the launcher and backfill.max_workers (8), and PostgreSQL's own
         echo "log_line_prefix = '%m [%p] %b '"
         printf '%s\n' "$@"
     } >>"$dir/postgresql.conf"

@@ -143,6 +143,8 @@ impl Cluster {
             "listen_addresses = '127.0.0.1'".to_owned(),
             "unix_socket_directories = ''".to_owned(),
             "shared_preload_libraries = 'backfill'".to_owned(),
+            // Room for the launcher and backfill.max_workers (8) besides PostgreSQL's own.
+            "max_worker_processes = 16".to_owned(),
             "fsync = off".to_owned(),
             "max_connections = 40".to_owned(),
             "log_line_prefix = '%m [%p] %b '".to_owned(),
