@@ -20,6 +20,7 @@ pub const WORKER_SLOTS: usize = 64;
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static BATCH_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static ADAPTIVE_THROTTLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static VALUE_FORMAT: GucSetting<ValueFormatSetting> =
     GucSetting::<ValueFormatSetting>::new(ValueFormatSetting::Python);
 
@@ -76,6 +77,18 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_bool_guc(
+        c"backfill.adaptive_throttle",
+        c"Whether a worker pauses between batches while the application is busy.",
+        c"After each batch a worker pauses for as long as the batch took, times the share of the \
+          server's CPUs that other client sessions were busy on (0 when the server is idle, one \
+          batch's time when every CPU has a busy session), on top of backfill.batch_delay. It \
+          keeps the application's latency close to what it is without a backfill; off runs \
+          batches back to back.",
+        &ADAPTIVE_THROTTLE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"backfill.naptime",
         c"How long an idle worker waits for more work before it exits (at most 2 s), and the launcher's longest sleep.",
@@ -130,6 +143,10 @@ pub fn batch_size() -> i64 {
 
 pub fn batch_delay() -> Duration {
     Duration::from_millis(BATCH_DELAY_MS.get().max(0) as u64)
+}
+
+pub fn adaptive_throttle() -> bool {
+    ADAPTIVE_THROTTLE.get()
 }
 
 pub fn naptime() -> Duration {

@@ -342,6 +342,41 @@ pub fn wake_at_commit() {
     register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.set(false));
 }
 
+/// Client sessions of the server (any database) running a statement or inside a
+/// transaction right now, this process excluded: the application's load, as the worker's
+/// throttle sees it. Read from the backend status array, copied once per transaction.
+pub fn busy_sessions() -> usize {
+    // SAFETY: the backend status snapshot functions, used as pg_stat_get_activity uses them;
+    // the entries stay valid until the end of the transaction.
+    unsafe {
+        let mut busy = 0;
+        for index in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
+            #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+            let entry = pg_sys::pgstat_fetch_stat_local_beentry(index);
+            #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+            let entry = pg_sys::pgstat_get_local_beentry_by_index(index);
+            if entry.is_null() {
+                continue;
+            }
+            let status = &(*entry).backendStatus;
+            if status.st_procpid == pg_sys::MyProcPid
+                || status.st_backendType != pg_sys::BackendType::B_BACKEND
+            {
+                continue;
+            }
+            if matches!(
+                status.st_state,
+                pg_sys::BackendState::STATE_RUNNING
+                    | pg_sys::BackendState::STATE_IDLEINTRANSACTION
+                    | pg_sys::BackendState::STATE_FASTPATH
+            ) {
+                busy += 1;
+            }
+        }
+        busy
+    }
+}
+
 /// Sleeps up to `duration` on this process's latch, returning early when the process is asked
 /// to stop; a backend's cancel request interrupts it with the usual error.
 pub fn sleep(duration: Duration) {

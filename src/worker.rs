@@ -260,6 +260,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
         }
     };
     let mut failures = 0;
+    let mut throttle = Throttle::default();
     loop {
         if wake::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
@@ -267,10 +268,11 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
             return Drained::Ran;
         }
         reload_config_if_asked();
+        let started = Instant::now();
         match guarded(|| engine::run_batch(job_id, WORKER)) {
             Ok(Batch::More) => {
                 failures = 0;
-                wake::sleep(settings::batch_delay());
+                wake::sleep(settings::batch_delay() + throttle.pause(started.elapsed()));
             }
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
@@ -305,6 +307,27 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
                 wake::sleep(delay);
             }
         }
+    }
+}
+
+/// The adaptive throttle (backfill.adaptive_throttle): a pause after each batch in proportion
+/// to the batch's time and to how busy the server's other client sessions are, smoothed over
+/// the last batches. On a server with nothing else to do the worker runs flat out; while the
+/// application keeps every CPU busy the worker takes at most half of one.
+#[derive(Default)]
+struct Throttle {
+    /// Busy sessions, smoothed.
+    load: f64,
+}
+
+impl Throttle {
+    fn pause(&mut self, batch: Duration) -> Duration {
+        if !settings::adaptive_throttle() {
+            return Duration::ZERO;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
+        batch.mul_f64((self.load / cpus).min(1.0))
     }
 }
 

@@ -15,6 +15,7 @@
 //! 30 KB (spiff.rs).
 
 mod compare;
+mod live;
 mod spiff;
 
 use compare::{first_difference, Row};
@@ -45,6 +46,8 @@ struct Options {
     spiff_instances: i64,
     spiff_runs: usize,
     spiff_only: bool,
+    live_seconds: u64,
+    live_only: bool,
 }
 
 fn parse_options() -> Options {
@@ -58,6 +61,8 @@ fn parse_options() -> Options {
         spiff_instances: 125_000,
         spiff_runs: 3,
         spiff_only: false,
+        live_seconds: 20,
+        live_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -75,6 +80,8 @@ fn parse_options() -> Options {
             "--spiff-instances" => options.spiff_instances = value("--spiff-instances"),
             "--spiff-runs" => options.spiff_runs = value("--spiff-runs") as usize,
             "--spiff-only" => options.spiff_only = true,
+            "--live-seconds" => options.live_seconds = value("--live-seconds") as u64,
+            "--live-only" => options.live_only = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -88,7 +95,8 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
          [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
-         [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only]"
+         [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only] \
+         [--live-seconds S (20; 0 skips the live application load)] [--live-only]"
     );
     std::process::exit(2)
 }
@@ -581,6 +589,11 @@ fn main() {
         "loaded in {:.0} s",
         loading.elapsed().as_secs_f64()
     ));
+    if options.live_only {
+        let report = live::run(&mut db, options.port, options.live_seconds);
+        live::print(&report);
+        return;
+    }
 
     // Warm-up, and the reference every run is compared with.
     reset(&mut db);
@@ -641,7 +654,9 @@ fn main() {
         scales.push(scale);
     }
 
-    // The JSON report covers the extension's own tables only.
+    // The JSON report covers the extension's own tables, without the application load.
+    let live_report = (options.live_seconds > 0 && !options.json)
+        .then(|| live::run(&mut db, options.port, options.live_seconds));
     let spiff_report = (options.spiff_instances > 0 && !options.json)
         .then(|| spiff::run(options.port, options.spiff_instances, options.spiff_runs));
     report(
@@ -652,6 +667,9 @@ fn main() {
         &product_runs,
         &scales,
     );
+    if let Some(live_report) = live_report {
+        live::print(&live_report);
+    }
     if let Some(spiff_report) = spiff_report {
         spiff::print(&spiff_report);
     }
