@@ -160,7 +160,9 @@ fn set_throttle(port: u16, on: bool) {
     let mut admin = connect(port);
     // Each on its own: ALTER SYSTEM cannot run in a multi-statement query's transaction.
     admin
-        .batch_execute(&format!("ALTER SYSTEM SET backfill.adaptive_throttle = {on}"))
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET backfill.adaptive_throttle = {on}"
+        ))
         .unwrap();
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     // The worker reads the setting at its next batch; give the reload a moment to arrive.
