@@ -35,19 +35,27 @@ impl FromDatum for JsonbArg {
     }
 }
 
-unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
-    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| panic!("argument {index} must not be null"))
-    }
+/// A function argument read through `FromDatum` (which borrows the detoasted value for the
+/// call), declared to SQL as `$sql`.
+macro_rules! borrowed_argument {
+    ($type:ty, $sql:literal) => {
+        unsafe impl<'fcx> ArgAbi<'fcx> for $type {
+            unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+                let index = arg.index();
+                unsafe { arg.unbox_arg_using_from_datum() }
+                    .unwrap_or_else(|| panic!("argument {index} must not be null"))
+            }
 
-    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-        unsafe { arg.unbox_arg_using_from_datum() }.into()
-    }
+            unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+                unsafe { arg.unbox_arg_using_from_datum() }.into()
+            }
+        }
+
+        impl_sql_translatable!($type, arg_only = $sql);
+    };
 }
 
-impl_sql_translatable!(JsonbArg, arg_only = "jsonb");
+borrowed_argument!(JsonbArg, "jsonb");
 
 // What reading a jsonb column of a heap tuple in place needs (PgHeapTuple::get_by_name).
 impl IntoDatum for JsonbArg {
@@ -107,19 +115,7 @@ impl FromDatum for JsonTextArg {
     }
 }
 
-unsafe impl<'fcx> ArgAbi<'fcx> for JsonTextArg {
-    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| panic!("argument {index} must not be null"))
-    }
-
-    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-        unsafe { arg.unbox_arg_using_from_datum() }.into()
-    }
-}
-
-impl_sql_translatable!(JsonTextArg, arg_only = "json");
+borrowed_argument!(JsonTextArg, "json");
 
 /// A document nested deeper than JSONPath evaluation is allowed to go.
 #[derive(Debug, PartialEq, Eq)]
