@@ -4,6 +4,7 @@
 //! from the catalogs; what the batch engine needs to know about their types is kept here.
 
 use crate::error::raise;
+use crate::query;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -344,12 +345,12 @@ impl Tables {
     /// Why the current role may not attach these tables: it must own each of them (or be a
     /// member of the owner's role, or a superuser).
     pub fn owner_problem(&self) -> Option<Unusable> {
-        let not_owned = optional_text(
+        let not_owned = query::optional_value::<String>(
             "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
               WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
                 AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
               ORDER BY 1 LIMIT 1",
-            self.relations(),
+            &[self.relations().into()],
         )?;
         Some(Unusable {
             code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -362,7 +363,7 @@ impl Tables {
     /// Why rows cannot be written with ON CONFLICT (process_instance_id, key): no unique index
     /// on exactly those columns.
     pub fn conflict_target_problem(&self) -> Option<Unusable> {
-        let found = optional_text(
+        let found = query::optional_value::<String>(
             "SELECT 'found' FROM pg_catalog.pg_index i
               WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[4]::pg_catalog.oid AND i.indisunique AND i.indimmediate
                 AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -373,7 +374,7 @@ impl Tables {
                         AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey::int2[]))
                     OPERATOR(pg_catalog.=) ARRAY['key', 'process_instance_id']
               LIMIT 1",
-            self.relations(),
+            &[self.relations().into()],
         );
         if found.is_some() {
             return None;
@@ -393,7 +394,7 @@ impl Tables {
     /// latest completed task, and a model's instances in id order.
     pub fn index_advice(&self) -> Vec<String> {
         let served = |relation: Oid, first: &str, second: &str| {
-            optional_text(
+            query::optional_value::<String>(
                 "SELECT 'served' FROM pg_catalog.pg_index i
                   WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[1]::pg_catalog.oid AND i.indisvalid
                     AND i.indnkeyatts OPERATOR(pg_catalog.>=) 2
@@ -402,7 +403,7 @@ impl Tables {
                     AND i.indkey[1] OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a
                          WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attname OPERATOR(pg_catalog.=) ($1)[3]::text)
                   LIMIT 1",
-                vec![relation.to_u32().to_string(), first.to_owned(), second.to_owned()],
+                &[vec![relation.to_u32().to_string(), first.to_owned(), second.to_owned()].into()],
             )
             .is_some()
         };
@@ -431,17 +432,4 @@ impl Tables {
             .map(|oid| oid.to_u32().to_string())
             .collect()
     }
-}
-
-/// The text in the first row of `sql`, given one text[] argument; `None` without a row.
-fn optional_text(sql: &str, argument: Vec<String>) -> Option<String> {
-    Spi::connect(|client| {
-        let table = client.select(sql, Some(1), &[argument.into()])?;
-        if table.is_empty() {
-            Ok(None)
-        } else {
-            table.first().get_one::<String>()
-        }
-    })
-    .unwrap_or_else(|e| error!("backfill: catalog query failed: {e}"))
 }
