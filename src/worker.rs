@@ -314,10 +314,20 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
 /// to the batch's time and to how busy the server's other client sessions are, smoothed over
 /// the last batches. On a server with nothing else to do the worker runs flat out; while the
 /// application keeps every CPU busy the worker takes at most half of one.
-#[derive(Default)]
 struct Throttle {
     /// Busy sessions, smoothed.
     load: f64,
+    /// The server's CPUs, read once per job (on Linux it reads cgroup files).
+    cpus: f64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            load: 0.0,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        }
+    }
 }
 
 impl Throttle {
@@ -325,9 +335,8 @@ impl Throttle {
         if !settings::adaptive_throttle() {
             return Duration::ZERO;
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
-        batch.mul_f64((self.load / cpus).min(1.0))
+        batch.mul_f64((self.load / self.cpus).min(1.0))
     }
 }
 
