@@ -355,24 +355,35 @@ fn concurrent_writers_are_neither_blocked_nor_overwritten() {
     );
 }
 
+/// Databases `names`, created now (after the server started) with the extension and `instances`
+/// bulk instances each, and a job queued in each, close together; connections and job ids.
+fn databases_with_a_job(
+    cluster: &Cluster,
+    names: &[&str],
+    instances: i64,
+) -> (Vec<Client>, Vec<i64>) {
+    let mut dbs: Vec<Client> = names
+        .iter()
+        .map(|name| {
+            let mut db = cluster.create_db(name);
+            db.batch_execute(&bulk_sql(instances)).unwrap();
+            db
+        })
+        .collect();
+    let jobs = dbs
+        .iter_mut()
+        .map(|db| add_path(db, BULK, "number", "invoice.number"))
+        .collect();
+    (dbs, jobs)
+}
+
 #[test]
 fn every_database_with_the_extension_is_served_without_configuration() {
     let cluster = Cluster::start("worker-databases", &["backfill.batch_delay = '20ms'"]);
     // Three databases created after the server started, each with the extension and a job,
     // queued close together: their workers run at the same time.
     let names = ["one", "two", "three"];
-    let mut dbs: Vec<Client> = names
-        .iter()
-        .map(|name| {
-            let mut db = cluster.create_db(name);
-            db.batch_execute(&bulk_sql(5_000)).unwrap();
-            db
-        })
-        .collect();
-    let jobs: Vec<i64> = dbs
-        .iter_mut()
-        .map(|db| add_path(db, BULK, "number", "invoice.number"))
-        .collect();
+    let (mut dbs, jobs) = databases_with_a_job(&cluster, &names, 5_000);
     let mut spans = Vec::new();
     for ((name, db), job) in names.iter().zip(dbs.iter_mut()).zip(&jobs) {
         assert_eq!(wait_done_in(&cluster, name, *job), "succeeded");
@@ -431,18 +442,7 @@ fn max_workers_bounds_the_workers_and_waiting_databases_get_their_turn() {
         &["backfill.max_workers = 1", "backfill.batch_delay = '10ms'"],
     );
     let names = ["first", "second"];
-    let mut dbs: Vec<Client> = names
-        .iter()
-        .map(|name| {
-            let mut db = cluster.create_db(name);
-            db.batch_execute(&bulk_sql(3_000)).unwrap();
-            db
-        })
-        .collect();
-    let jobs: Vec<i64> = dbs
-        .iter_mut()
-        .map(|db| add_path(db, BULK, "number", "invoice.number"))
-        .collect();
+    let (mut dbs, jobs) = databases_with_a_job(&cluster, &names, 3_000);
     // Never more than one worker at a time, sampled while both jobs are unfinished.
     let mut admin = cluster.connect("postgres");
     let mut most = 0;
