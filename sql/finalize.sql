@@ -74,9 +74,9 @@ COMMENT ON TABLE @extschema@.task IS
 COMMENT ON TABLE @extschema@.process_instance_metadata IS
     'One row per instance and key: the value extracted from the latest completed task data, rendered as SpiffWorkflow stores it.';
 COMMENT ON TABLE @extschema@.job IS
-    'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as. Written by the extension only.';
+    'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as; a job split across workers has a row per part (parent_id). Written by the extension only.';
 COMMENT ON VIEW @extschema@.progress IS
-    'One row per job: state, processed/total, percent, rate, ETA, elapsed, errors.';
+    'One row per job (a split job''s parts summed into it): state, processed/total, percent, rate, ETA, elapsed, errors, parts.';
 COMMENT ON TABLE @extschema@.attachment IS
     'The schema whose process_instance, task, json_data and process_instance_metadata jobs use instead of backfill''s own (backfill.attach); no row: backfill''s own.';
 COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS

@@ -3,33 +3,51 @@
 -- functions, which the extension alone calls (as the owner of backfill.job: no other role
 -- may execute them).
 
--- One row a job: where it is, how fast it goes, when it should end.
+-- One row a job (a split job's parts are summed into it, not shown): where it is, how fast it
+-- goes, when it should end.
 CREATE VIEW progress AS
 SELECT j.id,
        j.process_model_identifier AS model,
        ARRAY(SELECT p ->> 'key' FROM jsonb_array_elements(j.paths) AS p) AS keys,
        j.state,
-       j.instances_processed AS processed,
+       c.processed,
        j.instances_total AS total,
        CASE WHEN j.instances_total = 0 THEN 100.0
-            ELSE round(100.0 * j.instances_processed / j.instances_total, 1) END AS percent,
-       round(j.instances_processed / nullif(extract(epoch FROM t.elapsed), 0), 1) AS instances_per_second,
-       CASE WHEN j.state = 'running' AND j.instances_processed > 0
-            THEN t.elapsed * ((j.instances_total - j.instances_processed)::float8 / j.instances_processed)
+            ELSE round(100.0 * c.processed / j.instances_total, 1) END AS percent,
+       round(c.processed / nullif(extract(epoch FROM t.elapsed), 0), 1) AS instances_per_second,
+       CASE WHEN j.state = 'running' AND c.processed > 0
+            THEN t.elapsed * ((j.instances_total - c.processed)::float8 / c.processed)
        END AS eta,
        t.elapsed,
-       j.instances_updated AS updated,
-       j.errors,
-       j.last_error,
+       c.updated,
+       c.errors,
+       coalesce(j.last_error, c.last_error) AS last_error,
        j.overwrite,
        j.origin,
        j.created_at,
        j.started_at,
        j.finished_at,
        j.queued_by,
-       j.tables_schema
+       j.tables_schema,
+       j.parts
   FROM job j
- CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t;
+ CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t
+ -- The job's own counters, or its parts' summed.
+ CROSS JOIN LATERAL (
+       SELECT sum(r.processed)::bigint AS processed,
+              sum(r.updated)::bigint AS updated,
+              sum(r.errors)::bigint AS errors,
+              (array_agg(r.last_error ORDER BY r.id DESC) FILTER (WHERE r.last_error IS NOT NULL))[1]
+                  AS last_error
+         FROM (SELECT j.instances_processed, j.instances_updated, j.errors, NULL::text, j.id
+                WHERE j.parts IS NULL
+               UNION ALL
+               SELECT part.instances_processed, part.instances_updated, part.errors,
+                      part.last_error, part.id
+                 FROM job part
+                WHERE part.parent_id = j.id AND j.parts IS NOT NULL)
+              AS r(processed, updated, errors, last_error, id)) AS c
+ WHERE j.parent_id IS NULL;
 
 -- A queued job; it will run as `queued_by`, on the tables attached now.
 CREATE FUNCTION job_insert(model text, paths jsonb, overwrite boolean, origin text, queued_by regrole)
@@ -67,11 +85,72 @@ AS $$
      WHERE id = job_id
 $$;
 
+-- A part that resumes makes its job running again (CALL backfill.run of a failed or cancelled
+-- split job resumes its parts one by one).
 CREATE FUNCTION job_resume(job_id bigint) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    UPDATE @extschema@.job SET state = 'running', finished_at = NULL, last_error = NULL
-     WHERE id = job_id
+    UPDATE @extschema@.job
+       SET state = 'running', started_at = coalesce(started_at, now()), finished_at = NULL,
+           last_error = NULL
+     WHERE id = job_id;
+    UPDATE @extschema@.job j SET state = 'running', finished_at = NULL, last_error = NULL
+      FROM @extschema@.job part
+     WHERE part.id = job_id AND j.id = part.parent_id AND j.state <> 'running';
+$$;
+
+-- A job's first start in a worker splits it: the job fixes its bounds as job_start does and
+-- becomes a container of parts, one per element of `uppers` (part k covers the ids after
+-- uppers[k-1] up to uppers[k]; the first from the start), each `totals[k]` instances.
+CREATE FUNCTION job_split(job_id bigint, total bigint, max_instance_id bigint, uppers bigint[],
+                          totals bigint[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job
+       SET state = 'running', started_at = now(), finished_at = NULL, last_error = NULL,
+           instances_total = total, max_instance_id = job_split.max_instance_id,
+           parts = cardinality(uppers)
+     WHERE id = job_id;
+    INSERT INTO @extschema@.job (process_model_identifier, paths, overwrite, origin, queued_by,
+                                 tables_schema, parent_id, instances_total, max_instance_id,
+                                 last_instance_id)
+    SELECT j.process_model_identifier, j.paths, j.overwrite, j.origin, j.queued_by,
+           j.tables_schema, j.id, p.total, p.upper, lag(p.upper) OVER (ORDER BY p.n)
+      FROM @extschema@.job j, unnest(uppers, totals) WITH ORDINALITY AS p(upper, total, n)
+     WHERE j.id = job_id
+     ORDER BY p.n;
+$$;
+
+-- After a part succeeded, in the same transaction: the job succeeds when it was the last.
+-- True when it did. The job row is locked after the part's (never before: cancel locks the
+-- parts first too), so two parts ending at once take turns, and the second sees the first.
+CREATE FUNCTION job_settle(part_id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parent bigint := (SELECT j.parent_id FROM @extschema@.job j WHERE j.id = part_id);
+BEGIN
+    PERFORM FROM @extschema@.job j WHERE j.id = parent AND j.state = 'running' FOR UPDATE;
+    IF NOT FOUND OR EXISTS (SELECT FROM @extschema@.job j
+                             WHERE j.parent_id = parent AND j.state <> 'succeeded') THEN
+        RETURN false;
+    END IF;
+    UPDATE @extschema@.job SET state = 'succeeded', finished_at = clock_timestamp()
+     WHERE id = parent;
+    RETURN true;
+END
+$$;
+
+-- A part of a job that failed or was cancelled stops too (its runner sees it at its next
+-- batch), saying why.
+CREATE FUNCTION job_stop_part(part_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job part
+       SET state = 'cancelled', finished_at = now(),
+           last_error = format('stopped: job %s is %s', j.id, j.state)
+      FROM @extschema@.job j
+     WHERE part.id = part_id AND j.id = part.parent_id AND part.state IN ('queued', 'running')
 $$;
 
 CREATE FUNCTION job_finish(job_id bigint, OUT processed bigint, OUT updated bigint,
@@ -84,25 +163,38 @@ AS $$
               extract(epoch FROM finished_at - started_at)::float8
 $$;
 
+-- A failed part fails its job with its error (the other parts stop at their next batch).
 CREATE FUNCTION job_fail(job_id bigint, message text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE @extschema@.job SET state = 'failed', finished_at = clock_timestamp(), last_error = message
-     WHERE id = job_id AND state IN ('queued', 'running')
+     WHERE id = job_id AND state IN ('queued', 'running');
+    UPDATE @extschema@.job j
+       SET state = 'failed', finished_at = clock_timestamp(),
+           last_error = format('part %s: %s', part.id, message)
+      FROM @extschema@.job part
+     WHERE part.id = job_id AND j.id = part.parent_id AND j.state IN ('queued', 'running');
 $$;
 
--- True when the job was queued or running (and is now cancelled).
+-- True when the job was queued or running (and is now cancelled). A part stands for its job:
+-- the whole job is cancelled, its parts first (each waits for its batch in flight), then the
+-- job row, in the order a part's last batch locks them.
 CREATE FUNCTION job_cancel(job_id bigint) RETURNS boolean
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
+    UPDATE @extschema@.job SET state = 'cancelled', finished_at = now()
+     WHERE parent_id = (SELECT coalesce(j.parent_id, j.id) FROM @extschema@.job j WHERE j.id = job_id)
+       AND state IN ('queued', 'running');
     WITH cancelled AS (
         UPDATE @extschema@.job SET state = 'cancelled', finished_at = now()
-         WHERE id = job_id AND state IN ('queued', 'running')
+         WHERE id = (SELECT coalesce(j.parent_id, j.id) FROM @extschema@.job j WHERE j.id = job_id)
+           AND state IN ('queued', 'running')
         RETURNING id)
     SELECT EXISTS (SELECT FROM cancelled)
 $$;
 
--- "running: 500 of 3000 instances processed, ..." for log lines and notices.
+-- "running: 500 of 3000 instances processed, ..." for log lines and notices (of the whole job
+-- when given a part).
 CREATE FUNCTION job_summary(job_id bigint) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -110,11 +202,13 @@ AS $$
                   p.state, p.processed, coalesce(p.total, 0), p.updated, p.errors,
                   coalesce(p.elapsed, interval '0'), coalesce(p.instances_per_second, 0))
       FROM @extschema@.progress p
-     WHERE p.id = job_id
+     WHERE p.id = (SELECT coalesce(j.parent_id, j.id) FROM @extschema@.job j WHERE j.id = job_id)
 $$;
 
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
+                       job_split(bigint, bigint, bigint, bigint[], bigint[]), job_settle(bigint),
+                       job_stop_part(bigint),
                        job_cancel(bigint), job_summary(bigint),
                        attachment_set(regnamespace, regrole), attachment_clear()
     FROM PUBLIC;
@@ -126,8 +220,12 @@ COMMENT ON FUNCTION job_insert(text, jsonb, boolean, text, regrole) IS
     'Internal: inserts a queued job that will run as queued_by.';
 COMMENT ON FUNCTION job_start(bigint, bigint, bigint) IS
     'Internal: marks a job running for the first time and fixes its bounds.';
-COMMENT ON FUNCTION job_resume(bigint) IS 'Internal: marks a stopped or interrupted job running again.';
+COMMENT ON FUNCTION job_resume(bigint) IS 'Internal: marks a stopped or interrupted job (or part, and its job) running again.';
+COMMENT ON FUNCTION job_split(bigint, bigint, bigint, bigint[], bigint[]) IS
+    'Internal: starts a job split across workers: fixes its bounds and inserts its parts.';
+COMMENT ON FUNCTION job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded when no other part is left.';
+COMMENT ON FUNCTION job_stop_part(bigint) IS 'Internal: stops a part of a job that failed or was cancelled.';
 COMMENT ON FUNCTION job_finish(bigint) IS 'Internal: marks a job succeeded and returns its totals.';
-COMMENT ON FUNCTION job_fail(bigint, text) IS 'Internal: marks a queued or running job failed with its last error.';
-COMMENT ON FUNCTION job_cancel(bigint) IS 'Internal: marks a queued or running job cancelled; false when it had ended.';
+COMMENT ON FUNCTION job_fail(bigint, text) IS 'Internal: marks a queued or running job (a part: and its job) failed with its last error.';
+COMMENT ON FUNCTION job_cancel(bigint) IS 'Internal: marks a queued or running job (a part: its whole job) cancelled; false when it had ended.';
 COMMENT ON FUNCTION job_summary(bigint) IS 'Internal: a job''s state and counters in one line, for logs and notices.';

@@ -86,10 +86,19 @@ CREATE TABLE job (
     queued_by regrole NOT NULL,
     -- The schema of the four tables the job reads and writes: backfill's own, or the one
     -- attached when it was queued. (Last: an upgrade from 0.2.0 adds it there.)
-    tables_schema regnamespace NOT NULL
+    tables_schema regnamespace NOT NULL,
+    -- A job split across workers (backfill.workers_per_job) is a container: `parts` says how
+    -- many, and each part is a row of its own with `parent_id` set, the job's paths, role and
+    -- tables, its share of the id range (from its initial cursor, exclusive, to its
+    -- max_instance_id) and its own counters. The job's progress is the sum of its parts'.
+    -- (Last: an upgrade from 0.3.0 adds them there.)
+    parent_id bigint REFERENCES job ON DELETE CASCADE,
+    parts integer CHECK (parts > 1)
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');
+-- A split job's parts, for its progress, its end and the cascade of a delete.
+CREATE INDEX job_parent_id_idx ON job (parent_id);
 
 -- The application's tables jobs use instead of the ones above (backfill.attach): at most one
 -- row. Written by the extension only; readable by all.
