@@ -279,31 +279,82 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 // CALL backfill.run is a PL/pgSQL loop over the three functions below, one transaction each:
 // run_begin, then run_batch until it returns false, then run_end. Everything it decides is
 // here, so the procedure (which cannot carry a search_path of its own: procedures with SET
-// cannot COMMIT) calls only schema-qualified functions and compares nothing.
+// cannot COMMIT) calls only schema-qualified functions and compares nothing. A job a worker
+// split into parts is run part after part: the session holds one part at a time.
 
 thread_local! {
     /// The job this session ran a batch of last: the next batch of it pauses for batch_delay.
     static RAN_A_BATCH_OF: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+    /// The job this session runs (as named to run_begin) and the job row it holds: the same,
+    /// or the part of it being run.
+    static RUNNING: std::cell::Cell<Option<(i64, i64)>> = const { std::cell::Cell::new(None) };
 }
 
-/// First step of `CALL backfill.run`: takes the job for this session and marks it running.
-/// True when there are batches to run; otherwise a NOTICE says why not.
+/// The job row this session runs for `job_id`.
+fn held_for(job_id: i64) -> i64 {
+    match RUNNING.get() {
+        Some((job, held)) if job == job_id => held,
+        _ => job_id,
+    }
+}
+
+/// First step of `CALL backfill.run`: takes the job (or the first part of it left) for this
+/// session and marks it running. True when there are batches to run; otherwise a NOTICE says
+/// why not.
 #[pg_extern(volatile)]
 fn run_begin(job_id: Option<i64>) -> bool {
     let job_id = required(job_id, "backfill.run", "job_id");
     queue::check_acts_for(job_id, "run");
     RAN_A_BATCH_OF.set(None);
-    match engine::begin(job_id, true, Runner::SESSION) {
-        Begin::Started => true,
+    RUNNING.set(None);
+    let parts = queue::unfinished_parts(job_id);
+    if parts.is_empty() {
+        return begin_for_session(job_id, job_id, true);
+    }
+    if begin_next_part(job_id, &parts) {
+        return true;
+    }
+    notice!("backfill job {job_id}: no part of it is left to run");
+    false
+}
+
+/// Takes the first of `parts` that can run; false when none can.
+fn begin_next_part(job_id: i64, parts: &[i64]) -> bool {
+    parts
+        .iter()
+        .any(|&part| begin_for_session(job_id, part, false))
+}
+
+/// Takes `held` (the job, or a part of it) for this session; false, after a NOTICE when
+/// `say_why`, when there is nothing to run.
+fn begin_for_session(job_id: i64, held: i64, say_why: bool) -> bool {
+    match engine::begin(held, true, Runner::SESSION) {
+        Begin::Started => {
+            RUNNING.set(Some((job_id, held)));
+            true
+        }
         Begin::NotRunnable(state) => {
-            notice!("backfill job {job_id} is {state}: nothing to run");
+            if say_why {
+                notice!("backfill job {held} is {state}: nothing to run");
+            }
+            false
+        }
+        Begin::Split(parts) => {
+            if say_why {
+                notice!("backfill job {held} is split into {parts} parts: none is left to run");
+            }
             false
         }
         Begin::Busy(pid) => {
             let who = pid.map_or("another session".to_owned(), |p| format!("process {p}"));
+            let what = if held == job_id {
+                format!("backfill job {job_id}")
+            } else {
+                format!("backfill job {held} (a part of job {job_id})")
+            };
             error::raise(
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-                format!("backfill job {job_id} is being run by {who}"),
+                format!("{what} is being run by {who}"),
                 format!(
                     "Wait for it with SELECT backfill.wait({job_id}), or stop it with SELECT backfill.cancel({job_id})."
                 ),
@@ -313,7 +364,8 @@ fn run_begin(job_id: Option<i64>) -> bool {
 }
 
 /// One batch of a job this session runs (see `run_begin`), in the caller's transaction, after
-/// the backfill.batch_delay pause when it is not the first. True while there is more.
+/// the backfill.batch_delay pause when it is not the first. True while there is more; a part
+/// that succeeded is followed by the job's next part.
 #[pg_extern(volatile)]
 fn run_batch(job_id: Option<i64>) -> bool {
     let job_id = required(job_id, "backfill.run", "job_id");
@@ -321,10 +373,15 @@ fn run_batch(job_id: Option<i64>) -> bool {
         wake::sleep(settings::batch_delay());
     }
     RAN_A_BATCH_OF.set(Some(job_id));
-    match engine::run_batch(job_id, Runner::SESSION) {
+    let held = held_for(job_id);
+    match engine::run_batch(held, Runner::SESSION) {
         Batch::More => true,
         // A session waits for the job row; it is never skipped.
         Batch::Busy => true,
+        Batch::Finished(state) if held != job_id && state == "succeeded" => {
+            engine::end(held);
+            begin_next_part(job_id, &queue::unfinished_parts(job_id))
+        }
         Batch::Finished(_) => false,
     }
 }
@@ -334,9 +391,11 @@ fn run_batch(job_id: Option<i64>) -> bool {
 fn run_end(job_id: Option<i64>) {
     let job_id = required(job_id, "backfill.run", "job_id");
     // After run_begin found nothing to run, its NOTICE said so: no summary.
-    let ran = queue::holds_claim(job_id);
-    engine::end(job_id);
+    let held = held_for(job_id);
+    let ran = RUNNING.get().is_some_and(|(job, _)| job == job_id);
+    engine::end(held);
     RAN_A_BATCH_OF.set(None);
+    RUNNING.set(None);
     if !ran {
         return;
     }

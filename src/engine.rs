@@ -41,6 +41,10 @@ struct Job {
     /// The schema of the tables the job reads and writes (backfill's own, or the one that was
     /// attached when it was queued).
     tables_schema: Oid,
+    /// A part of a split job: the job, and its state (a part stops when its job has).
+    parent: Option<(i64, String)>,
+    /// A split job: how many parts it has (it runs nothing itself).
+    parts: Option<i32>,
     /// Where the row version read is: the batch updates exactly that one.
     tid: pg_sys::ItemPointerData,
 }
@@ -53,6 +57,9 @@ pub struct Runner {
     pub skip_locked_jobs: bool,
     /// The foreign-key fast path (ForeignKeyCheck::LockedInstances) may be used.
     pub foreign_key_fast_path: bool,
+    /// Into how many parts a job that starts may be split (1: never), for other runners to
+    /// run at the same time.
+    pub split_into: usize,
 }
 
 impl Runner {
@@ -60,6 +67,7 @@ impl Runner {
     pub const SESSION: Runner = Runner {
         skip_locked_jobs: false,
         foreign_key_fast_path: false,
+        split_into: 1,
     };
 }
 
@@ -93,6 +101,19 @@ thread_local! {
 }
 
 impl Job {
+    /// "job 7", or "job 9 (a part of job 7)", for log lines.
+    fn label(&self) -> String {
+        match &self.parent {
+            Some((parent, _)) => format!("job {} (a part of job {parent})", self.id),
+            None => format!("job {}", self.id),
+        }
+    }
+
+    /// The job users see: the job itself, or the job a part belongs to.
+    fn root(&self) -> i64 {
+        self.parent.as_ref().map_or(self.id, |(parent, _)| *parent)
+    }
+
     /// Reads and row-locks the job: a `cancel` waits for the batch in flight, and the batch
     /// sees any cancel committed before it.
     fn lock(id: i64, runner: Runner) -> Lookup {
@@ -109,6 +130,8 @@ impl Job {
                 processed: row.get(7)?.unwrap_or(0),
                 role: row.get(10)?.unwrap_or(Oid::INVALID),
                 tables_schema: row.get(11)?.unwrap_or(Oid::INVALID),
+                parent: row.get::<i64>(12)?.zip(row.get::<String>(14)?),
+                parts: row.get(13)?,
                 tid: row.get(9)?.expect("ctid is never null"),
             }))
         };
@@ -155,6 +178,9 @@ pub enum Begin {
     NotRunnable(String),
     /// Another process runs it.
     Busy(Option<i32>),
+    /// The job is split into this many parts, each a job row of its own to begin (it was split
+    /// just now, or before).
+    Split(i32),
 }
 
 /// Takes a job for this process and marks it running. A job that starts for the first time
@@ -191,6 +217,15 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     if !runnable {
         return Begin::NotRunnable(job.state);
     }
+    if let Some(parts) = job.parts {
+        return Begin::Split(parts);
+    }
+    if let Some((parent, parent_state)) = &job.parent {
+        if !resume_stopped && !matches!(parent_state.as_str(), "queued" | "running") {
+            stop_part(job_id, *parent, parent_state);
+            return Begin::NotRunnable("cancelled".to_owned());
+        }
+    }
     if !privilege::role_exists(job.role) {
         return failed_at_start(
             job_id,
@@ -212,16 +247,8 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     if job.total.is_none() {
         // Counted as the job's role: instances it cannot see (row-level security) are not
         // part of its job.
-        let count = format!(
-            "SELECT count(*), max(id)::bigint FROM {} WHERE process_model_identifier = $1",
-            tables.sql_name("process_instance")
-        );
-        let counted = guarded(|| {
-            as_role(role, || {
-                Spi::get_two_with_args::<i64, i64>(&count, &[job.model.as_str().into()])
-            })
-        });
-        let (total, max_id) = match counted {
+        let counted = guarded(|| as_role(role, || count_instances(&job, &tables, runner)));
+        let counted = match counted {
             Ok(counted) => counted.unwrap_or_else(|e| {
                 error!("backfill: could not count instances of job {job_id}: {e}")
             }),
@@ -232,7 +259,40 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             }
             Err(failure) => failure.rethrow(),
         };
-        let total = total.unwrap_or(0);
+        let Counted { total, max_id, .. } = counted;
+        let parts = counted.parts();
+        if parts.len() > 1 {
+            let uppers: Vec<i64> = parts.iter().map(|p| p.0).collect();
+            let totals: Vec<i64> = parts.iter().map(|p| p.1).collect();
+            as_job_table_owner(|| {
+                Spi::run_with_args(
+                    "SELECT backfill.job_split($1, $2, $3, $4, $5)",
+                    &[
+                        job_id.into(),
+                        total.into(),
+                        max_id.into(),
+                        uppers.into(),
+                        totals.into(),
+                    ],
+                )
+            })
+            .unwrap_or_else(|e| error!("backfill: could not split job {job_id}: {e}"));
+            log!(
+                "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{} in schema {}, as role {}; \
+                 split into {} parts of {} instances",
+                job.model,
+                max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
+                tables.schema_sql,
+                privilege::role_name(role),
+                parts.len(),
+                parts
+                    .iter()
+                    .map(|p| p.1.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Begin::Split(parts.len() as i32);
+        }
         as_job_table_owner(|| {
             Spi::run_with_args(
                 "SELECT backfill.job_start($1, $2, $3)",
@@ -252,12 +312,26 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             Spi::run_with_args("SELECT backfill.job_resume($1)", &[job_id.into()])
         })
         .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
+        if job.parent.is_some() && job.processed == 0 {
+            log!(
+                "backfill: {} started: {} instances {}up to id {}",
+                job.label(),
+                job.total.unwrap_or(0),
+                job.cursor
+                    .map_or(String::new(), |c| format!("after id {c} ")),
+                job.max_instance_id.unwrap_or(0)
+            );
+            LAST_PROGRESS_LOG.set(Some(Instant::now()));
+            return Begin::Started;
+        }
         log!(
-            "backfill: job {job_id} resumed for model {}: keys {keys}; {} of {} instances done, cursor at {}",
+            "backfill: {} resumed for model {}: keys {keys}; {} of {} instances done, cursor at {}",
+            job.label(),
             job.model,
             job.processed,
             job.total.unwrap_or(0),
-            job.cursor.map_or("the start".to_owned(), |c| format!("instance {c}"))
+            job.cursor
+                .map_or("the start".to_owned(), |c| format!("instance {c}"))
         );
     }
     LAST_PROGRESS_LOG.set(Some(Instant::now()));
@@ -269,6 +343,89 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
 fn failed_at_start(job_id: i64, message: &str) -> Begin {
     fail_job(job_id, message);
     Begin::NotRunnable("failed".to_owned())
+}
+
+/// What a job's first start found: its instances, the greatest id, and where to split it.
+struct Counted {
+    total: i64,
+    max_id: Option<i64>,
+    /// The id at the end of each part but the last (empty: not split).
+    splits: Vec<i64>,
+}
+
+impl Counted {
+    /// Each part's last id and instance count, in id order; one part when the job is whole.
+    /// Part k of n ends at position floor(total * k / n) in id order (what count_instances
+    /// looked up), so the counts are exact and differ by at most one.
+    fn parts(&self) -> Vec<(i64, i64)> {
+        let n = self.splits.len() as i64 + 1;
+        let Some(max_id) = self.max_id else {
+            return Vec::new();
+        };
+        let end = |k: i64| self.total * k / n;
+        self.splits
+            .iter()
+            .copied()
+            .chain(std::iter::once(max_id))
+            .enumerate()
+            .map(|(k, upper)| (upper, end(k as i64 + 1) - end(k as i64)))
+            .collect()
+    }
+}
+
+/// Instances of a job (not split) or of a part get at least this many batches each.
+const MIN_BATCHES_PER_PART: i64 = 10;
+
+/// Counts the job's instances and, when the runner splits jobs and there are enough, finds
+/// the ids where its parts end, in one statement (one snapshot: the counts are exact).
+fn count_instances(
+    job: &Job,
+    tables: &Tables,
+    runner: Runner,
+) -> Result<Counted, pgrx::spi::Error> {
+    let instances = tables.sql_name("process_instance");
+    let sql = format!(
+        "WITH counted AS (
+             SELECT count(*) AS total, max(i.id)::bigint AS max_id,
+                    least($2, greatest(count(*) / $3, 1)) AS parts
+               FROM {instances} i WHERE i.process_model_identifier = $1)
+         SELECT total, max_id,
+                CASE WHEN parts > 1 THEN ARRAY(
+                    SELECT s.id FROM (SELECT i.id::bigint AS id, row_number() OVER (ORDER BY i.id) AS position
+                                        FROM {instances} i WHERE i.process_model_identifier = $1) s
+                     WHERE s.position IN (SELECT counted.total * k / counted.parts
+                                            FROM generate_series(1, counted.parts - 1) k)
+                     ORDER BY s.id) END
+           FROM counted"
+    );
+    let min_part = settings::batch_size().saturating_mul(MIN_BATCHES_PER_PART);
+    Spi::connect(|client| {
+        let row = client
+            .select(
+                &sql,
+                Some(1),
+                &[
+                    job.model.as_str().into(),
+                    (runner.split_into.max(1) as i64).into(),
+                    min_part.into(),
+                ],
+            )?
+            .first();
+        Ok(Counted {
+            total: row.get::<i64>(1)?.unwrap_or(0),
+            max_id: row.get::<i64>(2)?,
+            splits: row.get::<Vec<i64>>(3)?.unwrap_or_default(),
+        })
+    })
+}
+
+/// A part whose job failed or was cancelled stops too.
+fn stop_part(part_id: i64, job_id: i64, job_state: &str) {
+    as_job_table_owner(|| {
+        Spi::run_with_args("SELECT backfill.job_stop_part($1)", &[part_id.into()])
+    })
+    .unwrap_or_else(|e| error!("backfill: could not stop job {part_id}: {e}"));
+    log!("backfill: job {part_id} (a part of job {job_id}) stopped: job {job_id} is {job_state}");
 }
 
 /// Gives up this process's hold on the job (it stays in whatever state it is).
@@ -312,13 +469,20 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             "Nothing more is run for it.",
         ),
     };
-    if job.state != "running" {
+    if job.state != "running" || job.parts.is_some() {
         log!(
-            "backfill: job {job_id} stopped ({}) at cursor {:?}",
+            "backfill: {} stopped ({}) at cursor {:?}",
+            job.label(),
             job.state,
             job.cursor
         );
         return Batch::Finished(job.state);
+    }
+    if let Some((parent, parent_state)) = &job.parent {
+        if !matches!(parent_state.as_str(), "queued" | "running") {
+            stop_part(job_id, *parent, parent_state);
+            return Batch::Finished("cancelled".to_owned());
+        }
     }
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
@@ -374,7 +538,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     if last {
         return finish(&job);
     }
-    log_progress(job_id);
+    log_progress(job.root());
     Batch::More
 }
 
@@ -651,7 +815,8 @@ fn row_lock(skip_locked: bool) -> &'static str {
 const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances_total,
                                max_instance_id, last_instance_id, instances_processed,
                                set_config('synchronous_commit', 'off', true), ctid, queued_by,
-                               tables_schema
+                               tables_schema, parent_id, parts,
+                               (SELECT p.state FROM backfill.job p WHERE p.id = job.parent_id)
                           FROM backfill.job";
 
 /// Whether `role` may lock rows of `instances` FOR SHARE: it needs UPDATE on the table or on
@@ -913,19 +1078,41 @@ fn finish(job: &Job) -> Batch {
     })
     .unwrap_or_else(|e| error!("backfill: could not finish job {}: {e}", job.id));
     log!(
-        "backfill: job {} succeeded for model {}: {processed} instances processed, {updated} updated, \
+        "backfill: {} succeeded for model {}: {processed} instances processed, {updated} updated, \
          {errors} errors in {seconds:.1} s",
-        job.id,
+        job.label(),
         job.model
     );
+    if let Some((parent, _)) = &job.parent {
+        // In this transaction, after the part's row: the last part to end ends the job.
+        let settled = as_job_table_owner(|| {
+            Spi::get_one_with_args::<bool>("SELECT backfill.job_settle($1)", &[job.id.into()])
+        })
+        .unwrap_or_else(|e| error!("backfill: could not end job {parent}: {e}"));
+        if settled == Some(true) {
+            let summary = as_job_table_owner(|| {
+                Spi::get_one_with_args::<String>(
+                    "SELECT backfill.job_summary($1)",
+                    &[(*parent).into()],
+                )
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            log!(
+                "backfill: job {parent} {summary} (model {}, its last part ended)",
+                job.model
+            );
+        }
+    }
     Batch::Finished("succeeded".to_owned())
 }
 
 fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
     let message = failure.to_string();
     warning!(
-        "backfill: job {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
-        job.id,
+        "backfill: {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
+        job.label(),
         if attempts == 1 { "" } else { "s" },
         job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
     );
@@ -961,5 +1148,33 @@ fn log_progress(job_id: i64) {
         Ok(Some(line)) => log!("backfill: job {job_id} {line}"),
         Ok(None) => {}
         Err(e) => warning!("backfill: job {job_id}: could not read its progress: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counted;
+
+    fn parts(total: i64, max_id: Option<i64>, splits: &[i64]) -> Vec<(i64, i64)> {
+        Counted {
+            total,
+            max_id,
+            splits: splits.to_vec(),
+        }
+        .parts()
+    }
+
+    #[test]
+    fn parts_end_where_the_split_ids_are_and_count_every_instance_once() {
+        // Whole, and nothing at all.
+        assert_eq!(parts(5, Some(9), &[]), [(9, 5)]);
+        assert_eq!(parts(0, None, &[]), []);
+        // Two parts of 10: the first ends at the 5th id.
+        assert_eq!(parts(10, Some(40), &[17]), [(17, 5), (40, 5)]);
+        // Three of 7 end at positions 2, 4 and 7.
+        assert_eq!(parts(7, Some(9), &[3, 6]), [(3, 2), (6, 2), (9, 3)]);
+        let many = parts(1_000_003, Some(2_000_000), &[1, 2, 3, 4]);
+        assert_eq!(many.iter().map(|p| p.1).sum::<i64>(), 1_000_003);
+        assert!(many.iter().all(|p| p.1 == 200_000 || p.1 == 200_001));
     }
 }

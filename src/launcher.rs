@@ -115,36 +115,12 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
                 if max_workers == 0 {
                     continue;
                 }
-                let Some((slot, generation)) = wake::reserve_slot(database) else {
+                if let Err(why) = launch(database, &mut started) {
                     if !said_busy {
-                        log!(
-                            "{LAUNCHER_TYPE}: all {max_workers} workers are busy (backfill.max_workers); \
-                             database {} waits for one",
-                            database.to_u32()
-                        );
+                        why.log(database, max_workers);
                         said_busy = true;
                     }
                     waiting.push(database);
-                    continue;
-                };
-                match start_worker(slot) {
-                    Ok(handle) => started.push(Started {
-                        slot,
-                        generation,
-                        handle,
-                    }),
-                    Err(_) => {
-                        wake::release_slot(slot, generation);
-                        if !said_busy {
-                            warning!(
-                                "{LAUNCHER_TYPE}: could not start a worker: no free background worker \
-                                 process (max_worker_processes); database {} waits for one",
-                                database.to_u32()
-                            );
-                            said_busy = true;
-                        }
-                        waiting.push(database);
-                    }
                 }
             }
             if waiting.is_empty() {
@@ -152,11 +128,63 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
             }
             pending = waiting;
         }
+        // One more worker for a split job's part that none runs yet, unless one is on its way
+        // (it asks again if it finds more). With no free process the part waits for one of
+        // its job's workers to finish.
+        for database in wake::take_helper_requests() {
+            if !wake::starting_in(database) {
+                let _ = launch(database, &mut started);
+            }
+        }
         // Until a request, a worker's exit (both set the latch) or the naptime.
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
     wake::launcher_gone();
     log!("{LAUNCHER_TYPE} exiting on shutdown request");
+}
+
+/// Why no worker could be started.
+enum NoWorker {
+    /// backfill.max_workers are running.
+    AllBusy,
+    /// The postmaster has no free background worker process.
+    NoProcess,
+}
+
+impl NoWorker {
+    fn log(&self, database: pg_sys::Oid, max_workers: usize) {
+        match self {
+            NoWorker::AllBusy => log!(
+                "{LAUNCHER_TYPE}: all {max_workers} workers are busy (backfill.max_workers); \
+                 database {} waits for one",
+                database.to_u32()
+            ),
+            NoWorker::NoProcess => warning!(
+                "{LAUNCHER_TYPE}: could not start a worker: no free background worker \
+                 process (max_worker_processes); database {} waits for one",
+                database.to_u32()
+            ),
+        }
+    }
+}
+
+/// Starts a worker for `database` in a free slot.
+fn launch(database: pg_sys::Oid, started: &mut Vec<Started>) -> Result<(), NoWorker> {
+    let (slot, generation) = wake::reserve_slot(database).ok_or(NoWorker::AllBusy)?;
+    match start_worker(slot) {
+        Ok(handle) => {
+            started.push(Started {
+                slot,
+                generation,
+                handle,
+            });
+            Ok(())
+        }
+        Err(_) => {
+            wake::release_slot(slot, generation);
+            Err(NoWorker::NoProcess)
+        }
+    }
 }
 
 fn start_worker(

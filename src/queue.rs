@@ -175,6 +175,17 @@ pub fn no_such_job(job_id: i64) -> ! {
     invalid_parameter(&format!("backfill job {job_id} does not exist"))
 }
 
+/// The parts of a split job that have not succeeded, in id order (none for a job that is not
+/// split).
+pub fn unfinished_parts(job_id: i64) -> Vec<i64> {
+    as_job_table_owner(|| {
+        crate::query::ids(
+            "SELECT id FROM backfill.job WHERE parent_id = $1 AND state <> 'succeeded' ORDER BY id",
+            &[job_id.into()],
+        )
+    })
+}
+
 /// The job's state, or `None` when there is no such job.
 pub fn state_of(job_id: i64) -> Option<String> {
     optional_value::<String>(
@@ -244,6 +255,25 @@ pub fn claim(job_id: i64) -> Claim {
     }
     CLAIMED.set(Some((job_id, tag)));
     Claim::Acquired
+}
+
+/// Whether no process holds the run lock of `job_id` right now (it is taken and let go).
+pub fn is_free(job_id: i64) -> bool {
+    if holds_claim(job_id) {
+        return false;
+    }
+    let tag = run_lock_tag(job_id);
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: a session lock on an advisory tag, without waiting, released at once.
+    unsafe {
+        if pg_sys::LockAcquire(&tag, mode, true, true)
+            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        {
+            return false;
+        }
+        pg_sys::LockRelease(&tag, mode, true);
+    }
+    true
 }
 
 pub fn release_claim(job_id: i64) {

@@ -15,6 +15,7 @@ pub enum ValueFormatSetting {
 
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static WORKERS_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// The most workers there can be: the slots in shared memory.
 pub const WORKER_SLOTS: usize = 64;
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -54,6 +55,20 @@ pub fn init() {
             GucFlags::default(),
         );
     }
+    GucRegistry::define_int_guc(
+        c"backfill.workers_per_job",
+        c"Most workers one job's instances are split across.",
+        c"When a worker starts a job, it splits the job's id range into up to this many parts \
+          of equal instance counts, each with its own cursor and counters, and has the launcher \
+          start workers for the others. A part gets at least 10 batches: a job smaller than 20 \
+          batches stays whole. Read when a job starts (a job already split keeps its parts); \
+          bounded by backfill.max_workers. 1: every job runs in one worker.",
+        &WORKERS_PER_JOB,
+        1,
+        WORKER_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"backfill.batch_size",
         c"Process instances per batch; each batch commits on its own.",
@@ -135,6 +150,11 @@ pub fn enabled() -> bool {
 
 pub fn max_workers() -> usize {
     MAX_WORKERS.get().max(0) as usize
+}
+
+/// How many parts a job starting now may be split into (never more than there are workers).
+pub fn workers_per_job() -> usize {
+    (WORKERS_PER_JOB.get().max(1) as usize).min(max_workers().max(1))
 }
 
 pub fn batch_size() -> i64 {

@@ -39,6 +39,8 @@ struct Slot {
     latch: AtomicU64,
     /// Changes at each reservation, so a late release of an earlier use cannot free it.
     generation: AtomicU32,
+    /// Set by the worker when a part of its job has no worker yet: the launcher starts one.
+    wants_helper: AtomicBool,
 }
 
 pub struct Registry {
@@ -167,7 +169,8 @@ pub enum Serving {
     No,
 }
 
-/// Whether `database` has a worker that will see a job committed now; wakes it.
+/// Whether `database` has a worker that will see a job committed now; wakes its workers
+/// (any of them may be the one with nothing to do).
 pub fn served(database: pg_sys::Oid) -> Serving {
     let mut found = Serving::No;
     for slot in &REGISTRY.get().workers {
@@ -177,14 +180,36 @@ pub fn served(database: pg_sys::Oid) -> Serving {
         match slot.state.load(Ordering::SeqCst) {
             SERVING => {
                 set_latch(slot.latch.load(Ordering::SeqCst));
-                return Serving::Yes;
+                found = Serving::Yes;
             }
-            STARTING => return Serving::Yes,
-            LEAVING => found = Serving::Leaving,
+            STARTING => found = Serving::Yes,
+            LEAVING if !matches!(found, Serving::Yes) => found = Serving::Leaving,
             _ => {}
         }
     }
     found
+}
+
+/// Whether a worker for `database` is starting (it will look for work once connected).
+pub fn starting_in(database: pg_sys::Oid) -> bool {
+    REGISTRY.get().workers.iter().any(|slot| {
+        slot.database.load(Ordering::SeqCst) == database.to_u32()
+            && slot.state.load(Ordering::SeqCst) == STARTING
+    })
+}
+
+/// The databases whose workers asked for a helper since the last call (once per request).
+pub fn take_helper_requests() -> Vec<pg_sys::Oid> {
+    let mut databases: Vec<pg_sys::Oid> = REGISTRY
+        .get()
+        .workers
+        .iter()
+        .filter(|slot| slot.wants_helper.swap(false, Ordering::SeqCst))
+        .map(|slot| pg_sys::Oid::from(slot.database.load(Ordering::SeqCst)))
+        .filter(|db| *db != pg_sys::Oid::INVALID)
+        .collect();
+    databases.sort_unstable_by_key(|db| db.to_u32());
+    databases
 }
 
 /// Workers running or starting.
@@ -216,6 +241,7 @@ pub fn reserve_slot(database: pg_sys::Oid) -> Option<(usize, u32)> {
                 .wrapping_add(1);
             slot.pid.store(0, Ordering::SeqCst);
             slot.latch.store(0, Ordering::SeqCst);
+            slot.wants_helper.store(false, Ordering::SeqCst);
             slot.database.store(database.to_u32(), Ordering::SeqCst);
             return Some((index, generation));
         }
@@ -258,6 +284,16 @@ pub fn worker_serving(index: usize, pid: i32) {
     slot.latch.store(my_latch(), Ordering::SeqCst);
     slot.pid.store(pid, Ordering::SeqCst);
     slot.state.store(SERVING, Ordering::SeqCst);
+}
+
+/// The worker of slot `index` runs a part of a split job whose other parts no one runs yet:
+/// asks the launcher for one more worker in its database.
+pub fn ask_for_helper(index: usize) {
+    let registry = REGISTRY.get();
+    registry.workers[index]
+        .wants_helper
+        .store(true, Ordering::SeqCst);
+    set_latch(registry.launcher_latch.load(Ordering::SeqCst));
 }
 
 /// The worker of slot `index` is about to exit: from now on an enqueue asks the launcher,

@@ -7,6 +7,7 @@
 
 use crate::engine::{self, Batch, Begin, Runner};
 use crate::query;
+use crate::queue;
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
 use crate::wake::{self, WORKER_TYPE as BACKEND_TYPE};
@@ -74,7 +75,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
                 continue;
             }
         }
-        match drain_one_job(&mut trouble) {
+        match drain_one_job(slot, &mut trouble) {
             Drained::Ran => {
                 trouble.clear();
                 idle_since = None;
@@ -140,12 +141,16 @@ fn unfinished_jobs() -> bool {
 const LOCK_WAIT: &CStr = c"10s";
 
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
-/// cancel) instead of waiting, and may use the foreign-key fast path. (Its lock waits are
-/// bounded by `guarded`, for every transaction.)
-const WORKER: Runner = Runner {
-    skip_locked_jobs: true,
-    foreign_key_fast_path: true,
-};
+/// cancel) instead of waiting, may use the foreign-key fast path, and splits a job that starts
+/// across backfill.workers_per_job workers. (Its lock waits are bounded by `guarded`, for
+/// every transaction.)
+fn worker_runner() -> Runner {
+    Runner {
+        skip_locked_jobs: true,
+        foreign_key_fast_path: true,
+        split_into: settings::workers_per_job(),
+    }
+}
 
 /// A lock wait of at most `timeout` for this transaction unless lock_timeout is configured: a
 /// batch stuck behind someone's lock fails, is retried, and after the last attempt fails the
@@ -249,10 +254,16 @@ enum Drained {
 /// before it is marked failed.
 const JOB_ATTEMPTS: u32 = 3;
 
-/// Runs the oldest runnable job to its end (or until shutdown).
-fn drain_one_job(trouble: &mut Trouble) -> Drained {
+/// Runs the oldest runnable job (or part of a split job) to its end (or until shutdown).
+fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
     let job_id = match guarded(claim_next_job) {
-        Ok(Some(job_id)) => job_id,
+        Ok(Some(Claimed { job_id, parts_left })) => {
+            // After the commit: the split and the part's start are visible to the helper.
+            if parts_left {
+                wake::ask_for_helper(slot);
+            }
+            job_id
+        }
         Ok(None) => return Drained::Idle,
         Err(failure) => {
             trouble.wait_after(&failure, "looking for a job");
@@ -269,7 +280,7 @@ fn drain_one_job(trouble: &mut Trouble) -> Drained {
         }
         reload_config_if_asked();
         let started = Instant::now();
-        match guarded(|| engine::run_batch(job_id, WORKER)) {
+        match guarded(|| engine::run_batch(job_id, worker_runner())) {
             Ok(Batch::More) => {
                 failures = 0;
                 wake::sleep(settings::batch_delay() + throttle.pause(started.elapsed()));
@@ -345,12 +356,53 @@ fn release(job_id: i64) {
     engine::end(job_id);
 }
 
-/// The oldest queued or running job that no one else runs, now held by this process.
-fn claim_next_job() -> Option<i64> {
+/// A job this process now holds.
+struct Claimed {
+    job_id: i64,
+    /// It is a part of a split job, and another part has no runner yet.
+    parts_left: bool,
+}
+
+/// The oldest queued or running job that no one else runs, now held by this process. A
+/// split job's parts come where the job does, in id order; a job split just now is looked at
+/// again for its first part.
+fn claim_next_job() -> Option<Claimed> {
+    let runner = worker_runner();
+    let mut looked_again = false;
+    'look: loop {
+        let unfinished = query::ids(
+            "SELECT id FROM backfill.job
+              WHERE state IN ('queued', 'running') AND parts IS NULL
+              ORDER BY coalesce(parent_id, id), id",
+            &[],
+        );
+        for job_id in unfinished {
+            match engine::begin(job_id, false, runner) {
+                Begin::Started => {
+                    return Some(Claimed {
+                        job_id,
+                        parts_left: other_parts_free(job_id),
+                    })
+                }
+                Begin::Split(_) if !looked_again => {
+                    looked_again = true;
+                    continue 'look;
+                }
+                _ => {}
+            }
+        }
+        return None;
+    }
+}
+
+/// Whether `job_id` is a part of a job whose other unfinished parts no process holds.
+fn other_parts_free(job_id: i64) -> bool {
     query::ids(
-        "SELECT id FROM backfill.job WHERE state IN ('queued', 'running') ORDER BY id",
-        &[],
+        "SELECT part.id FROM backfill.job part
+           JOIN backfill.job this ON this.parent_id = part.parent_id
+          WHERE this.id = $1 AND part.id <> $1 AND part.state IN ('queued', 'running')",
+        &[job_id.into()],
     )
     .into_iter()
-    .find(|&id| engine::begin(id, false, WORKER) == Begin::Started)
+    .any(queue::is_free)
 }
