@@ -1,9 +1,9 @@
 //! `ALTER EXTENSION backfill UPDATE` from every earlier release keeps data, queued jobs and
 //! jobs in progress, and leaves the same objects as a fresh install.
 //!
-//! The install script of 0.1.0 is frozen in tests/upgrade/ and copied next to the current
-//! one by scripts/test; the library is the current one (it keeps every C symbol 0.1.0's
-//! script names).
+//! The install scripts of 0.1.0, 0.2.0 and 0.3.0 are frozen in tests/upgrade/ and copied next
+//! to the current one by scripts/test; the library is the current one (it keeps every C
+//! symbol their scripts name).
 
 mod common;
 
@@ -60,13 +60,16 @@ fn describe(db: &mut Client) -> BTreeSet<String> {
 
 /// What an earlier release left behind: data, a queued job, and a job stopped half-way with
 /// its rows and cursor committed (as a crash or a stopped worker would leave it). Releases
-/// from 0.2.0 on record the role a job runs as.
-fn old_data(db: &mut Client, with_queued_by: bool) -> i64 {
+/// from 0.2.0 on record the role a job runs as, from 0.3.0 on its tables.
+fn old_data(db: &mut Client, release: (u32, u32)) -> i64 {
     db.batch_execute(&bulk_sql(2_000)).unwrap();
-    let (role_column, role) = if with_queued_by {
-        (", queued_by", ", 'postgres'")
-    } else {
-        ("", "")
+    let (role_column, role) = match release {
+        (0, 1) => ("", ""),
+        (0, 2) => (", queued_by", ", 'postgres'"),
+        _ => (
+            ", queued_by, tables_schema",
+            ", 'postgres', 'backfill'::regnamespace",
+        ),
     };
     db.batch_execute(&format!(
         "INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin{role_column})
@@ -164,7 +167,7 @@ fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
     db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.1.0'")
         .unwrap();
     assert_eq!(version(&mut db), "0.1.0");
-    let rows_before = old_data(&mut db, false);
+    let rows_before = old_data(&mut db, (0, 1));
 
     db.batch_execute("ALTER EXTENSION backfill UPDATE TO '0.2.0'")
         .unwrap();
@@ -189,8 +192,29 @@ fn update_from_0_2_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
     db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.2.0'")
         .unwrap();
     assert_eq!(version(&mut db), "0.2.0");
-    let rows_before = old_data(&mut db, true);
+    let rows_before = old_data(&mut db, (0, 2));
     db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
     assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+#[test]
+fn update_from_0_3_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
+    let cluster = Cluster::start("upgrade-0.3", &["backfill.max_workers = 0"]);
+    let mut db = cluster.create_db("old");
+    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.3.0'")
+        .unwrap();
+    assert_eq!(version(&mut db), "0.3.0");
+    let rows_before = old_data(&mut db, (0, 3));
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    // Jobs of 0.3.0 are whole jobs: no parts, and the progress view shows them as before.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.progress WHERE parts IS NULL"
+        ),
+        2
+    );
     jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
 }

@@ -205,6 +205,22 @@ impl Cluster {
         self.connect_as("postgres", db)
     }
 
+    /// kill -9 of a server process, then waits until the postmaster has reset every
+    /// connection and is ready again after crash recovery (a connection made before the reset
+    /// would be cut by it).
+    pub fn kill_9(&self, pid: i32) {
+        const READY: &str = "database system is ready to accept connections";
+        let ready_before = self.log().matches(READY).count();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -9 {pid}");
+        wait_for("the server to recover", Duration::from_secs(60), || {
+            (self.log().matches(READY).count() > ready_before).then_some(())
+        });
+    }
+
     /// A connection to `db` as role `user` (trust authentication).
     pub fn connect_as(&self, user: &str, db: &str) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -383,7 +399,10 @@ pub fn add_path(db: &mut Client, model: &str, key: &str, path: &str) -> i64 {
         &[&model, &element],
     )
     .unwrap();
-    one_i64(db, "SELECT max(id) FROM backfill.job")
+    one_i64(
+        db,
+        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+    )
 }
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout`.
