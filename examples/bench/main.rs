@@ -323,10 +323,12 @@ fn run_d(port: u16, synchronous_commit: bool) -> f64 {
 /// Sets backfill.workers_per_job for the workers started from now on, and waits until a new
 /// process sees it (workers are forked by the postmaster once it has reloaded).
 pub fn set_workers_per_job(db: &mut Client, port: u16, workers: u32) {
+    // Each on its own: ALTER SYSTEM cannot run in a multi-statement query's transaction.
     db.batch_execute(&format!(
-        "ALTER SYSTEM SET backfill.workers_per_job = {workers}; SELECT pg_reload_conf()"
+        "ALTER SYSTEM SET backfill.workers_per_job = {workers}"
     ))
     .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let shown: String = connect(port)
