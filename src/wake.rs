@@ -41,6 +41,8 @@ struct Slot {
     generation: AtomicU32,
     /// Set by the worker when a part of its job has no worker yet: the launcher starts one.
     wants_helper: AtomicBool,
+    /// Set while the worker runs a job (for the throttles of all workers).
+    running_job: AtomicBool,
 }
 
 pub struct Registry {
@@ -242,6 +244,7 @@ pub fn reserve_slot(database: pg_sys::Oid) -> Option<(usize, u32)> {
             slot.pid.store(0, Ordering::SeqCst);
             slot.latch.store(0, Ordering::SeqCst);
             slot.wants_helper.store(false, Ordering::SeqCst);
+            slot.running_job.store(false, Ordering::SeqCst);
             slot.database.store(database.to_u32(), Ordering::SeqCst);
             return Some((index, generation));
         }
@@ -294,6 +297,25 @@ pub fn ask_for_helper(index: usize) {
         .wants_helper
         .store(true, Ordering::SeqCst);
     set_latch(registry.launcher_latch.load(Ordering::SeqCst));
+}
+
+/// Whether the worker of slot `index` runs a job now.
+pub fn running_job(index: usize, running: bool) {
+    REGISTRY.get().workers[index]
+        .running_job
+        .store(running, Ordering::SeqCst);
+}
+
+/// Workers running a job right now, in any database.
+pub fn workers_running_jobs() -> usize {
+    REGISTRY
+        .get()
+        .workers
+        .iter()
+        .filter(|slot| {
+            slot.state.load(Ordering::SeqCst) != FREE && slot.running_job.load(Ordering::SeqCst)
+        })
+        .count()
 }
 
 /// The worker of slot `index` is about to exit: from now on an enqueue asks the launcher,

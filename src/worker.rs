@@ -262,6 +262,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             if parts_left {
                 wake::ask_for_helper(slot);
             }
+            wake::running_job(slot, true);
             job_id
         }
         Ok(None) => return Drained::Idle,
@@ -275,7 +276,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
     loop {
         if wake::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
-            release(job_id);
+            release(slot, job_id);
             return Drained::Ran;
         }
         reload_config_if_asked();
@@ -288,11 +289,11 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
                 // go first, and this one is looked at again later.
-                release(job_id);
+                release(slot, job_id);
                 return Drained::Ran;
             }
             Ok(Batch::Finished(_)) => {
-                release(job_id);
+                release(slot, job_id);
                 return Drained::Ran;
             }
             Err(failure) => {
@@ -306,7 +307,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
                         warning!("{BACKEND_TYPE}: could not mark job {job_id} failed: {again}");
                         trouble.wait_after(&again, "marking a job failed");
                     }
-                    release(job_id);
+                    release(slot, job_id);
                     return Drained::Ran;
                 }
                 let delay = Duration::from_secs(1) * (1 << (failures - 1));
@@ -322,9 +323,12 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
 }
 
 /// The adaptive throttle (backfill.adaptive_throttle): a pause after each batch in proportion
-/// to the batch's time and to how busy the server's other client sessions are, smoothed over
-/// the last batches. On a server with nothing else to do the worker runs flat out; while the
-/// application keeps every CPU busy the worker takes at most half of one.
+/// to the batch's time, to how busy the server's other client sessions are (smoothed over the
+/// last batches) and to how many backfill workers run jobs. On a server with nothing else to
+/// do the workers run flat out; while the application keeps every CPU busy, all of them
+/// together take about a quarter of one (n workers each pause 4n - 1 times their batch's
+/// time), so a job split across workers weighs on the application no more than one worker
+/// does.
 struct Throttle {
     /// Busy sessions, smoothed.
     load: f64,
@@ -347,13 +351,15 @@ impl Throttle {
             return Duration::ZERO;
         }
         self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
-        batch.mul_f64((self.load / self.cpus).min(1.0))
+        let workers = wake::workers_running_jobs().max(1) as f64;
+        batch.mul_f64((self.load / self.cpus).min(1.0) * (4.0 * workers - 1.0))
     }
 }
 
 /// Lets go of a job: its run lock is released directly (no SQL), outside any transaction.
-fn release(job_id: i64) {
+fn release(slot: usize, job_id: i64) {
     engine::end(job_id);
+    wake::running_job(slot, false);
 }
 
 /// A job this process now holds.
