@@ -97,9 +97,9 @@ pub fn init() {
         c"Whether a worker pauses between batches while the application is busy.",
         c"After each batch a worker pauses for as long as the batch took, times the share of the \
           server's CPUs that other client sessions were busy on (0 when the server is idle, 1 \
-          when every CPU has a busy session), times 2n - 1 when n workers run jobs, on top of \
+          when every CPU has a busy session), times 4n - 1 when n workers run jobs, on top of \
           backfill.batch_delay: while the application keeps every CPU busy, all workers \
-          together take about half a CPU. It keeps the application's latency close to what it \
+          together run about a quarter of the time. It keeps the application's latency close to what it \
           is without a backfill; off runs batches back to back.",
         &ADAPTIVE_THROTTLE,
         GucContext::Sighup,
