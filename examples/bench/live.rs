@@ -3,8 +3,9 @@
 //! when absent, commit) on random instances of the benchmark's model, first alone, then while
 //! backfill jobs run one after another (each fills a new key for every instance of the model),
 //! in one worker each (backfill.workers_per_job = 1), split across two (2, the default), and
-//! split across two without the adaptive throttle. Reported: the saves' p50 and p99 latency
-//! in each phase.
+//! split across two without the adaptive throttle, and alone again (how far the machine and
+//! the grown table moved the baseline). Reported: the saves' p50 and p99 latency in each
+//! phase; the target is taken against the first phase alone.
 
 use crate::{connect, progress, set_workers_per_job, MODEL};
 use postgres::Client;
@@ -32,6 +33,9 @@ pub struct Report {
     /// During jobs split across two workers with backfill.adaptive_throttle = off.
     pub unthrottled: Phase,
     pub unthrottled_jobs: usize,
+    /// Alone again at the end: how far the machine drifted meanwhile (the target is taken
+    /// against the first).
+    pub alone_after: Phase,
 }
 
 /// One SpiffWorkflow save of instance `id`.
@@ -159,6 +163,13 @@ pub fn run(db: &mut Client, port: u16, seconds: u64) -> Report {
     let (unthrottled, unthrottled_jobs) =
         measure(port, &ids, || backfill_for(port, seconds, "unthrottled"));
     set_throttle(port, true);
+    progress(&format!(
+        "live load: alone again for {seconds} s, to see how far the machine drifted"
+    ));
+    let (alone_after, _) = measure(port, &ids, || {
+        thread::sleep(Duration::from_secs(seconds));
+        0
+    });
     Report {
         alone,
         one_worker,
@@ -167,6 +178,7 @@ pub fn run(db: &mut Client, port: u16, seconds: u64) -> Report {
         jobs,
         unthrottled,
         unthrottled_jobs,
+        alone_after,
     }
 }
 
@@ -229,6 +241,7 @@ pub fn print(report: &Report) {
         ("workers_per_job 1", &report.one_worker),
         ("workers_per_job 2", &report.during),
         ("2, unthrottled", &report.unthrottled),
+        ("alone again", &report.alone_after),
     ] {
         println!(
             "  {label:<18} {:>7} saves   p50 {:>6.2} ms   p99 {:>6.2} ms   p99 / alone {:.2}",
