@@ -20,6 +20,9 @@ pub struct Phase {
     pub saves: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// What the clients' statements were doing when sampled (wait event, or CPU), with the
+    /// share of samples, most frequent first.
+    pub waits: Vec<(String, f64)>,
 }
 
 pub struct Report {
@@ -81,6 +84,7 @@ fn clients(
             let (ids, stop) = (Arc::clone(&ids), Arc::clone(&stop));
             thread::spawn(move || {
                 let mut db = connect(port);
+                db.batch_execute("SET application_name = 'live'").unwrap();
                 let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ (c as u64 + 1);
                 let mut latencies = Vec::new();
                 let mut n = 0;
@@ -108,23 +112,55 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn phase(latencies: Vec<Vec<f64>>) -> Phase {
+fn phase(latencies: Vec<Vec<f64>>, waits: Vec<(String, f64)>) -> Phase {
     let mut all: Vec<f64> = latencies.into_iter().flatten().collect();
     all.sort_by(f64::total_cmp);
     Phase {
         saves: all.len(),
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
+        waits,
     }
+}
+
+/// Samples, every 5 ms until `stop`, what the clients' running statements wait for (the
+/// wait event, or "CPU" when none); each label's share of the samples.
+fn sample_waits(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(String, f64)>> {
+    thread::spawn(move || {
+        let mut db = connect(port);
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        let mut samples = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for row in db
+                .query(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                       FROM pg_stat_activity WHERE application_name = 'live' AND state = 'active'",
+                    &[],
+                )
+                .unwrap()
+            {
+                *counts.entry(row.get(0)).or_default() += 1;
+                samples += 1;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let mut shares: Vec<(String, f64)> = counts
+            .into_iter()
+            .map(|(label, n)| (label, n as f64 / samples.max(1) as f64))
+            .collect();
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+        shares
+    })
 }
 
 fn measure(port: u16, ids: &Arc<Vec<i64>>, during: impl FnOnce() -> usize) -> (Phase, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = clients(port, Arc::clone(ids), Arc::clone(&stop));
+    let sampler = sample_waits(port, Arc::clone(&stop));
     let jobs = during();
     stop.store(true, Ordering::Relaxed);
     let latencies = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    (phase(latencies), jobs)
+    (phase(latencies, sampler.join().unwrap()), jobs)
 }
 
 pub fn run(db: &mut Client, port: u16, seconds: u64) -> Report {
@@ -244,11 +280,18 @@ pub fn print(report: &Report) {
         ("alone again", &report.alone_after),
     ] {
         println!(
-            "  {label:<18} {:>7} saves   p50 {:>6.2} ms   p99 {:>6.2} ms   p99 / alone {:.2}",
+            "  {label:<18} {:>7} saves   p50 {:>6.2} ms   p99 {:>6.2} ms   p99 / alone {:.2}   statements: {}",
             phase.saves,
             phase.p50_ms,
             phase.p99_ms,
-            phase.p99_ms / report.alone.p99_ms
+            phase.p99_ms / report.alone.p99_ms,
+            phase
+                .waits
+                .iter()
+                .take(4)
+                .map(|(label, share)| format!("{label} {:.0}%", share * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let ratio = report.during.p99_ms / report.alone.p99_ms;
