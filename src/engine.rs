@@ -109,6 +109,25 @@ impl Job {
         }
     }
 
+    /// A part whose job failed or was cancelled stops too: true when this one was, just now.
+    fn stopped_with_its_job(&self) -> bool {
+        let Some((parent, state)) = &self.parent else {
+            return false;
+        };
+        if matches!(state.as_str(), "queued" | "running") {
+            return false;
+        }
+        as_job_table_owner(|| {
+            Spi::run_with_args("SELECT backfill.job_stop_part($1)", &[self.id.into()])
+        })
+        .unwrap_or_else(|e| error!("backfill: could not stop job {}: {e}", self.id));
+        log!(
+            "backfill: {} stopped: job {parent} is {state}",
+            self.label()
+        );
+        true
+    }
+
     /// The job users see: the job itself, or the job a part belongs to.
     fn root(&self) -> i64 {
         self.parent.as_ref().map_or(self.id, |(parent, _)| *parent)
@@ -220,11 +239,8 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     if let Some(parts) = job.parts {
         return Begin::Split(parts);
     }
-    if let Some((parent, parent_state)) = &job.parent {
-        if !resume_stopped && !matches!(parent_state.as_str(), "queued" | "running") {
-            stop_part(job_id, *parent, parent_state);
-            return Begin::NotRunnable("cancelled".to_owned());
-        }
+    if !resume_stopped && job.stopped_with_its_job() {
+        return Begin::NotRunnable("cancelled".to_owned());
     }
     if !privilege::role_exists(job.role) {
         return failed_at_start(
@@ -261,6 +277,13 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         };
         let Counted { total, max_id, .. } = counted;
         let parts = counted.parts();
+        let started = format!(
+            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{} in schema {}, as role {}",
+            job.model,
+            max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
+            tables.schema_sql,
+            privilege::role_name(role)
+        );
         if parts.len() > 1 {
             let uppers: Vec<i64> = parts.iter().map(|p| p.0).collect();
             let totals: Vec<i64> = parts.iter().map(|p| p.1).collect();
@@ -278,12 +301,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             })
             .unwrap_or_else(|e| error!("backfill: could not split job {job_id}: {e}"));
             log!(
-                "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{} in schema {}, as role {}; \
-                 split into {} parts of {} instances",
-                job.model,
-                max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
-                tables.schema_sql,
-                privilege::role_name(role),
+                "{started}; split into {} parts of {} instances",
                 parts.len(),
                 parts
                     .iter()
@@ -300,13 +318,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             )
         })
         .unwrap_or_else(|e| error!("backfill: could not start job {job_id}: {e}"));
-        log!(
-            "backfill: job {job_id} started for model {}: keys {keys}; {total} instances{} in schema {}, as role {}",
-            job.model,
-            max_id.map(|m| format!(" up to id {m}")).unwrap_or_default(),
-            tables.schema_sql,
-            privilege::role_name(role)
-        );
+        log!("{started}");
     } else {
         as_job_table_owner(|| {
             Spi::run_with_args("SELECT backfill.job_resume($1)", &[job_id.into()])
@@ -419,15 +431,6 @@ fn count_instances(
     })
 }
 
-/// A part whose job failed or was cancelled stops too.
-fn stop_part(part_id: i64, job_id: i64, job_state: &str) {
-    as_job_table_owner(|| {
-        Spi::run_with_args("SELECT backfill.job_stop_part($1)", &[part_id.into()])
-    })
-    .unwrap_or_else(|e| error!("backfill: could not stop job {part_id}: {e}"));
-    log!("backfill: job {part_id} (a part of job {job_id}) stopped: job {job_id} is {job_state}");
-}
-
 /// Gives up this process's hold on the job (it stays in whatever state it is).
 pub fn end(job_id: i64) {
     queue::release_claim(job_id);
@@ -478,11 +481,8 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
         );
         return Batch::Finished(job.state);
     }
-    if let Some((parent, parent_state)) = &job.parent {
-        if !matches!(parent_state.as_str(), "queued" | "running") {
-            stop_part(job_id, *parent, parent_state);
-            return Batch::Finished("cancelled".to_owned());
-        }
+    if job.stopped_with_its_job() {
+        return Batch::Finished("cancelled".to_owned());
     }
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);

@@ -237,10 +237,7 @@ pub fn claim(job_id: i64) -> Claim {
     }
     register_abort_callback();
     let tag = run_lock_tag(job_id);
-    // SAFETY: a session lock on an advisory tag, without waiting.
-    let result =
-        unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
-    if result == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+    if !try_lock(&tag) {
         let holder = optional_value::<i32>(
             "SELECT pid FROM pg_catalog.pg_locks
               WHERE locktype = 'advisory' AND granted AND objsubid = 2
@@ -263,17 +260,25 @@ pub fn is_free(job_id: i64) -> bool {
         return false;
     }
     let tag = run_lock_tag(job_id);
-    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
-    // SAFETY: a session lock on an advisory tag, without waiting, released at once.
-    unsafe {
-        if pg_sys::LockAcquire(&tag, mode, true, true)
-            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-        {
-            return false;
-        }
-        pg_sys::LockRelease(&tag, mode, true);
+    if !try_lock(&tag) {
+        return false;
     }
+    unlock(&tag);
     true
+}
+
+/// Takes the session-level run lock `tag` without waiting; false when another process holds it.
+fn try_lock(tag: &pg_sys::LOCKTAG) -> bool {
+    // SAFETY: a session lock on an advisory tag, without waiting.
+    let result =
+        unsafe { pg_sys::LockAcquire(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true, true) };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// Releases the session-level run lock `tag` taken by `try_lock`.
+fn unlock(tag: &pg_sys::LOCKTAG) {
+    // SAFETY: releasing a session lock this process took.
+    unsafe { pg_sys::LockRelease(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true) };
 }
 
 pub fn release_claim(job_id: i64) {
@@ -286,8 +291,7 @@ pub fn release_claim(job_id: i64) {
 
 fn release(tag: &pg_sys::LOCKTAG) {
     CLAIMED.set(None);
-    // SAFETY: releasing the session lock this process took in `claim`.
-    unsafe { pg_sys::LockRelease(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, true) };
+    unlock(tag);
 }
 
 pub fn holds_claim(job_id: i64) -> bool {
