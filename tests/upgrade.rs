@@ -61,11 +61,11 @@ fn describe(db: &mut Client) -> BTreeSet<String> {
 /// What an earlier release left behind: data, a queued job, and a job stopped half-way with
 /// its rows and cursor committed (as a crash or a stopped worker would leave it). Releases
 /// from 0.2.0 on record the role a job runs as, from 0.3.0 on its tables.
-fn old_data(db: &mut Client, release: (u32, u32)) -> i64 {
+fn old_data(db: &mut Client, release: &str) -> i64 {
     db.batch_execute(&bulk_sql(2_000)).unwrap();
     let (role_column, role) = match release {
-        (0, 1) => ("", ""),
-        (0, 2) => (", queued_by", ", 'postgres'"),
+        "0.1.0" => ("", ""),
+        "0.2.0" => (", queued_by", ", 'postgres'"),
         _ => (
             ", queued_by, tables_schema",
             ", 'postgres', 'backfill'::regnamespace",
@@ -159,15 +159,23 @@ fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_be
     );
 }
 
+/// A server without workers (the jobs here run when the test runs them) with database "old"
+/// holding `release` of the extension and `old_data`; the rows written so far.
+fn old_release(name: &str, release: &str) -> (Cluster, Client, i64) {
+    let cluster = Cluster::start(name, &["backfill.max_workers = 0"]);
+    let mut db = cluster.create_db("old");
+    db.batch_execute(&format!(
+        "DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '{release}'"
+    ))
+    .unwrap();
+    assert_eq!(version(&mut db), release);
+    let rows_before = old_data(&mut db, release);
+    (cluster, db, rows_before)
+}
+
 #[test]
 fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
-    // The worker serves another database: the jobs here run when the test runs them.
-    let cluster = Cluster::start("upgrade", &["backfill.max_workers = 0"]);
-    let mut db = cluster.create_db("old");
-    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.1.0'")
-        .unwrap();
-    assert_eq!(version(&mut db), "0.1.0");
-    let rows_before = old_data(&mut db, (0, 1));
+    let (cluster, mut db, rows_before) = old_release("upgrade", "0.1.0");
 
     db.batch_execute("ALTER EXTENSION backfill UPDATE TO '0.2.0'")
         .unwrap();
@@ -187,12 +195,7 @@ fn update_from_0_1_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
 
 #[test]
 fn update_from_0_2_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
-    let cluster = Cluster::start("upgrade-0.2", &["backfill.max_workers = 0"]);
-    let mut db = cluster.create_db("old");
-    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.2.0'")
-        .unwrap();
-    assert_eq!(version(&mut db), "0.2.0");
-    let rows_before = old_data(&mut db, (0, 2));
+    let (cluster, mut db, rows_before) = old_release("upgrade-0.2", "0.2.0");
     db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
     assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
     jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
@@ -200,12 +203,7 @@ fn update_from_0_2_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
 
 #[test]
 fn update_from_0_3_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
-    let cluster = Cluster::start("upgrade-0.3", &["backfill.max_workers = 0"]);
-    let mut db = cluster.create_db("old");
-    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.3.0'")
-        .unwrap();
-    assert_eq!(version(&mut db), "0.3.0");
-    let rows_before = old_data(&mut db, (0, 3));
+    let (cluster, mut db, rows_before) = old_release("upgrade-0.3", "0.3.0");
     db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
     assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
     // Jobs of 0.3.0 are whole jobs: no parts, and the progress view shows them as before.
