@@ -403,6 +403,10 @@ pub fn wake_at_commit() {
 /// Client sessions of the server (any database) running a statement or inside a
 /// transaction right now, this process excluded: the application's load, as the worker's
 /// throttle sees it. Read from the backend status array, copied once per transaction.
+///
+/// A statement that sleeps is no load: one in `pg_sleep` (a Timeout wait) or in an
+/// extension's wait, which is where `backfill.wait` sleeps. Counting those, an operator
+/// waiting for a job would slow it down several times over.
 pub fn busy_sessions() -> usize {
     // SAFETY: the backend status snapshot functions, used as pg_stat_get_activity uses them;
     // the entries stay valid until the end of the transaction.
@@ -422,17 +426,39 @@ pub fn busy_sessions() -> usize {
             {
                 continue;
             }
-            if matches!(
-                status.st_state,
-                pg_sys::BackendState::STATE_RUNNING
-                    | pg_sys::BackendState::STATE_IDLEINTRANSACTION
-                    | pg_sys::BackendState::STATE_FASTPATH
-            ) {
+            let busy_now = match status.st_state {
+                pg_sys::BackendState::STATE_RUNNING | pg_sys::BackendState::STATE_FASTPATH => {
+                    !is_sleeping(status.st_procpid)
+                }
+                pg_sys::BackendState::STATE_IDLEINTRANSACTION => true,
+                _ => false,
+            };
+            if busy_now {
                 busy += 1;
             }
         }
         busy
     }
+}
+
+/// Whether the backend `pid` waits in a sleep (pg_sleep, an extension's latch wait) rather
+/// than on work: its wait event's class, read as pg_stat_activity reads it (unlocked; a
+/// stale value only shifts one sample of the smoothed load).
+fn is_sleeping(pid: i32) -> bool {
+    const CLASS: u32 = 0xFF00_0000;
+    // SAFETY: the PGPROC of a live backend, looked up under ProcArrayLock; its wait event is a
+    // single aligned word the backend writes and anyone may read.
+    let info = unsafe {
+        let proc = pg_sys::BackendPidGetProc(pid);
+        if proc.is_null() {
+            return false;
+        }
+        std::ptr::read_volatile(&(*proc).wait_event_info)
+    };
+    matches!(
+        info & CLASS,
+        pg_sys::PG_WAIT_TIMEOUT | pg_sys::PG_WAIT_EXTENSION
+    )
 }
 
 /// Sleeps up to `duration` on this process's latch, returning early when the process is asked

@@ -276,7 +276,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
     loop {
         if wake::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
-            release(slot, job_id);
+            release(slot, job_id, &throttle);
             return Drained::Ran;
         }
         reload_config_if_asked();
@@ -289,11 +289,11 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
                 // go first, and this one is looked at again later.
-                release(slot, job_id);
+                release(slot, job_id, &throttle);
                 return Drained::Ran;
             }
             Ok(Batch::Finished(_)) => {
-                release(slot, job_id);
+                release(slot, job_id, &throttle);
                 return Drained::Ran;
             }
             Err(failure) => {
@@ -307,7 +307,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
                         warning!("{BACKEND_TYPE}: could not mark job {job_id} failed: {again}");
                         trouble.wait_after(&again, "marking a job failed");
                     }
-                    release(slot, job_id);
+                    release(slot, job_id, &throttle);
                     return Drained::Ran;
                 }
                 let delay = Duration::from_secs(1) * (1 << (failures - 1));
@@ -334,6 +334,10 @@ struct Throttle {
     load: f64,
     /// The server's CPUs, read once per job (on Linux it reads cgroup files).
     cpus: f64,
+    /// This job so far: the batches, their time, and the pauses after them.
+    batches: u64,
+    working: Duration,
+    paused: Duration,
 }
 
 impl Default for Throttle {
@@ -341,6 +345,9 @@ impl Default for Throttle {
         Throttle {
             load: 0.0,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            batches: 0,
+            working: Duration::ZERO,
+            paused: Duration::ZERO,
         }
     }
 }
@@ -352,14 +359,28 @@ impl Throttle {
         }
         self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
         let workers = wake::workers_running_jobs().max(1) as f64;
-        batch.mul_f64((self.load / self.cpus).min(1.0) * (4.0 * workers - 1.0))
+        let pause = batch.mul_f64((self.load / self.cpus).min(1.0) * (4.0 * workers - 1.0));
+        self.batches += 1;
+        self.working += batch;
+        self.paused += pause;
+        pause
     }
 }
 
 /// Lets go of a job: its run lock is released directly (no SQL), outside any transaction.
-fn release(slot: usize, job_id: i64) {
+/// The log says how long the throttle held this process back on it, so that an operator
+/// can tell a slow job from a throttled one.
+fn release(slot: usize, job_id: i64, throttle: &Throttle) {
     engine::end(job_id);
     wake::running_job(slot, false);
+    if throttle.batches > 0 {
+        log!(
+            "{BACKEND_TYPE}: job {job_id}: {} batches took {:.3} s; the adaptive throttle paused {:.3} s after them for the server's load",
+            throttle.batches,
+            throttle.working.as_secs_f64(),
+            throttle.paused.as_secs_f64()
+        );
+    }
 }
 
 /// A job this process now holds.

@@ -682,3 +682,88 @@ fn without_lock_timeout_a_worker_batch_waits_ten_seconds_for_a_lock_then_retries
     assert_eq!(wait_done(&cluster, job), "succeeded");
     assert_complete(&mut db, job, &[("number", "invoice.number")]);
 }
+
+/// The worker's log line for `job`: its batches' time and the throttle's pauses, in seconds.
+fn throttle_of(cluster: &Cluster, job: i64) -> (f64, f64) {
+    let prefix = format!("backfill worker: job {job}: ");
+    wait_for("the job's throttle line", Duration::from_secs(30), || {
+        let log = cluster.log();
+        let line = log.lines().find(|l| l.contains(&prefix))?;
+        let rest = &line[line.find(&prefix)? + prefix.len()..];
+        let numbers: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // "<batches> batches took <working> s; the adaptive throttle paused <paused> s ..."
+        Some((numbers[1], numbers[2]))
+    })
+}
+
+/// Starts `sql` in a session of its own named `name`, and returns once it runs.
+fn in_background(cluster: &Cluster, name: &str, sql: &str) -> thread::JoinHandle<()> {
+    let mut session = cluster.connect("app");
+    session
+        .batch_execute(&format!("SET application_name = '{name}'"))
+        .unwrap();
+    let sql = sql.to_owned();
+    let handle = thread::spawn(move || {
+        // Ends when cancelled.
+        let _ = session.batch_execute(&sql);
+    });
+    let mut db = cluster.connect("app");
+    wait_for(&format!("{name} to run"), Duration::from_secs(30), || {
+        (one_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' AND state = 'active'"),
+        ) == 1)
+            .then_some(())
+    });
+    handle
+}
+
+#[test]
+fn the_throttle_yields_to_working_sessions_not_to_sleeping_ones() {
+    let (cluster, mut db) = start("worker-throttle", &[]);
+    // An operator waiting for the job and a session in pg_sleep are no load: the job is
+    // hardly paused (a sample can still catch the waiter between two looks at the job).
+    let sleeper = in_background(&cluster, "sleeper", "SELECT pg_sleep(600)");
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    let state: String = cluster
+        .connect("app")
+        .query_one("SELECT backfill.wait($1, '2 min')", &[&job])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "succeeded");
+    let (working, paused) = throttle_of(&cluster, job);
+    assert!(
+        paused < 0.25 * working,
+        "paused {paused} s after batches of {working} s with only sleeping sessions"
+    );
+
+    // A session keeping a CPU busy is load: on two CPUs the pauses are about 1.5 times the
+    // batches' time (a share of 1/2 times 3).
+    let busy = in_background(
+        &cluster,
+        "busy",
+        "DO $$ BEGIN LOOP PERFORM 1; END LOOP; END $$",
+    );
+    let job = add_path(&mut db, BULK, "status", "invoice.status");
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let (working, paused) = throttle_of(&cluster, job);
+    assert!(
+        paused > 0.5 * working,
+        "paused only {paused} s after batches of {working} s while a session kept a CPU busy"
+    );
+
+    db.batch_execute(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name IN ('sleeper', 'busy')",
+    )
+    .unwrap();
+    sleeper.join().unwrap();
+    busy.join().unwrap();
+    assert_complete(
+        &mut db,
+        job,
+        &[("number", "invoice.number"), ("status", "invoice.status")],
+    );
+}
