@@ -320,25 +320,32 @@ fn run_d(port: u16, synchronous_commit: bool) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Sets backfill.workers_per_job for the workers started from now on, and waits until a new
-/// process sees it (workers are forked by the postmaster once it has reloaded).
+/// Sets backfill.workers_per_job for the workers started from now on.
 pub fn set_workers_per_job(db: &mut Client, port: u16, workers: u32) {
+    set_setting(db, port, "backfill.workers_per_job", &workers.to_string());
+}
+
+/// Sets a sighup parameter with ALTER SYSTEM, reloads, and waits until a new process sees it
+/// (workers are forked by the postmaster once it has reloaded; running ones read it at their
+/// next batch).
+pub fn set_setting(db: &mut Client, port: u16, name: &str, value: &str) {
     // Each on its own: ALTER SYSTEM cannot run in a multi-statement query's transaction.
-    db.batch_execute(&format!(
-        "ALTER SYSTEM SET backfill.workers_per_job = {workers}"
-    ))
-    .unwrap();
+    db.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+        .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let shown: String = connect(port)
-            .query_one("SHOW backfill.workers_per_job", &[])
+            .query_one(&format!("SHOW {name}"), &[])
             .unwrap()
             .get(0);
-        if shown == workers.to_string() {
+        if shown == value {
             return;
         }
-        assert!(Instant::now() < deadline, "the reload did not take");
+        assert!(
+            Instant::now() < deadline,
+            "the reload of {name} did not take"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
