@@ -40,7 +40,7 @@ $$;
 -- instance by every batch, where the setting would cost a save and restore per call.
 ALTER FUNCTION extract_metadata(jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION render_value(jsonb) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION enqueue(text, text[], boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enqueue(text, text[], boolean, timestamptz) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION cancel(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION wait(bigint, interval) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION run_begin(bigint) SET search_path = pg_catalog, pg_temp;
@@ -50,15 +50,21 @@ ALTER FUNCTION check_worker() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION attach(text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION detach() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION worker_pid() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION window_opens_at() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION count_coverage(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION preview(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION preview_summary(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION validate_metadata_extraction_paths() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, pg_temp;
 
 -- Queuing, running, cancelling and watching jobs is granted, not open to every role (README,
 -- "Privileges"). A job runs with the privileges of the role that queued it, and job rows are
 -- written by the extension alone: no role but the owner has any privilege on backfill.job.
-REVOKE ALL ON FUNCTION enqueue(text, text[], boolean), cancel(bigint), wait(bigint, interval),
+REVOKE ALL ON FUNCTION enqueue(text, text[], boolean, timestamptz), cancel(bigint), wait(bigint, interval),
                        run_begin(bigint), run_batch(bigint), run_end(bigint), worker_pid(),
-                       check_worker(), attach(text), detach(), sync_process_models(jsonb)
+                       check_worker(), attach(text), detach(), sync_process_models(jsonb),
+                       preview(text, jsonb, integer), preview_summary(text, jsonb, integer),
+                       count_coverage(text)
     FROM PUBLIC;
 REVOKE ALL ON PROCEDURE run(bigint) FROM PUBLIC;
 
@@ -76,7 +82,7 @@ COMMENT ON TABLE @extschema@.process_instance_metadata IS
 COMMENT ON TABLE @extschema@.job IS
     'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as; a job split across workers has a row per part (parent_id). Written by the extension only.';
 COMMENT ON VIEW @extschema@.progress IS
-    'One row per job (a split job''s parts summed into it): state, processed/total, percent, rate, ETA, elapsed, errors, parts.';
+    'One row per job (a split job''s parts summed into it): state, processed/total, percent, rate, ETA, elapsed, errors, parts, and what keeps it waiting (not_before, active_hours) until when.';
 COMMENT ON TABLE @extschema@.attachment IS
     'The schema whose process_instance, task, json_data and process_instance_metadata jobs use instead of backfill''s own (backfill.attach); no row: backfill''s own.';
 COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
@@ -95,8 +101,20 @@ COMMENT ON FUNCTION @extschema@.render_value(jsonb) IS
     'The text process_instance_metadata.value gets for a JSON value (NULL for null), in backfill.value_format, cut to 255 characters.';
 COMMENT ON FUNCTION @extschema@.extract_values(jsonb, text[]) IS
     'The rendered values of these paths in this task data, in order: what a batch calls once per instance.';
-COMMENT ON FUNCTION @extschema@.enqueue(text, text[], boolean) IS
-    'Queues a job for the named keys (NULL: all) of the model''s current paths, replacing existing values with overwrite; returns its id. The job runs as the calling role.';
+COMMENT ON FUNCTION @extschema@.enqueue(text, text[], boolean, timestamptz) IS
+    'Queues a job for the named keys (NULL: all) of the model''s current paths, replacing existing values with overwrite, that no worker starts before not_before (NULL: at once); returns its id. The job runs as the calling role.';
+COMMENT ON FUNCTION @extschema@.preview(text, jsonb, integer) IS
+    'What a backfill with these paths would write for a sample of the model''s instances spread over its id range, next to the value there now (outcome insert, keep, replace, none or error); writes nothing, reads with the caller''s privileges.';
+COMMENT ON FUNCTION @extschema@.preview_summary(text, jsonb, integer) IS
+    'Per key over a sample of the model''s instances: how many would get a value, get nothing or fail, and the estimate for the whole model; writes nothing.';
+COMMENT ON FUNCTION @extschema@.count_coverage(text) IS
+    'Counts now, exactly and with the caller''s privileges, the coverage of the model''s (NULL: every model''s) current keys for the coverage view; returns the number of keys counted.';
+COMMENT ON FUNCTION @extschema@.window_opens_at() IS
+    'When backfill.active_hours next lets workers start batches; NULL while it does or when it is empty.';
+COMMENT ON VIEW @extschema@.coverage IS
+    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted when a job filling the key succeeded or by count_coverage (counted_at).';
+COMMENT ON TABLE @extschema@.coverage_count IS
+    'The counts behind the coverage view. Written by the extension only.';
 COMMENT ON FUNCTION @extschema@.cancel(bigint) IS
     'Stops a queued or running job at its next batch boundary; false when it had already ended.';
 COMMENT ON FUNCTION @extschema@.wait(bigint, interval) IS

@@ -29,8 +29,17 @@ SELECT j.id,
        j.finished_at,
        j.queued_by,
        j.tables_schema,
-       j.parts
+       j.parts,
+       j.not_before,
+       -- What keeps an unfinished job from the workers now, and until when.
+       CASE WHEN j.state NOT IN ('queued', 'running') THEN NULL
+            WHEN j.not_before > now() THEN 'not_before'
+            WHEN w.opens_at IS NOT NULL THEN 'active_hours' END AS waiting_for,
+       CASE WHEN j.state NOT IN ('queued', 'running') THEN NULL
+            WHEN j.not_before > now() THEN j.not_before
+            ELSE w.opens_at END AS resumes_at
   FROM job j
+ CROSS JOIN (SELECT @extschema@.window_opens_at() AS opens_at) AS w
  CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t
  -- The job's own counters, or its parts' summed.
  CROSS JOIN LATERAL (
@@ -59,6 +68,48 @@ AS $$
             coalesce((SELECT a.schema_name FROM @extschema@.attachment a), '@extschema@'::regnamespace))
     RETURNING id
 $$;
+
+-- Keeps the workers from starting a queued job before `not_before`.
+CREATE FUNCTION job_hold(job_id bigint, not_before timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job SET not_before = job_hold.not_before
+     WHERE id = job_id AND state = 'queued'
+$$;
+
+-- Counts of a model's keys, just made (src/coverage.rs), replacing earlier ones.
+CREATE FUNCTION coverage_record(model text, keys text[], instances bigint[], with_row bigint[],
+                                with_value bigint[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @extschema@.coverage_count AS c
+           (process_model_identifier, key, instances, with_row, with_value, counted_at)
+    SELECT model, k.key, k.instances, k.with_row, k.with_value, now()
+      FROM unnest(keys, instances, with_row, with_value) AS k(key, instances, with_row, with_value)
+    ON CONFLICT (process_model_identifier, key) DO UPDATE
+       SET instances = EXCLUDED.instances, with_row = EXCLUDED.with_row,
+           with_value = EXCLUDED.with_value, counted_at = EXCLUDED.counted_at
+$$;
+
+-- Per model and key of its current paths: how many instances, how many have a row and a
+-- value, as last counted (NULL counts: never counted yet; backfill.count_coverage counts).
+CREATE VIEW coverage AS
+SELECT m.id AS model,
+       p.key,
+       p.path,
+       c.instances,
+       c.with_row,
+       c.with_value,
+       CASE WHEN c.instances = 0 THEN 100.0
+            ELSE round(100.0 * c.with_value / c.instances, 1) END AS percent,
+       c.counted_at
+  FROM process_model m
+ CROSS JOIN LATERAL (
+       SELECT e ->> 'key' AS key, e ->> 'path' AS path
+         FROM jsonb_array_elements(CASE jsonb_typeof(m.metadata_extraction_paths)
+                                        WHEN 'array' THEN m.metadata_extraction_paths
+                                        ELSE '[]' END) AS e) AS p
+  LEFT JOIN coverage_count c ON c.process_model_identifier = m.id AND c.key = p.key;
 
 CREATE FUNCTION attachment_set(schema_name regnamespace, attached_by regrole) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
@@ -205,6 +256,8 @@ AS $$
      WHERE p.id = (SELECT coalesce(j.parent_id, j.id) FROM @extschema@.job j WHERE j.id = job_id)
 $$;
 
+REVOKE ALL ON FUNCTION job_hold(bigint, timestamptz), coverage_record(text, text[], bigint[], bigint[], bigint[])
+    FROM PUBLIC;
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
                        job_split(bigint, bigint, bigint, bigint[], bigint[]), job_settle(bigint),
@@ -229,3 +282,5 @@ COMMENT ON FUNCTION job_finish(bigint) IS 'Internal: marks a job succeeded and r
 COMMENT ON FUNCTION job_fail(bigint, text) IS 'Internal: marks a queued or running job (a part: and its job) failed with its last error.';
 COMMENT ON FUNCTION job_cancel(bigint) IS 'Internal: marks a queued or running job (a part: its whole job) cancelled; false when it had ended.';
 COMMENT ON FUNCTION job_summary(bigint) IS 'Internal: a job''s state and counters in one line, for logs and notices.';
+COMMENT ON FUNCTION job_hold(bigint, timestamptz) IS 'Internal: keeps the workers from starting a queued job before a time (enqueue''s not_before).';
+COMMENT ON FUNCTION coverage_record(text, text[], bigint[], bigint[], bigint[]) IS 'Internal: records the counts of a model''s keys just made, for the coverage view.';

@@ -93,7 +93,10 @@ CREATE TABLE job (
     -- max_instance_id) and its own counters. The job's progress is the sum of its parts'.
     -- (Last: an upgrade from 0.3.0 adds them there.)
     parent_id bigint REFERENCES job ON DELETE CASCADE,
-    parts integer CHECK (parts > 1)
+    parts integer CHECK (parts > 1),
+    -- No worker starts the job before this (enqueue's not_before). (Last: an upgrade from
+    -- 0.4.0 adds it there.)
+    not_before timestamptz
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');
@@ -110,6 +113,19 @@ CREATE TABLE attachment (
 );
 GRANT SELECT ON attachment TO PUBLIC;
 
+-- The coverage of each model's keys, counted exactly when a job that filled them succeeded
+-- and when backfill.count_coverage is called; the coverage view reads it. Written by the
+-- extension only.
+CREATE TABLE coverage_count (
+    process_model_identifier text NOT NULL,
+    key text NOT NULL,
+    instances bigint NOT NULL,
+    with_row bigint NOT NULL,
+    with_value bigint NOT NULL,
+    counted_at timestamptz NOT NULL,
+    PRIMARY KEY (process_model_identifier, key)
+);
+
 -- pg_dump keeps the rows of these tables (the extension only creates them).
 SELECT pg_catalog.pg_extension_config_dump('process_model', '');
 SELECT pg_catalog.pg_extension_config_dump('process_instance', '');
@@ -121,6 +137,7 @@ SELECT pg_catalog.pg_extension_config_dump('process_instance_metadata_id_seq', '
 SELECT pg_catalog.pg_extension_config_dump('job', '');
 SELECT pg_catalog.pg_extension_config_dump('job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('attachment', '');
+SELECT pg_catalog.pg_extension_config_dump('coverage_count', '');
 
 -- The data of an instance's latest completed task (latest by end_in_seconds, then guid; a
 -- completed task without an end counts as earlier than any with one), '{}' when it has none,

@@ -1,5 +1,6 @@
 //! The SQL functions of schema `backfill` that users call.
 
+use crate::coverage;
 use crate::engine::{self, Batch, Begin, Runner};
 use crate::error::{self, invalid_parameter, report_with_hint, required};
 use crate::extract::extract;
@@ -158,6 +159,7 @@ fn enqueue(
     process_model_identifier: Option<&str>,
     keys: default!(Option<Vec<Option<String>>>, "NULL"),
     overwrite: default!(Option<bool>, false),
+    not_before: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> i64 {
     const ENQUEUE: &str = "backfill.enqueue";
     let process_model_identifier = required(
@@ -211,12 +213,74 @@ fn enqueue(
         ));
     }
     let job_id = queue::insert_job(process_model_identifier, &chosen, Origin::Manual);
+    let held = match not_before {
+        Some(not_before) => {
+            queue::hold_until(job_id, not_before);
+            format!("; no worker starts it before {not_before}")
+        }
+        None => String::new(),
+    };
     notice!(
-        "backfill job {job_id} queued for {process_model_identifier}: {}",
+        "backfill job {job_id} queued for {process_model_identifier}: {}{held}",
         JobPath::describe(&chosen)
     );
     wake::warn_if_no_worker(job_id);
     job_id
+}
+
+/// When backfill.active_hours next lets workers start batches: NULL while it does (or is
+/// empty). The progress view shows it for the jobs it holds back.
+#[pg_extern(stable)]
+pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
+    let seconds = queue::window_closed_for()?;
+    // Windows open on the minute; the time of day was read to the second.
+    Spi::get_one_with_args::<TimestampWithTimeZone>(
+        "SELECT date_trunc('minute', now() + make_interval(secs => $1) + interval '30 s')",
+        &[f64::from(seconds).into()],
+    )
+    .unwrap_or_else(|e| error!("backfill: could not compute when the window opens: {e}"))
+}
+
+/// Counts, exactly and now, the coverage of the current keys of `process_model_identifier`
+/// (NULL: of every model with paths) with the caller's privileges, and records it for the
+/// coverage view; the number of keys counted.
+#[pg_extern(volatile)]
+fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i64 {
+    let models = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id, metadata_extraction_paths FROM backfill.process_model
+                  WHERE $1::text IS NULL OR id = $1 ORDER BY id",
+                None,
+                &[process_model_identifier.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read the process models: {e}"));
+    if let (Some(model), true) = (process_model_identifier, models.is_empty()) {
+        invalid_parameter(&format!("process model \"{model}\" does not exist"));
+    }
+    let tables = Tables::current();
+    let role = privilege::current_role();
+    models
+        .into_iter()
+        .map(|(model, paths)| {
+            let keys: Vec<String> = crate::paths::parse_paths_lenient(&paths)
+                .into_iter()
+                .map(|p| p.key)
+                .collect();
+            if keys.is_empty() {
+                return 0;
+            }
+            coverage::count_and_record(&model, &keys, &tables, role).len() as i64
+        })
+        .sum()
 }
 
 /// True when this database's configuration lets the worker run its jobs; otherwise a WARNING

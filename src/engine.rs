@@ -3,6 +3,7 @@
 //! and a crash loses at most the batch in flight. `CALL backfill.run` and the worker both go
 //! through `begin`, `run_batch` and `end`.
 
+use crate::coverage;
 use crate::error::raise;
 use crate::privilege::{self, as_job_table_owner, as_role};
 use crate::queue::{self, Claim, JobPath};
@@ -774,13 +775,7 @@ WITH extracted AS (
            unnest($2::text[]) AS key,
            unnest(backfill.extract_values(coalesce(d.data, '{{}}'), $3::text[])) AS value
       FROM unnest($1::bigint[]) AS b(id)
-      LEFT JOIN LATERAL (
-            SELECT t.json_data_hash
-              FROM {tasks} t
-             WHERE t.process_instance_id = b.id AND t.state = 'COMPLETED'
-             ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
-             LIMIT 1) latest ON true
-      LEFT JOIN {data} d ON d.hash = latest.json_data_hash
+      {latest}
 ), written AS (
     INSERT INTO {metadata} AS m
            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
@@ -791,9 +786,25 @@ WITH extracted AS (
     RETURNING m.process_instance_id
 )
 SELECT count(DISTINCT process_instance_id) FROM written",
+        latest = latest_task_data_join(tables, "b.id"),
+        metadata = tables.sql_name("process_instance_metadata"),
+    )
+}
+
+/// The joins that give each instance (id in `instance`) the data `d.data` of its latest
+/// completed task (latest by end_in_seconds, then guid; a completed task without an end counts
+/// as earlier than any with one), NULL when it has none: what a batch and a preview read.
+pub(crate) fn latest_task_data_join(tables: &Tables, instance: &str) -> String {
+    format!(
+        "LEFT JOIN LATERAL (
+            SELECT t.json_data_hash
+              FROM {tasks} t
+             WHERE t.process_instance_id = {instance} AND t.state = 'COMPLETED'
+             ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
+             LIMIT 1) latest ON true
+      LEFT JOIN {data} d ON d.hash = latest.json_data_hash",
         tasks = tables.sql_name("task"),
         data = tables.sql_name("json_data"),
-        metadata = tables.sql_name("process_instance_metadata"),
     )
 }
 
@@ -1083,6 +1094,9 @@ fn finish(job: &Job) -> Batch {
         job.label(),
         job.model
     );
+    if job.parent.is_none() {
+        count_coverage(job, job.id);
+    }
     if let Some((parent, _)) = &job.parent {
         // In this transaction, after the part's row: the last part to end ends the job.
         let settled = as_job_table_owner(|| {
@@ -1103,9 +1117,29 @@ fn finish(job: &Job) -> Batch {
                 "backfill: job {parent} {summary} (model {}, its last part ended)",
                 job.model
             );
+            count_coverage(job, *parent);
         }
     }
     Batch::Finished("succeeded".to_owned())
+}
+
+/// When a job has succeeded: the coverage of its keys, counted with its role's privileges in
+/// its last transaction, for the coverage view. Not counting only costs the view a fresh
+/// figure, so a failure warns and the job stays succeeded.
+fn count_coverage(job: &Job, job_id: i64) {
+    let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
+    let counted = guarded(|| {
+        usable_tables(job).map(|tables| {
+            let role = acting_role(job.role, &tables);
+            coverage::count_and_record(&job.model, &keys, &tables, role);
+        })
+    });
+    let problem = match counted {
+        Ok(Ok(())) => return,
+        Ok(Err(reason)) => reason,
+        Err(failure) => failure.to_string(),
+    };
+    warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
 }
 
 fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {

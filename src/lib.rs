@@ -5,6 +5,7 @@
 //! time. See README.md for the whole picture.
 
 mod api;
+mod coverage;
 mod engine;
 mod error;
 mod extract;
@@ -12,6 +13,7 @@ mod jsonb;
 mod jsontext;
 mod launcher;
 mod paths;
+mod preview;
 mod privilege;
 mod query;
 mod queue;
@@ -21,6 +23,7 @@ mod subxact;
 mod tables;
 mod trigger;
 mod wake;
+mod window;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -29,7 +32,11 @@ mod tests;
 pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../sql/jobs.sql",
+    name = "jobs",
+    requires = ["schema", api::window_opens_at]
+);
 pgrx::extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -130,6 +130,17 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     id
 }
 
+/// Keeps the workers from starting the queued job `job_id` before `not_before`.
+pub fn hold_until(job_id: i64, not_before: TimestampWithTimeZone) {
+    as_job_table_owner(|| {
+        Spi::run_with_args(
+            "SELECT backfill.job_hold($1, $2)",
+            &[job_id.into(), not_before.into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("backfill: could not hold job {job_id}: {e}"));
+}
+
 /// The role a job runs as; ERROR 22023 when there is no such job.
 pub fn role_of(job_id: i64) -> Oid {
     optional_value::<Oid>(
@@ -184,6 +195,16 @@ pub fn unfinished_parts(job_id: i64) -> Vec<i64> {
             &[job_id.into()],
         )
     })
+}
+
+/// None while backfill.active_hours lets batches start (or is empty); otherwise how many
+/// seconds until it does, read against the server's local time of day (the transaction's
+/// start, in the session's time zone, which for a worker is the server's).
+pub fn window_closed_for() -> Option<u32> {
+    let window = crate::settings::active_hours()?;
+    let second = optional_value::<i32>("SELECT extract(epoch FROM localtimestamp::time)::int", &[])
+        .unwrap_or(0);
+    window.closed_for(second.max(0) as u32)
 }
 
 /// The job's state, or `None` when there is no such job.

@@ -1,8 +1,10 @@
 //! The `backfill.*` settings (GUCs).
 
 use crate::render::ValueFormat;
+use crate::window::{self, Window};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::time::Duration;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -24,6 +26,9 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ADAPTIVE_THROTTLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static VALUE_FORMAT: GucSetting<ValueFormatSetting> =
     GucSetting::<ValueFormatSetting>::new(ValueFormatSetting::Python);
+/// backfill.active_hours, owned by PostgreSQL's GUC machinery (defined directly, for its check
+/// hook: a malformed window is refused by ALTER SYSTEM, SET and a reload, never guessed at).
+static mut ACTIVE_HOURS: *mut c_char = std::ptr::null_mut();
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -127,6 +132,25 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SAFETY: defines a string setting whose variable PostgreSQL owns from here on.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"backfill.active_hours".as_ptr(),
+            c"When workers run batches: empty for any time, or ranges of the day such as 22:00-06:00.".as_ptr(),
+            c"In the server's time zone; several ranges are separated by commas \
+              (12:00-13:00, 20:00-24:00). Outside them no worker starts a batch: a job in \
+              progress stops at its batch boundary and continues when the window opens, and the \
+              progress view says when. CALL backfill.run is not held back."
+                .as_ptr(),
+            &raw mut ACTIVE_HOURS,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_SIGHUP,
+            0,
+            Some(check_active_hours),
+            None,
+            None,
+        );
+    }
     // SAFETY: called from _PG_init after the variables above are defined.
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
     unsafe {
@@ -177,4 +201,53 @@ pub fn naptime() -> Duration {
 /// How long an idle worker waits for more work before it exits.
 pub fn idle_linger() -> Duration {
     naptime().min(Duration::from_secs(2))
+}
+
+/// Refuses a malformed backfill.active_hours with what is wrong in it.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_active_hours(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes the proposed value, a C string or NULL.
+    let text = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match window::parse(&text) {
+        Ok(_) => true,
+        Err(problem) => {
+            let detail = CString::new(problem).unwrap_or_default();
+            // SAFETY: what GUC_check_errdetail does: a palloc'd copy the caller reports.
+            unsafe {
+                pg_sys::GUC_check_errcode(
+                    pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+                );
+                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+            }
+            false
+        }
+    }
+}
+
+/// The setting as written (empty when none).
+pub fn active_hours_text() -> String {
+    // SAFETY: the variable PostgreSQL keeps for the setting: NULL or a C string.
+    unsafe {
+        let value = ACTIVE_HOURS;
+        if value.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(value).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// The window of backfill.active_hours; None when batches may start at any time.
+pub fn active_hours() -> Option<Window> {
+    // Checked when set, so this parses.
+    window::parse(&active_hours_text()).ok().flatten()
 }

@@ -223,6 +223,17 @@ thread_local! {
 }
 
 impl Tables {
+    /// The tables a job queued now would use: the attached ones, or backfill's own; raises
+    /// what makes them unusable.
+    pub fn current() -> Tables {
+        let schema = query::optional_value::<Oid>(
+            "SELECT coalesce((SELECT a.schema_name FROM backfill.attachment a), 'backfill'::regnamespace)::oid",
+            &[],
+        )
+        .unwrap_or_else(|| error!("backfill: no schema for the tables"));
+        Tables::of_schema(schema).unwrap_or_else(|unusable| unusable.raise())
+    }
+
     /// `of_schema`, remembered until an invalidation of one of the tables (DDL, a change of
     /// owner) or of any schema (a rename) makes this process read the catalog again.
     pub fn remembered(schema: Oid) -> Result<Tables, Unusable> {

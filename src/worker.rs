@@ -13,6 +13,7 @@ use crate::subxact::{in_subtransaction, Failure};
 use crate::wake::{self, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
@@ -254,8 +255,48 @@ enum Drained {
 /// before it is marked failed.
 const JOB_ATTEMPTS: u32 = 3;
 
+thread_local! {
+    /// The log has said that jobs wait for backfill.active_hours (said once until it opens).
+    static WINDOW_NOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether backfill.active_hours keeps batches from starting now; the first time it does
+/// while jobs wait, the log says until when.
+fn outside_active_hours(stopping: Option<i64>) -> bool {
+    let Some(seconds) = queue::window_closed_for() else {
+        WINDOW_NOTED.set(false);
+        return false;
+    };
+    let hours = settings::active_hours_text();
+    let opens = format!("it opens in {}h{:02}m", seconds / 3600, seconds % 3600 / 60);
+    match stopping {
+        Some(job_id) => {
+            log!("{BACKEND_TYPE}: job {job_id} stops at a batch boundary outside backfill.active_hours '{hours}'; {opens}");
+            WINDOW_NOTED.set(true);
+        }
+        None if !WINDOW_NOTED.get() && unfinished_jobs() => {
+            log!("{BACKEND_TYPE}: jobs wait for backfill.active_hours '{hours}'; {opens}");
+            WINDOW_NOTED.set(true);
+        }
+        None => {}
+    }
+    true
+}
+
 /// Runs the oldest runnable job (or part of a split job) to its end (or until shutdown).
 fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
+    if settings::active_hours().is_none() {
+        WINDOW_NOTED.set(false);
+    } else {
+        match guarded(|| outside_active_hours(None)) {
+            Ok(false) => {}
+            Ok(true) => return Drained::Idle,
+            Err(failure) => {
+                trouble.wait_after(&failure, "reading the time of day");
+                return Drained::Failed;
+            }
+        }
+    }
     let job_id = match guarded(claim_next_job) {
         Ok(Some(Claimed { job_id, parts_left })) => {
             // After the commit: the split and the part's start are visible to the helper.
@@ -280,6 +321,12 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             return Drained::Ran;
         }
         reload_config_if_asked();
+        if settings::active_hours().is_some()
+            && guarded(|| outside_active_hours(Some(job_id))).unwrap_or(false)
+        {
+            release(slot, job_id, &throttle);
+            return Drained::Ran;
+        }
         let started = Instant::now();
         match guarded(|| engine::run_batch(job_id, worker_runner())) {
             Ok(Batch::More) => {
@@ -400,6 +447,7 @@ fn claim_next_job() -> Option<Claimed> {
         let unfinished = query::ids(
             "SELECT id FROM backfill.job
               WHERE state IN ('queued', 'running') AND parts IS NULL
+                AND (not_before IS NULL OR not_before <= now())
               ORDER BY coalesce(parent_id, id), id",
             &[],
         );

@@ -1,7 +1,7 @@
 //! `ALTER EXTENSION backfill UPDATE` from every earlier release keeps data, queued jobs and
 //! jobs in progress, and leaves the same objects as a fresh install.
 //!
-//! The install scripts of 0.1.0, 0.2.0 and 0.3.0 are frozen in tests/upgrade/ and copied next
+//! The install scripts of 0.1.0, 0.2.0, 0.3.0 and 0.4.0 are frozen in tests/upgrade/ and copied next
 //! to the current one by scripts/test; the library is the current one (it keeps every C
 //! symbol their scripts name).
 
@@ -211,6 +211,41 @@ fn update_from_0_3_0_keeps_data_and_jobs_and_matches_a_fresh_install() {
         one_i64(
             &mut db,
             "SELECT count(*) FROM backfill.progress WHERE parts IS NULL"
+        ),
+        2
+    );
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+#[test]
+fn update_from_0_4_0_keeps_data_jobs_and_grants_and_matches_a_fresh_install() {
+    let (cluster, mut db, rows_before) = old_release("upgrade-0.4", "0.4.0");
+    // enqueue gains a parameter, so it is a new function: what was granted on the old one
+    // holds for the new one.
+    db.batch_execute(
+        "CREATE ROLE upgrade_ops;
+         GRANT EXECUTE ON FUNCTION backfill.enqueue(text, text[], boolean) TO upgrade_ops WITH GRANT OPTION",
+    )
+    .unwrap();
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT has_function_privilege('upgrade_ops', 'backfill.enqueue(text, text[], boolean, timestamptz)', 'EXECUTE WITH GRANT OPTION')::text
+                    || ' ' || has_function_privilege('public', 'backfill.enqueue(text, text[], boolean, timestamptz)', 'EXECUTE')::text"
+        ),
+        "true false"
+    );
+    db.batch_execute(
+        "REVOKE ALL ON FUNCTION backfill.enqueue(text, text[], boolean, timestamptz) FROM upgrade_ops CASCADE",
+    )
+    .unwrap();
+    // Jobs of 0.4.0 have no not_before: nothing holds them.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.progress WHERE waiting_for IS NULL"
         ),
         2
     );

@@ -5,15 +5,15 @@
 /// Bottom to top. Pure modules, then infrastructure, the job queue, the batch engine, and the
 /// three entry points (SQL API, trigger, worker loop), which never use each other.
 const LAYERS: &[&[&str]] = &[
-    &["paths", "render"],
+    &["paths", "render", "window"],
     &["extract", "jsonb"],
     &["jsontext"],
     &["error", "subxact", "privilege", "settings"],
     &["query", "wake"],
     &["tables"],
-    &["queue"],
+    &["queue", "coverage"],
     &["engine"],
-    &["api", "trigger", "worker", "launcher"],
+    &["api", "preview", "trigger", "worker", "launcher"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
