@@ -34,10 +34,12 @@ pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid
         instances = tables.sql_name("process_instance"),
         metadata = tables.sql_name("process_instance_metadata"),
     );
+    // Read-write SPI, for a snapshot of its own: a job counts in the transaction of its last
+    // batch, whose rows a read-only statement (the transaction's first snapshot) would miss.
     let counted: Vec<Counted> = as_role(role, || {
-        Spi::connect(|client| {
+        Spi::connect_mut(|client| {
             client
-                .select(&sql, None, &[model.into(), keys.to_vec().into()])?
+                .update(&sql, None, &[model.into(), keys.to_vec().into()])?
                 .map(|row| {
                     Ok(Counted {
                         key: row.get::<String>(1)?.unwrap_or_default(),

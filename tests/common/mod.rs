@@ -337,8 +337,21 @@ impl Cluster {
             .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
             .unwrap();
         admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-        // Reload is asynchronous; give every process a moment to read the file.
-        std::thread::sleep(Duration::from_millis(300));
+        // Reload is asynchronous: a new session sees the value once the postmaster has read
+        // the file (and so has forked it with the new value); running processes read it at
+        // their next look.
+        wait_for(
+            &format!("{name} = '{value}' after the reload"),
+            Duration::from_secs(30),
+            || {
+                let shown: String = self
+                    .connect("postgres")
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .ok()?
+                    .get(0);
+                (shown == value).then_some(())
+            },
+        );
     }
 }
 

@@ -1,0 +1,540 @@
+//! An operator's tools around a backfill: preview of paths on real data, the off-peak window
+//! (backfill.active_hours) and enqueue's not_before, and the coverage view.
+
+mod common;
+
+use common::{add_path, bulk_sql, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster};
+use postgres::Client;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const BULK: &str = "bulk/model";
+const N: i64 = 3_000;
+/// status is read with JSONPath, which builds the whole document: the one deeper than 1,000
+/// levels (instance 1) is an error.
+const PATHS: &str = r#"[{"key": "status", "path": "$.invoice.status"}, {"key": "number", "path": "invoice.number"}]"#;
+
+/// Bulk data with the three cases a backfill meets besides a plain value: instances without a
+/// completed task (every seventh: a NULL value), rows the application wrote already (every
+/// eleventh, key status), and one instance whose value cannot be rendered (instance 1: nested
+/// deeper than the 1,000 levels JSONPath reads, an instance error).
+fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
+    let mut conf = vec!["backfill.workers_per_job = 1"];
+    conf.extend_from_slice(extra);
+    let (cluster, mut db) = start_app(name, true, &conf, &bulk_sql(N));
+    db.batch_execute(
+        r#"DELETE FROM backfill.task WHERE process_instance_id % 7 = 0;
+           INSERT INTO backfill.process_instance_metadata
+                  (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+           SELECT id, 'status', 'app-' || id, 1, 1 FROM backfill.process_instance
+            WHERE process_model_identifier = 'bulk/model' AND id % 11 = 0;
+           INSERT INTO backfill.json_data
+           SELECT 'deep', ('{"invoice": {"number": "deep", "status": ' || repeat('[', 1100) || repeat(']', 1100) || '}}')::jsonb;
+           UPDATE backfill.task SET json_data_hash = 'deep' WHERE process_instance_id = 1;"#,
+    )
+    .unwrap();
+    (cluster, db)
+}
+
+struct Previewed {
+    instance: i64,
+    key: String,
+    value: Option<String>,
+    value_now: Option<String>,
+    outcome: String,
+}
+
+fn preview(db: &mut Client, sample: i32) -> Vec<Previewed> {
+    db.query(
+        "SELECT process_instance_id, key, value, value_now, outcome
+           FROM backfill.preview($1, $2::text::jsonb, $3)",
+        &[&BULK, &PATHS, &sample],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Previewed {
+        instance: r.get(0),
+        key: r.get(1),
+        value: r.get(2),
+        value_now: r.get(3),
+        outcome: r.get(4),
+    })
+    .collect()
+}
+
+/// Everything the extension's tables hold, as one text: what "writes nothing" compares.
+fn snapshot(db: &mut Client) -> String {
+    one_text(
+        db,
+        "SELECT (SELECT count(*) FROM backfill.process_instance_metadata)::text || '/'
+                || (SELECT coalesce(sum(hashtext(m::text)), 0) FROM backfill.process_instance_metadata m)::text || '/'
+                || (SELECT count(*) FROM backfill.job)::text || '/'
+                || (SELECT count(*) FROM backfill.coverage_count)::text",
+    )
+}
+
+fn wait_done(cluster: &Cluster, job: i64) -> String {
+    wait_for("the job to end", Duration::from_secs(120), || {
+        let state: String = cluster
+            .connect("app")
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .ok()?
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
+fn code_of(error: postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn preview_shows_what_the_job_then_writes_spread_over_the_ids_and_writes_nothing() {
+    let (cluster, mut db) = start("operate-preview", &[]);
+    let before = snapshot(&mut db);
+    let sample = 40;
+    let rows = preview(&mut db, sample);
+    assert_eq!(snapshot(&mut db), before, "the preview wrote something");
+
+    // Spread over the model's whole id range, two rows (keys) per instance.
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.instance).collect();
+    ids.dedup();
+    assert_eq!(rows.len(), 2 * ids.len());
+    assert!(ids.len() >= 38 && ids.len() <= 40, "{ids:?}");
+    let (lo, hi) = (
+        one_i64(&mut db, "SELECT min(id) FROM backfill.process_instance WHERE process_model_identifier = 'bulk/model'"),
+        one_i64(&mut db, "SELECT max(id) FROM backfill.process_instance WHERE process_model_identifier = 'bulk/model'"),
+    );
+    assert_eq!(ids[0], lo);
+    assert!(
+        *ids.last().unwrap() > hi - 2 * (hi - lo) / i64::from(sample),
+        "{ids:?}"
+    );
+    let widest = ids.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest <= 3 * (hi - lo) / i64::from(sample),
+        "gap of {widest}: {ids:?}"
+    );
+
+    // Every outcome is there: the error of instance 1, rows kept, NULL values, inserts.
+    let outcome = |instance: i64, key: &str| {
+        rows.iter()
+            .find(|r| r.instance == instance && r.key == key)
+            .map(|r| r.outcome.as_str())
+    };
+    assert_eq!(outcome(1, "status"), Some("error"));
+    assert_eq!(outcome(1, "number"), Some("error"));
+    for r in &rows {
+        let expected = if r.instance == 1 {
+            "error"
+        } else if r.key == "status" && r.instance % 11 == 0 {
+            "keep"
+        } else {
+            "insert"
+        };
+        assert_eq!(r.outcome, expected, "instance {} key {}", r.instance, r.key);
+        if r.instance % 7 == 0 {
+            assert_eq!(r.value, None, "no completed task: nothing found");
+        }
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.outcome == "keep"
+            && r.value_now.as_deref() == Some(&format!("app-{}", r.instance))));
+    assert!(rows
+        .iter()
+        .any(|r| r.outcome == "insert" && r.value.is_none()));
+
+    // The job then writes exactly what the preview said, for every sampled instance.
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
+    ))
+    .unwrap();
+    let job = one_i64(
+        &mut db,
+        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+    );
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(
+        one_i64(
+            &mut db,
+            &format!("SELECT errors FROM backfill.progress WHERE id = {job}")
+        ),
+        1
+    );
+    let written: HashMap<(i64, String), Option<String>> = db
+        .query(
+            "SELECT process_instance_id, key::text, value::text FROM backfill.process_instance_metadata
+              WHERE process_instance_id = ANY ($1)",
+            &[&ids],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    for r in &rows {
+        let now = written.get(&(r.instance, r.key.clone()));
+        match r.outcome.as_str() {
+            "insert" => assert_eq!(now, Some(&r.value), "instance {} key {}", r.instance, r.key),
+            "keep" => assert_eq!(
+                now,
+                Some(&r.value_now),
+                "instance {} key {}",
+                r.instance,
+                r.key
+            ),
+            "error" => assert_eq!(now, None, "instance {} key {}", r.instance, r.key),
+            other => panic!("outcome {other}"),
+        }
+    }
+    // A key whose path changes would be replaced where the value differs.
+    let changed = r#"[{"key": "status", "path": "invoice.number"}]"#;
+    for row in db
+        .query(
+            &format!("SELECT process_instance_id, outcome, value = value_now FROM backfill.preview('{BULK}', '{changed}', 10)"),
+            &[],
+        )
+        .unwrap()
+    {
+        let instance: i64 = row.get(0);
+        let expected = match instance {
+            // Its job failed on it (JSONPath), so it has no row; this dotted path reads it.
+            1 => "insert",
+            // Nothing found: an overwrite never replaces a value with nothing.
+            i if i % 7 == 0 => "keep",
+            _ => "replace",
+        };
+        assert_eq!(row.get::<_, String>(1), expected, "instance {instance}");
+        assert_ne!(row.get::<_, Option<bool>>(2), Some(true), "instance {instance}");
+    }
+}
+
+#[test]
+fn preview_summary_counts_the_sample_and_estimates_the_model() {
+    let (_cluster, mut db) = start("operate-summary", &["backfill.max_workers = 0"]);
+    let before = snapshot(&mut db);
+    let rows = db
+        .query(
+            "SELECT key, sampled, with_value, without_value, errors, instances, estimated_with_value
+               FROM backfill.preview_summary($1, $2::text::jsonb, 600) ORDER BY key",
+            &[&BULK, &PATHS],
+        )
+        .unwrap();
+    assert_eq!(snapshot(&mut db), before);
+    let instances = one_i64(&mut db, "SELECT count(*) FROM backfill.process_instance WHERE process_model_identifier = 'bulk/model'");
+    // The same sample through preview, counted here.
+    let sampled: Vec<(String, Option<String>, String)> = db
+        .query(
+            "SELECT key, value, outcome FROM backfill.preview($1, $2::text::jsonb, 600)",
+            &[&BULK, &PATHS],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let key: String = row.get(0);
+        let of_key: Vec<_> = sampled.iter().filter(|s| s.0 == key).collect();
+        let errors = of_key.iter().filter(|s| s.2 == "error").count() as i64;
+        let with_value = of_key
+            .iter()
+            .filter(|s| s.2 != "error" && s.1.is_some())
+            .count() as i64;
+        let n = of_key.len() as i64;
+        assert_eq!(
+            (
+                row.get::<_, i64>(1),
+                row.get::<_, i64>(2),
+                row.get::<_, i64>(3),
+                row.get::<_, i64>(4),
+                row.get::<_, i64>(5)
+            ),
+            (n, with_value, n - with_value - errors, errors, instances),
+            "key {key}"
+        );
+        assert_eq!(errors, 1, "instance 1 is sampled and fails");
+        assert_eq!(
+            row.get::<_, i64>(6),
+            (with_value as f64 * instances as f64 / n as f64).round() as i64
+        );
+        // About six instances in seven have a value.
+        let share = with_value as f64 / n as f64;
+        assert!((0.8..0.9).contains(&share), "{share}");
+    }
+}
+
+#[test]
+fn preview_refuses_what_the_model_update_would_refuse() {
+    let (_cluster, mut db) = start("operate-refusals", &["backfill.max_workers = 0"]);
+    for (call, code) in [
+        (format!("SELECT * FROM backfill.preview('{BULK}', '[{{\"key\": \"x\"}}]')"), "22023"),
+        (format!("SELECT * FROM backfill.preview('{BULK}', '[{{\"key\": 1, \"path\": \"a\"}}]')"), "22023"),
+        (format!("SELECT * FROM backfill.preview('{BULK}', '{{\"key\": \"x\"}}')"), "22023"),
+        (format!("SELECT * FROM backfill.preview('{BULK}', '[{{\"key\": \"x\", \"path\": \"a\"}}, {{\"key\": \"x\", \"path\": \"b\"}}]')"), "22023"),
+        (format!("SELECT * FROM backfill.preview('{BULK}', '{PATHS}', 0)"), "22023"),
+        (format!("SELECT * FROM backfill.preview_summary('{BULK}', '[{{\"path\": \"a\"}}]')"), "22023"),
+        (format!("SELECT * FROM backfill.preview('no/model', '{PATHS}')"), "22023"),
+        (format!("SELECT * FROM backfill.preview(NULL, '{PATHS}')"), "22004"),
+        (format!("SELECT * FROM backfill.preview('{BULK}', NULL)"), "22004"),
+    ] {
+        let error = db.batch_execute(&call).expect_err(&call);
+        assert_eq!(code_of(error), code, "{call}");
+    }
+    // The same paths are refused by the model's validation with the same code.
+    let error = db
+        .batch_execute(&format!(
+            "UPDATE backfill.process_model SET metadata_extraction_paths = '[{{\"key\": \"x\"}}]' WHERE id = '{BULK}'"
+        ))
+        .unwrap_err();
+    assert_eq!(code_of(error), "22023");
+}
+
+/// A window of the day that does not hold the server's time now (it opens in two hours), and
+/// one that does.
+fn window(db: &mut Client, open_now: bool) -> String {
+    let (from, to) = if open_now {
+        ("-1 hour", "1 hour")
+    } else {
+        ("2 hours", "3 hours")
+    };
+    one_text(
+        db,
+        &format!(
+            "SELECT to_char(localtimestamp + interval '{from}', 'HH24:MI') || '-'
+                    || to_char(localtimestamp + interval '{to}', 'HH24:MI')"
+        ),
+    )
+}
+
+fn processed(db: &mut Client, job: i64) -> i64 {
+    one_i64(
+        db,
+        &format!("SELECT processed FROM backfill.progress WHERE id = {job}"),
+    )
+}
+
+#[test]
+fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() {
+    let (cluster, mut db) = start("operate-window", &["backfill.batch_delay = '50ms'"]);
+    let closed = window(&mut db, false);
+    cluster.set_and_reload("backfill.active_hours", &closed);
+
+    // Queued outside the window: not started; the progress view and the log say why.
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the log to say jobs wait", Duration::from_secs(30), || {
+        cluster
+            .log()
+            .contains(&format!("jobs wait for backfill.active_hours '{closed}'"))
+            .then_some(())
+    });
+    let row = db
+        .query_one(
+            "SELECT state, processed, waiting_for,
+                    abs(extract(epoch FROM resumes_at - date_trunc('minute', now() + interval '2 hours'))) <= 60
+               FROM backfill.progress WHERE id = $1",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, Option<String>>(2),
+            row.get::<_, bool>(3)
+        ),
+        (
+            "queued".to_owned(),
+            0,
+            Some("active_hours".to_owned()),
+            true
+        )
+    );
+
+    // The window opens: the job runs; it closes: the job stops at a batch boundary.
+    let open = window(&mut db, true);
+    cluster.set_and_reload("backfill.active_hours", &open);
+    wait_for("some batches", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 500).then_some(())
+    });
+    cluster.set_and_reload("backfill.active_hours", &closed);
+    wait_for(
+        "the job to stop at a batch",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .log()
+                .contains(&format!(
+                    "job {job} stops at a batch boundary outside backfill.active_hours '{closed}'"
+                ))
+                .then_some(())
+        },
+    );
+    let stopped_at = processed(&mut db, job);
+    assert!(stopped_at < 2_999, "stopped at {stopped_at}");
+    assert_eq!(stopped_at % 100, 0, "whole batches");
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT state || ' ' || waiting_for FROM backfill.progress WHERE id = {job}")
+        ),
+        "running active_hours"
+    );
+    // Nothing runs while it is closed (the worker looks every batch and every naptime).
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(processed(&mut db, job), stopped_at);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Always again: the job continues at its cursor and completes exactly.
+    cluster.set_and_reload("backfill.active_hours", "");
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(
+        one_i64(
+            &mut db,
+            &format!("SELECT processed FROM backfill.progress WHERE id = {job}")
+        ),
+        3_000
+    );
+    assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
+
+    // A malformed window is refused, naming what is wrong.
+    let error = db
+        .batch_execute("ALTER SYSTEM SET backfill.active_hours = '22:00-25:00'")
+        .unwrap_err();
+    let message = format!("{:?}", error.as_db_error().unwrap());
+    assert_eq!(code_of(error), "22023");
+    assert!(message.contains("25:00"), "{message}");
+}
+
+#[test]
+fn not_before_holds_a_job_until_its_time() {
+    let (cluster, mut db) = start("operate-not-before", &[]);
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}';
+         SELECT backfill.cancel(max(id)) FROM backfill.job;"
+    ))
+    .unwrap();
+    let job = one_i64(
+        &mut db,
+        &format!(
+            "SELECT backfill.enqueue('{BULK}', ARRAY['number'], false, now() + interval '3 s')"
+        ),
+    );
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT state || ' ' || waiting_for FROM backfill.progress WHERE id = {job}")
+        ),
+        "queued not_before"
+    );
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert!(
+        db.query_one(
+            "SELECT started_at >= not_before FROM backfill.job WHERE id = $1",
+            &[&job]
+        )
+        .unwrap()
+        .get::<_, bool>(0),
+        "started before not_before"
+    );
+}
+
+/// Instances, instances with a row, with a value, for a key of a model: counted here, from
+/// the tables.
+fn counted_here(db: &mut Client, model: &str, key: &str) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM backfill.process_instance WHERE process_model_identifier = $1),
+                    count(m.id), count(m.value)
+               FROM backfill.process_instance i
+               JOIN backfill.process_instance_metadata m ON m.process_instance_id = i.id AND m.key = $2
+              WHERE i.process_model_identifier = $1",
+            &[&model, &key],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// The coverage view's counts for a key of a model, after checking its percent.
+fn in_view(db: &mut Client, model: &str, key: &str) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT instances, with_row, with_value,
+                    percent = CASE WHEN instances = 0 THEN 100.0 ELSE round(100.0 * with_value / instances, 1) END
+                    AND counted_at IS NOT NULL
+               FROM backfill.coverage WHERE model = $1 AND key = $2",
+            &[&model, &key],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(3));
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[test]
+fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_errors() {
+    let (cluster, mut db) = start("operate-coverage", &[]);
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
+    ))
+    .unwrap();
+    let job = one_i64(
+        &mut db,
+        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+    );
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    // The job counted its keys when it succeeded.
+    for key in ["status", "number"] {
+        let here = counted_here(&mut db, BULK, key);
+        assert_eq!(in_view(&mut db, BULK, key), here, "key {key}");
+        assert_eq!(here.0, N);
+        assert!(
+            here.1 < N && here.2 < here.1,
+            "an error and NULL values: {here:?}"
+        );
+    }
+    // Rows written afterwards show after a count on request.
+    db.batch_execute(
+        "DELETE FROM backfill.process_instance_metadata WHERE key = 'number' AND process_instance_id % 13 = 0",
+    )
+    .unwrap();
+    assert_ne!(
+        in_view(&mut db, BULK, "number"),
+        counted_here(&mut db, BULK, "number")
+    );
+    assert_eq!(
+        one_i64(&mut db, "SELECT backfill.count_coverage('bulk/model')"),
+        2
+    );
+    assert_eq!(
+        in_view(&mut db, BULK, "number"),
+        counted_here(&mut db, BULK, "number")
+    );
+
+    // A model whose paths no job has filled yet has no counts until asked; then every model.
+    db.batch_execute(
+        r#"INSERT INTO backfill.process_model VALUES ('empty/model', 'Empty', '[{"key": "number", "path": "invoice.number"}]')"#,
+    )
+    .unwrap();
+    assert_eq!(
+        one_text(&mut db, "SELECT coalesce(instances::text, 'never counted') FROM backfill.coverage WHERE model = 'empty/model'"),
+        "never counted"
+    );
+    assert_eq!(one_i64(&mut db, "SELECT backfill.count_coverage()"), 3);
+    assert_eq!(in_view(&mut db, "empty/model", "number"), (0, 0, 0));
+    for key in ["status", "number"] {
+        assert_eq!(
+            in_view(&mut db, BULK, key),
+            counted_here(&mut db, BULK, key),
+            "key {key}"
+        );
+    }
+    let error = db
+        .batch_execute("SELECT backfill.count_coverage('no/model')")
+        .unwrap_err();
+    assert_eq!(code_of(error), "22023");
+}
