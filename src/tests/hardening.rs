@@ -233,11 +233,18 @@ mod tests {
         assert!(!one::<bool>(
             "SELECT has_table_privilege('public', 'backfill.job', 'INSERT')
                  OR has_table_privilege('public', 'backfill.job', 'UPDATE')
-                 OR has_table_privilege('public', 'backfill.job', 'SELECT')"
+                 OR has_table_privilege('public', 'backfill.job', 'SELECT')
+                 OR has_table_privilege('public', 'backfill.coverage_count', 'INSERT')
+                 OR has_table_privilege('public', 'backfill.coverage', 'SELECT')"
         ));
         for function in [
-            "backfill.enqueue(text, text[], boolean)",
+            "backfill.enqueue(text, text[], boolean, timestamptz)",
             "backfill.cancel(bigint)",
+            "backfill.preview(text, jsonb, integer)",
+            "backfill.preview_summary(text, jsonb, integer)",
+            "backfill.count_coverage(text)",
+            "backfill.coverage_record(text, text[], bigint[], bigint[], bigint[])",
+            "backfill.job_hold(bigint, timestamptz)",
             "backfill.run(bigint)",
             "backfill.run_begin(bigint)",
             "backfill.attach(text)",

@@ -217,7 +217,7 @@ task.end_in_seconds numeric";
         );
         assert_eq!(
             dumped,
-            "attachment,job,job_id_seq,json_data,process_instance,process_instance_id_seq,\
+            "attachment,coverage_count,job,job_id_seq,json_data,process_instance,process_instance_id_seq,\
              process_instance_metadata,process_instance_metadata_id_seq,process_model,task"
         );
     }
