@@ -1046,7 +1046,7 @@ fn advance(job: &Job, outcome: &Outcome) {
 /// that row); anything else is a failure of the batch as a whole.
 /// Program limits (class 54) count among them: a document too deep for JSONPath, a value too
 /// big for a row.
-fn is_instance_failure(failure: &Failure) -> bool {
+pub(crate) fn is_instance_failure(failure: &Failure) -> bool {
     matches!(
         &failure.sqlstate[..2],
         "22" | "23" | "P0" | "2F" | "38" | "39" | "54"

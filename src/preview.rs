@@ -3,7 +3,7 @@
 //! own extraction (the same joins, the same `extract_values`), with the caller's privileges,
 //! writing nothing.
 
-use crate::engine::latest_task_data_join;
+use crate::engine::{is_instance_failure, latest_task_data_join};
 use crate::error::{invalid_parameter, required};
 use crate::paths::MetadataPath;
 use crate::query;
@@ -171,13 +171,16 @@ fn previewed(
     let keys: Vec<String> = paths.iter().map(|p| p.key.clone()).collect();
     let texts: Vec<String> = paths.iter().map(|p| p.path.clone()).collect();
     let read = |ids: &[i64]| read_rows(&tables, ids, &keys, &texts);
+    // A failure of the data of an instance (what a job counts as an instance error) is shown
+    // on that instance; any other (a privilege, a cancel) is the caller's.
     let rows = match in_subtransaction(|| read(&ids)) {
         Ok(rows) => rows,
-        // One instance's data fails the statement: each on its own, the failures shown.
+        Err(failure) if !is_instance_failure(&failure) => failure.rethrow(),
         Err(_) => ids
             .iter()
             .flat_map(|&id| match in_subtransaction(|| read(&[id])) {
                 Ok(rows) => rows,
+                Err(failure) if !is_instance_failure(&failure) => failure.rethrow(),
                 Err(failure) => keys
                     .iter()
                     .map(|key| Read {

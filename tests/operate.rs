@@ -538,3 +538,66 @@ fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_e
         .unwrap_err();
     assert_eq!(code_of(error), "22023");
 }
+
+#[test]
+fn preview_and_counts_read_with_the_callers_privileges() {
+    let (cluster, mut db) = start("operate-privileges", &["backfill.max_workers = 0"]);
+    // Everything an operator is granted (README) except reading the task data.
+    db.batch_execute(
+        "CREATE ROLE peek LOGIN;
+         GRANT USAGE ON SCHEMA backfill TO peek;
+         GRANT SELECT ON backfill.process_model, backfill.coverage, backfill.process_instance,
+                         backfill.process_instance_metadata TO peek;
+         GRANT EXECUTE ON FUNCTION backfill.preview(text, jsonb, integer),
+                                   backfill.preview_summary(text, jsonb, integer),
+                                   backfill.count_coverage(text) TO peek;",
+    )
+    .unwrap();
+    let mut peek = cluster.connect_as("peek", "app");
+    for call in [
+        format!("SELECT * FROM backfill.preview('{BULK}', '{PATHS}')"),
+        format!("SELECT * FROM backfill.preview_summary('{BULK}', '{PATHS}')"),
+    ] {
+        let error = peek.batch_execute(&call).expect_err(&call);
+        assert_eq!(code_of(error), "42501", "{call}");
+    }
+    // Counting needs only what it reads; what it records is no more than the role can see.
+    db.batch_execute("ALTER TABLE backfill.process_instance_metadata ENABLE ROW LEVEL SECURITY;
+                      CREATE POLICY peek_sees_little ON backfill.process_instance_metadata TO peek
+                          USING (process_instance_id < 100);
+                      UPDATE backfill.process_model SET metadata_extraction_paths = '[{\"key\": \"status\", \"path\": \"invoice.status\"}]'
+                       WHERE id = 'bulk/model';",
+    )
+    .unwrap();
+    // The job (queued by the superuser) never ran: no workers. The app rows are there.
+    assert_eq!(
+        one_i64(&mut peek, "SELECT backfill.count_coverage('bulk/model')"),
+        1
+    );
+    let seen = one_i64(
+        &mut peek,
+        "SELECT with_row FROM backfill.coverage WHERE model = 'bulk/model'",
+    );
+    assert_eq!(
+        seen,
+        one_i64(
+            &mut peek,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'status'"
+        )
+    );
+    assert!(
+        seen < one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'status'"
+        )
+    );
+    // Nothing else of the extension's is open to it.
+    for denied in [
+        "SELECT * FROM backfill.coverage_count",
+        "SELECT backfill.coverage_record('bulk/model', '{status}', '{1}', '{1}', '{1}')",
+        "SELECT backfill.job_hold(1, now())",
+    ] {
+        let error = peek.batch_execute(denied).expect_err(denied);
+        assert_eq!(code_of(error), "42501", "{denied}");
+    }
+}

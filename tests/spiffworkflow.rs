@@ -23,13 +23,15 @@ const INVOICE: &str = "finance/invoice";
 const SPIFF_GRANTS: &str = "\
 GRANT USAGE ON SCHEMA backfill TO spiff;
 GRANT SELECT, INSERT, UPDATE ON backfill.process_model TO spiff;
-GRANT SELECT ON backfill.job, backfill.progress TO spiff;
+GRANT SELECT ON backfill.job, backfill.progress, backfill.coverage TO spiff;
 GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach(),
                           backfill.sync_process_models(jsonb),
-                          backfill.enqueue(text, text[], boolean), backfill.cancel(bigint),
+                          backfill.enqueue(text, text[], boolean, timestamptz), backfill.cancel(bigint),
                           backfill.wait(bigint, interval), backfill.run_begin(bigint),
                           backfill.run_batch(bigint), backfill.run_end(bigint),
-                          backfill.worker_pid()
+                          backfill.worker_pid(), backfill.preview(text, jsonb, integer),
+                          backfill.preview_summary(text, jsonb, integer),
+                          backfill.count_coverage(text)
     TO spiff;
 GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO spiff;";
 
