@@ -555,6 +555,60 @@ struct Scale {
     plain_update_ms: f64,
     memory: WorkerMemory,
     product_seconds: f64,
+    tools: OperatorTools,
+}
+
+/// The operator's tools on the model after its job, in milliseconds (medians).
+struct OperatorTools {
+    /// backfill.preview of the benchmark's keys, default sample (20).
+    preview_ms: f64,
+    /// backfill.preview_summary, default sample (1,000).
+    summary_ms: f64,
+    /// SELECT * FROM backfill.coverage.
+    coverage_view_ms: f64,
+    /// backfill.count_coverage of the model (every key, exact).
+    count_coverage_ms: f64,
+}
+
+fn time_ms(db: &mut Client, sql: &str, runs: usize) -> f64 {
+    median(
+        &(0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                db.batch_execute(sql).unwrap();
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn operator_tools(db: &mut Client) -> OperatorTools {
+    let paths = format!(
+        "[{}]",
+        NEW_KEYS
+            .iter()
+            .map(|(k, p)| format!(r#"{{"key": "{k}", "path": "{p}"}}"#))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    OperatorTools {
+        preview_ms: time_ms(
+            db,
+            &format!("SELECT count(*) FROM backfill.preview('{MODEL}', '{paths}')"),
+            5,
+        ),
+        summary_ms: time_ms(
+            db,
+            &format!("SELECT count(*) FROM backfill.preview_summary('{MODEL}', '{paths}')"),
+            5,
+        ),
+        coverage_view_ms: time_ms(
+            db,
+            "SELECT count(*) FROM (SELECT * FROM backfill.coverage) c",
+            5,
+        ),
+        count_coverage_ms: time_ms(db, &format!("SELECT backfill.count_coverage('{MODEL}')"), 3),
+    }
 }
 
 /// UPDATE latency and the worker's memory during a whole job, at `instances`; the job's rows
@@ -588,6 +642,7 @@ fn measure_scale(db: &mut Client, port: u16, instances: i64, reference: &[Row]) 
         plain_update_ms,
         memory: run.memory,
         product_seconds: run.seconds,
+        tools: operator_tools(db),
     }
 }
 
@@ -743,6 +798,12 @@ fn report(
             scales.iter().all(|s| s.update_ms < 5.0),
         ),
         ("worker memory growth < 10 MB", growth_kb < 10 * 1024),
+        (
+            "preview and preview_summary < 1 s at every size",
+            scales
+                .iter()
+                .all(|s| s.tools.preview_ms < 1000.0 && s.tools.summary_ms < 1000.0),
+        ),
     ];
     let cpus = thread::available_parallelism()
         .map(|n| n.get())
@@ -764,9 +825,10 @@ fn report(
             .iter()
             .map(|s| {
                 format!(
-                    r#"{{"instances": {}, "update_ms": {:.3}, "plain_update_ms": {:.3}, "worker_peak_private_kb": {}, "worker_peak_resident_kb": {}, "product_seconds": {:.3}, "limit_seconds": {}}}"#,
+                    r#"{{"instances": {}, "update_ms": {:.3}, "plain_update_ms": {:.3}, "worker_peak_private_kb": {}, "worker_peak_resident_kb": {}, "product_seconds": {:.3}, "limit_seconds": {}, "preview_ms": {:.2}, "preview_summary_ms": {:.2}, "coverage_view_ms": {:.2}, "count_coverage_ms": {:.1}}}"#,
                     s.instances, s.update_ms, s.plain_update_ms, s.memory.peak_private_kb, s.memory.peak_resident_kb, s.product_seconds,
-                    s.limit_seconds.map_or("null".to_owned(), |l| format!("{l:.3}"))
+                    s.limit_seconds.map_or("null".to_owned(), |l| format!("{l:.3}")),
+                    s.tools.preview_ms, s.tools.summary_ms, s.tools.coverage_view_ms, s.tools.count_coverage_ms
                 )
             })
             .collect::<Vec<_>>()
@@ -844,6 +906,11 @@ fn report(
             s.instances,
             s.product_seconds,
             s.instances as f64 / s.product_seconds
+        );
+        println!(
+            "  operator's tools: preview (20 instances) {:.1} ms, preview_summary (1,000) {:.1} ms, \
+             coverage view {:.1} ms, count_coverage (5 keys, exact) {:.0} ms",
+            s.tools.preview_ms, s.tools.summary_ms, s.tools.coverage_view_ms, s.tools.count_coverage_ms
         );
     }
     println!();
