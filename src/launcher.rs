@@ -66,7 +66,8 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
     let mut started: Vec<Started> = Vec::new();
     let mut said_busy = false;
     while !wake::shutdown_requested() {
-        if BackgroundWorker::sighup_received() {
+        let reloaded = BackgroundWorker::sighup_received();
+        if reloaded {
             // SAFETY: what the postmaster's children do on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
@@ -74,6 +75,9 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
             pending.extend(databases().iter().map(|d| d.oid));
         }
         pending.extend(wake::take_requests());
+        // Held jobs whose time has come; after a reload all of them, since the window may
+        // have moved (a worker with nothing to run yet asks again and leaves).
+        pending.extend(wake::take_due(reloaded));
         pending.sort_unstable_by_key(|db| db.to_u32());
         pending.dedup();
         started.retain(still_running);

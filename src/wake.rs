@@ -10,7 +10,7 @@ use pgrx::{
     pg_shmem_init, register_xact_callback, PGRXSharedMemory, PgAtomic, PgXactCallbackEvent,
 };
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// `backend_type` of the workers in pg_stat_activity.
@@ -53,6 +53,11 @@ pub struct Registry {
     requests: [AtomicU32; REQUEST_SLOTS],
     /// Set when a request found the table full: the launcher then looks at every database.
     look_everywhere: AtomicBool,
+    /// Databases whose jobs are held back (enqueue's not_before, backfill.active_hours), and
+    /// when (Unix seconds) the launcher is to start a worker for them: their worker left
+    /// rather than stay connected until then (0: empty).
+    later_database: [AtomicU32; REQUEST_SLOTS],
+    later_at: [AtomicI64; REQUEST_SLOTS],
 }
 
 impl Default for Registry {
@@ -63,6 +68,8 @@ impl Default for Registry {
             workers: std::array::from_fn(|_| Slot::default()),
             requests: std::array::from_fn(|_| AtomicU32::new(0)),
             look_everywhere: AtomicBool::new(false),
+            later_database: std::array::from_fn(|_| AtomicU32::new(0)),
+            later_at: std::array::from_fn(|_| AtomicI64::new(0)),
         }
     }
 }
@@ -142,6 +149,65 @@ pub fn request(database: pg_sys::Oid) {
         }
     }
     set_latch(registry.launcher_latch.load(Ordering::SeqCst));
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Asks the launcher for a worker in `database` in `seconds` (the earliest if asked twice).
+/// False when the table is full: the caller then stays.
+pub fn request_later(database: pg_sys::Oid, seconds: u64) -> bool {
+    let registry = REGISTRY.get();
+    let wanted = database.to_u32();
+    let at = unix_now().saturating_add(seconds.min(i64::MAX as u64) as i64);
+    let slot = registry
+        .later_database
+        .iter()
+        .position(|d| d.load(Ordering::SeqCst) == wanted)
+        .or_else(|| {
+            registry.later_database.iter().position(|d| {
+                d.compare_exchange(0, wanted, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            })
+        });
+    match slot {
+        Some(index) => {
+            // A slot taken just now still holds 0 (due at once) until this store: at worst
+            // an early look, never a late one.
+            let time = &registry.later_at[index];
+            let earlier = match time.load(Ordering::SeqCst) {
+                0 => at,
+                t => t.min(at),
+            };
+            time.store(earlier, Ordering::SeqCst);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The databases whose time has come (all of them with `all`, after a reload that may have
+/// changed backfill.active_hours), taken off the table.
+pub fn take_due(all: bool) -> Vec<pg_sys::Oid> {
+    let registry = REGISTRY.get();
+    let now = unix_now();
+    registry
+        .later_database
+        .iter()
+        .zip(&registry.later_at)
+        .filter_map(|(database, at)| {
+            let db = database.load(Ordering::SeqCst);
+            if db == 0 || !(all || at.load(Ordering::SeqCst) <= now) {
+                return None;
+            }
+            at.store(0, Ordering::SeqCst);
+            database.store(0, Ordering::SeqCst);
+            Some(pg_sys::Oid::from(db))
+        })
+        .collect()
 }
 
 /// Whether a request found the table full since the last call: then every database counts

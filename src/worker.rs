@@ -94,9 +94,12 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
             // From here on an enqueue asks the launcher, which starts a new worker once this
             // one is gone; a last look finds whatever committed before.
             wake::worker_leaving(slot);
-            match guarded(unfinished_jobs) {
-                Ok(false) => break,
-                Ok(true) | Err(_) => {
+            match guarded(work_left) {
+                Ok(Work::None) => break,
+                // Not connected until then (DROP DATABASE would wait for it): the launcher
+                // starts a worker when the hold lifts.
+                Ok(Work::Later(seconds)) if wake::request_later(database, seconds) => break,
+                Ok(_) | Err(_) => {
                     // Jobs someone else runs (CALL backfill.run) or that were just queued:
                     // stay, to take them when they are free.
                     wake::worker_serving(slot, pid);
@@ -127,6 +130,41 @@ fn database_name() -> String {
     unsafe { CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// What this database's unfinished jobs ask of a worker.
+enum Work {
+    /// Some may run now (someone else may be running them).
+    Now,
+    /// All are held back (enqueue's not_before, backfill.active_hours) for at least this many
+    /// seconds.
+    Later(u64),
+    None,
+}
+
+fn work_left() -> Work {
+    let (unfinished, runnable, held_for) = Spi::get_three::<i64, bool, i64>(
+        "SELECT count(*), coalesce(bool_or(not_before IS NULL OR not_before <= now()), false),
+                ceil(extract(epoch FROM min(not_before) FILTER (WHERE not_before > now()) - now()))::bigint
+           FROM backfill.job WHERE state IN ('queued', 'running')",
+    )
+    .unwrap_or_else(|e| error!("backfill: could not look at the jobs: {e}"));
+    if unfinished.unwrap_or(0) == 0 {
+        return Work::None;
+    }
+    let window = queue::window_closed_for();
+    match (runnable.unwrap_or(false), window) {
+        (true, None) => Work::Now,
+        // The earliest a job may become runnable; a worker started then that finds another
+        // hold asks again.
+        (runnable, window) => {
+            let times = [
+                window.filter(|_| runnable).map(u64::from),
+                held_for.map(|s| s.max(1) as u64),
+            ];
+            times.into_iter().flatten().min().map_or(Work::Now, Work::Later)
+        }
+    }
 }
 
 /// Whether any job is queued or running (whoever runs it).
