@@ -162,7 +162,11 @@ fn work_left() -> Work {
                 window.filter(|_| runnable).map(u64::from),
                 held_for.map(|s| s.max(1) as u64),
             ];
-            times.into_iter().flatten().min().map_or(Work::Now, Work::Later)
+            times
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(Work::Now, Work::Later)
         }
     }
 }

@@ -455,7 +455,10 @@ fn not_before_holds_a_job_until_its_time() {
     });
     worker_leaves(&mut db);
     assert_eq!(
-        one_text(&mut db, &format!("SELECT state FROM backfill.job WHERE id = {job}")),
+        one_text(
+            &mut db,
+            &format!("SELECT state FROM backfill.job WHERE id = {job}")
+        ),
         "queued"
     );
     assert_eq!(wait_done(&cluster, job), "succeeded");
