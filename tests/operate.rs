@@ -389,8 +389,8 @@ fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() 
     worker_leaves(&mut db);
     assert_eq!(processed(&mut db, job), stopped_at);
 
-    // Always again: the job continues at its cursor and completes exactly.
-    cluster.set_and_reload("backfill.active_hours", "");
+    // The window opens again: the job continues at its cursor and completes exactly.
+    cluster.set_and_reload("backfill.active_hours", &open);
     assert_eq!(wait_done(&cluster, job), "succeeded");
     assert_eq!(
         one_i64(
