@@ -331,6 +331,9 @@ fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() 
             .contains(&format!("jobs wait for backfill.active_hours '{closed}'"))
             .then_some(())
     });
+    // The window is the server's, whatever time zone a session reads it in.
+    db.batch_execute("SET TimeZone = 'Pacific/Kiritimati'")
+        .unwrap();
     let row = db
         .query_one(
             "SELECT state, processed, waiting_for,
@@ -355,6 +358,7 @@ fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() 
     );
 
     // The window opens: the job runs; it closes: the job stops at a batch boundary.
+    db.batch_execute("RESET TimeZone").unwrap();
     let open = window(&mut db, true);
     cluster.set_and_reload("backfill.active_hours", &open);
     wait_for("some batches", Duration::from_secs(60), || {
