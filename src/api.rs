@@ -173,16 +173,7 @@ fn enqueue(
             .map(|key| required(key, ENQUEUE, "an element of keys"))
             .collect()
     });
-    let paths = query::optional_jsonb(
-        "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
-        &[process_model_identifier.into()],
-    )
-    .unwrap_or_else(|| {
-        invalid_parameter(&format!(
-            "process model \"{process_model_identifier}\" does not exist"
-        ))
-    });
-    let paths = queue::valid_paths(&paths);
+    let paths = queue::valid_paths(&queue::paths_of_model(process_model_identifier));
     let chosen: Vec<&MetadataPath> = match keys {
         None => paths.iter().collect(),
         Some(keys) => {

@@ -5,7 +5,6 @@
 
 use crate::engine::{is_instance_failure, latest_task_data_join};
 use crate::error::{invalid_parameter, required};
-use crate::paths::MetadataPath;
 use crate::query;
 use crate::queue::{self, JobPath};
 use crate::subxact::in_subtransaction;
@@ -45,7 +44,8 @@ fn preview(
         name!(error, Option<String>),
     ),
 > {
-    let rows = previewed("backfill.preview", process_model_identifier, paths, sample);
+    let rows = previewed("backfill.preview", process_model_identifier, paths, sample)
+        .map_or_else(Vec::new, |sampled| sampled.rows);
     TableIterator::new(rows.into_iter().map(|r| {
         (
             r.instance,
@@ -78,27 +78,28 @@ fn preview_summary(
         name!(estimated_with_value, i64),
     ),
 > {
-    const FUNCTION: &str = "backfill.preview_summary";
-    let model = required(
+    let Some(Sampled {
+        model,
+        tables,
+        keys,
+        rows,
+    }) = previewed(
+        "backfill.preview_summary",
         process_model_identifier,
-        FUNCTION,
-        "process_model_identifier",
-    );
-    let paths = paths.map(|p| p.0);
-    let rows = previewed(FUNCTION, Some(model), paths.clone().map(JsonB), sample);
-    let tables = Tables::current();
+        paths,
+        sample,
+    )
+    else {
+        return TableIterator::new(Vec::new());
+    };
     let instances = query::optional_value::<i64>(
         &format!(
             "SELECT count(*) FROM {} WHERE process_model_identifier = $1",
             tables.sql_name("process_instance")
         ),
-        &[model.into()],
+        &[model.as_str().into()],
     )
     .unwrap_or(0);
-    let keys: Vec<String> = paths_of(FUNCTION, paths.map(JsonB))
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
     let summary: Vec<_> = keys
         .into_iter()
         .map(|key| {
@@ -128,16 +129,22 @@ fn preview_summary(
     TableIterator::new(summary)
 }
 
-fn paths_of(function: &str, paths: Option<JsonB>) -> Vec<MetadataPath> {
-    queue::valid_paths(&required(paths, function, "paths").0)
+/// A preview's sample: the model, its tables, the keys in the order of the paths, and a row
+/// per sampled instance and key.
+struct Sampled {
+    model: String,
+    tables: Tables,
+    keys: Vec<String>,
+    rows: Vec<Previewed>,
 }
 
+/// The arguments checked and the sample read; None when `paths` is empty.
 fn previewed(
     function: &str,
     process_model_identifier: Option<&str>,
     paths: Option<JsonB>,
     sample: Option<i32>,
-) -> Vec<Previewed> {
+) -> Option<Sampled> {
     let model = required(
         process_model_identifier,
         function,
@@ -149,22 +156,17 @@ fn previewed(
             "sample must be between 1 and {MAX_SAMPLE}, not {sample}"
         ));
     }
-    let paths = paths_of(function, paths);
-    let current = query::optional_jsonb(
-        "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
-        &[model.into()],
-    )
-    .unwrap_or_else(|| invalid_parameter(&format!("process model \"{model}\" does not exist")));
+    let paths = queue::valid_paths(&required(paths, function, "paths").0);
     // A key whose path differs from the model's current one would be overwritten, as a model
     // update to these paths would do; any other key is filled where it has no row.
-    let current = crate::paths::parse_paths_lenient(&current);
+    let current = crate::paths::parse_paths_lenient(&queue::paths_of_model(model));
     let overwritten: Vec<String> = JobPath::changes(&current, &paths)
         .into_iter()
         .filter(|p| p.overwrite)
         .map(|p| p.key)
         .collect();
     if paths.is_empty() {
-        return Vec::new();
+        return None;
     }
     let tables = Tables::current();
     let ids = sample_ids(&tables, model, sample);
@@ -195,7 +197,8 @@ fn previewed(
             })
             .collect(),
     };
-    rows.into_iter()
+    let rows = rows
+        .into_iter()
         .map(|r| {
             let outcome = if r.error.is_some() {
                 "error"
@@ -219,7 +222,13 @@ fn previewed(
                 error: r.error,
             }
         })
-        .collect()
+        .collect();
+    Some(Sampled {
+        model: model.to_owned(),
+        tables,
+        keys,
+        rows,
+    })
 }
 
 /// Up to `sample` instances of `model`, spread evenly over its id range: for each of `sample`

@@ -107,6 +107,16 @@ pub fn valid_paths(value: &Value) -> Vec<MetadataPath> {
     .unwrap_or_else(|e| invalid_parameter(&e.to_string()))
 }
 
+/// The metadata_extraction_paths of `model` as stored (unvalidated), or ERROR 22023 when
+/// there is no such model.
+pub fn paths_of_model(model: &str) -> Value {
+    crate::query::optional_jsonb(
+        "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
+        &[model.into()],
+    )
+    .unwrap_or_else(|| invalid_parameter(&format!("process model \"{model}\" does not exist")))
+}
+
 /// Inserts a queued job in the current transaction and returns its id. The job will run with
 /// the privileges of the current role, which is recorded with it.
 pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
