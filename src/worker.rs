@@ -302,9 +302,19 @@ thread_local! {
     static WINDOW_NOTED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether backfill.active_hours keeps batches from starting now; the first time it does
-/// while jobs wait, the log says until when.
-fn outside_active_hours(stopping: Option<i64>) -> bool {
+/// Whether backfill.active_hours keeps batches from starting now (`stopping`: the job this
+/// process would run a batch of next). Without a window no transaction is started.
+fn outside_active_hours(stopping: Option<i64>) -> Result<bool, Failure> {
+    if settings::active_hours().is_none() {
+        WINDOW_NOTED.set(false);
+        return Ok(false);
+    }
+    guarded(|| window_closed_now(stopping))
+}
+
+/// `outside_active_hours` in a transaction; the first time the window holds jobs back, the
+/// log says until when.
+fn window_closed_now(stopping: Option<i64>) -> bool {
     let Some(seconds) = queue::window_closed_for() else {
         WINDOW_NOTED.set(false);
         return false;
@@ -327,16 +337,12 @@ fn outside_active_hours(stopping: Option<i64>) -> bool {
 
 /// Runs the oldest runnable job (or part of a split job) to its end (or until shutdown).
 fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
-    if settings::active_hours().is_none() {
-        WINDOW_NOTED.set(false);
-    } else {
-        match guarded(|| outside_active_hours(None)) {
-            Ok(false) => {}
-            Ok(true) => return Drained::Idle,
-            Err(failure) => {
-                trouble.wait_after(&failure, "reading the time of day");
-                return Drained::Failed;
-            }
+    match outside_active_hours(None) {
+        Ok(false) => {}
+        Ok(true) => return Drained::Idle,
+        Err(failure) => {
+            trouble.wait_after(&failure, "reading the time of day");
+            return Drained::Failed;
         }
     }
     let job_id = match guarded(claim_next_job) {
@@ -363,9 +369,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             return Drained::Ran;
         }
         reload_config_if_asked();
-        if settings::active_hours().is_some()
-            && guarded(|| outside_active_hours(Some(job_id))).unwrap_or(false)
-        {
+        if outside_active_hours(Some(job_id)).unwrap_or(false) {
             release(slot, job_id, &throttle);
             return Drained::Ran;
         }
