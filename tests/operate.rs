@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{add_path, bulk_sql, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster};
+use common::{
+    add_path, bulk_sql, one_i64, one_text, sqlstate, start_app, wait_ended, wait_for, wrong_rows,
+    Cluster,
+};
 use postgres::Client;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -73,24 +76,6 @@ fn snapshot(db: &mut Client) -> String {
     )
 }
 
-fn wait_done(cluster: &Cluster, job: i64) -> String {
-    wait_for("the job to end", Duration::from_secs(120), || {
-        let state: String = cluster
-            .connect("app")
-            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
-            .ok()?
-            .get(0);
-        (state != "queued" && state != "running").then_some(state)
-    })
-}
-
-fn code_of(error: postgres::Error) -> String {
-    error
-        .code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn preview_shows_what_the_job_then_writes_spread_over_the_ids_and_writes_nothing() {
     let (cluster, mut db) = start("operate-preview", &[]);
@@ -157,7 +142,7 @@ fn preview_shows_what_the_job_then_writes_spread_over_the_ids_and_writes_nothing
         &mut db,
         "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
     );
-    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     assert_eq!(
         one_i64(
             &mut db,
@@ -282,7 +267,7 @@ fn preview_refuses_what_the_model_update_would_refuse() {
         (format!("SELECT * FROM backfill.preview('{BULK}', NULL)"), "22004"),
     ] {
         let error = db.batch_execute(&call).expect_err(&call);
-        assert_eq!(code_of(error), code, "{call}");
+        assert_eq!(sqlstate(&error), code, "{call}");
     }
     // The same paths are refused by the model's validation with the same code.
     let error = db
@@ -290,7 +275,7 @@ fn preview_refuses_what_the_model_update_would_refuse() {
             "UPDATE backfill.process_model SET metadata_extraction_paths = '[{{\"key\": \"x\"}}]' WHERE id = '{BULK}'"
         ))
         .unwrap_err();
-    assert_eq!(code_of(error), "22023");
+    assert_eq!(sqlstate(&error), "22023");
 }
 
 /// A window of the day that does not hold the server's time now (it opens in two hours), and
@@ -395,7 +380,7 @@ fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() 
 
     // The window opens again: the job continues at its cursor and completes exactly.
     cluster.set_and_reload("backfill.active_hours", &open);
-    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     assert_eq!(
         one_i64(
             &mut db,
@@ -410,7 +395,7 @@ fn active_hours_hold_jobs_outside_the_window_and_stop_running_ones_at_a_batch() 
         .batch_execute("ALTER SYSTEM SET backfill.active_hours = '22:00-25:00'")
         .unwrap_err();
     let message = format!("{:?}", error.as_db_error().unwrap());
-    assert_eq!(code_of(error), "22023");
+    assert_eq!(sqlstate(&error), "22023");
     assert!(message.contains("25:00"), "{message}");
 }
 
@@ -465,7 +450,7 @@ fn not_before_holds_a_job_until_its_time() {
         ),
         "queued"
     );
-    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     assert!(
         db.query_one(
             "SELECT started_at >= not_before FROM backfill.job WHERE id = $1",
@@ -519,7 +504,7 @@ fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_e
         &mut db,
         "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
     );
-    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     // The job counted its keys when it succeeded.
     for key in ["status", "number"] {
         let here = counted_here(&mut db, BULK, key);
@@ -569,7 +554,7 @@ fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_e
     let error = db
         .batch_execute("SELECT backfill.count_coverage('no/model')")
         .unwrap_err();
-    assert_eq!(code_of(error), "22023");
+    assert_eq!(sqlstate(&error), "22023");
 }
 
 #[test]
@@ -592,7 +577,7 @@ fn preview_and_counts_read_with_the_callers_privileges() {
         format!("SELECT * FROM backfill.preview_summary('{BULK}', '{PATHS}')"),
     ] {
         let error = peek.batch_execute(&call).expect_err(&call);
-        assert_eq!(code_of(error), "42501", "{call}");
+        assert_eq!(sqlstate(&error), "42501", "{call}");
     }
     // Counting needs only what it reads; what it records is no more than the role can see.
     db.batch_execute("ALTER TABLE backfill.process_instance_metadata ENABLE ROW LEVEL SECURITY;
@@ -631,6 +616,6 @@ fn preview_and_counts_read_with_the_callers_privileges() {
         "SELECT backfill.job_hold(1, now())",
     ] {
         let error = peek.batch_execute(denied).expect_err(denied);
-        assert_eq!(code_of(error), "42501", "{denied}");
+        assert_eq!(sqlstate(&error), "42501", "{denied}");
     }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{json_string, one_i64, one_text, wait_for, Cluster};
+use common::{json_string, one_i64, one_text, sqlstate, wait_for, Cluster};
 use postgres::Client;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -225,10 +225,6 @@ fn wait_done(db: &mut Client, job: i64) -> String {
         .unwrap()
         .get(0);
     state
-}
-
-fn sqlstate(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_default()
 }
 
 const PATHS: &[(&str, &str)] = &[

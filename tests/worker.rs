@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{add_path, bulk_sql, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster};
+use common::{
+    add_path, bulk_sql, one_i64, one_text, start_app, wait_ended, wait_for, wrong_rows, Cluster,
+};
 use postgres::Client;
 use std::process::Command;
 use std::thread;
@@ -60,18 +62,7 @@ fn wait_until_processed(db: &mut Client, job: i64, least: i64, within: Duration)
 }
 
 fn wait_done(cluster: &Cluster, job: i64) -> String {
-    wait_done_in(cluster, "app", job)
-}
-
-fn wait_done_in(cluster: &Cluster, database: &str, job: i64) -> String {
-    wait_for("the job to end", Duration::from_secs(120), || {
-        let mut db = cluster.connect(database);
-        let state: String = db
-            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
-            .ok()?
-            .get(0);
-        (state != "queued" && state != "running").then_some(state)
-    })
+    wait_ended(cluster, "app", job)
 }
 
 /// Every instance of the bulk model has exactly one row per key, equal to the extraction of
@@ -392,7 +383,7 @@ fn every_database_with_the_extension_is_served_without_configuration() {
     let (mut dbs, jobs) = databases_with_a_job(&cluster, &names, 5_000);
     let mut spans = Vec::new();
     for ((name, db), job) in names.iter().zip(dbs.iter_mut()).zip(&jobs) {
-        assert_eq!(wait_done_in(&cluster, name, *job), "succeeded");
+        assert_eq!(wait_ended(&cluster, name, *job), "succeeded");
         assert_eq!(
             wrong_rows(db, BULK, "number", "invoice.number"),
             0,
@@ -429,7 +420,7 @@ fn every_database_with_the_extension_is_served_without_configuration() {
         .connect("postgres")
         .batch_execute("DROP DATABASE one")
         .unwrap();
-    assert_eq!(wait_done_in(&cluster, "three", running), "succeeded");
+    assert_eq!(wait_ended(&cluster, "three", running), "succeeded");
     assert_eq!(wrong_rows(&mut three, BULK, "total", "invoice.total"), 0);
     let log = cluster.log();
     for name in names {

@@ -466,6 +466,24 @@ pub fn wrong_rows_where(db: &mut Client, model: &str, key: &str, path: &str, fil
     .get(0)
 }
 
+/// Waits until job `job` of `database` is neither queued nor running, each look over a new
+/// connection (the server may be restarting); its state.
+pub fn wait_ended(cluster: &Cluster, database: &str, job: i64) -> String {
+    wait_for("the job to end", Duration::from_secs(120), || {
+        let mut db = cluster.connect(database);
+        let state: String = db
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .ok()?
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
+/// The SQLSTATE of a failed statement ("" when it is not a server error).
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_default()
+}
+
 pub fn json_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
