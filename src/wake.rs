@@ -528,12 +528,14 @@ fn is_sleeping(pid: i32) -> bool {
 }
 
 /// Sleeps up to `duration` on this process's latch, returning early when the process is asked
-/// to stop; a backend's cancel request interrupts it with the usual error.
+/// to stop; a backend's cancel request interrupts it with the usual error. The latch waits in
+/// whole milliseconds, so what is left under one is not slept: rounded up, every pause of a
+/// few microseconds would cost a millisecond or more.
 pub fn sleep(duration: Duration) {
     let deadline = Instant::now() + duration;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || shutdown_requested() {
+        if left < Duration::from_millis(1) || shutdown_requested() {
             return;
         }
         // SAFETY: the standard wait on MyLatch, as pg_sleep does.

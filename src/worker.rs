@@ -431,6 +431,9 @@ struct Throttle {
     batches: u64,
     working: Duration,
     paused: Duration,
+    /// Pause owed but not yet taken: `wake::sleep` sleeps whole milliseconds, so the
+    /// fractions add up here until they make one.
+    owed: Duration,
 }
 
 impl Default for Throttle {
@@ -441,6 +444,7 @@ impl Default for Throttle {
             batches: 0,
             working: Duration::ZERO,
             paused: Duration::ZERO,
+            owed: Duration::ZERO,
         }
     }
 }
@@ -456,7 +460,10 @@ impl Throttle {
         self.batches += 1;
         self.working += batch;
         self.paused += pause;
-        pause
+        let due = self.owed + pause;
+        let whole = Duration::from_millis(due.as_millis() as u64);
+        self.owed = due - whole;
+        whole
     }
 }
 
