@@ -89,7 +89,12 @@ enum ForeignKeyCheck {
     LockedInstances,
 }
 
+const UNIQUE_VIOLATION: &str = "23505";
+
 thread_local! {
+    /// How the batches of the job this process runs insert, once one met a row that was
+    /// there (see `Insert`).
+    static INSERT_WAY: Cell<Option<(i64, Insert)>> = const { Cell::new(None) };
     /// The job this process runs and where its row's latest version was written.
     ///
     /// Every batch updates the job row, so the row gains a version per batch. While any
@@ -608,7 +613,7 @@ impl BatchOf<'_> {
         } else {
             ForeignKeyCheck::Triggers
         };
-        let mut outcome = match guarded(|| self.write(&locked.ids, foreign_key)) {
+        let mut outcome = match self.write_rows(&locked.ids, foreign_key) {
             Ok(updated) => Outcome {
                 updated,
                 ..Outcome::default()
@@ -680,9 +685,33 @@ impl BatchOf<'_> {
         .unwrap_or(false)
     }
 
+    /// Writes the rows of `ids`, a subtransaction a statement, the way this job's batches
+    /// have got to (`Insert`); a unique violation sends them the next way, rows that a
+    /// batch written ON CONFLICT fails on are the instances' own failures.
+    fn write_rows(&self, ids: &[i64], foreign_key: ForeignKeyCheck) -> Result<i64, Failure> {
+        let mut insert = if self.job.paths.iter().any(|p| p.overwrite) {
+            Insert::Overwrite
+        } else {
+            match INSERT_WAY.get() {
+                Some((job, insert)) if job == self.job.id => insert,
+                _ => Insert::New,
+            }
+        };
+        loop {
+            let written = guarded(|| self.write(ids, foreign_key, insert));
+            match (&written, insert.after_conflict()) {
+                (Err(failure), Some(next)) if failure.sqlstate == UNIQUE_VIOLATION => {
+                    insert = next;
+                    INSERT_WAY.set(Some((self.job.id, insert)));
+                }
+                _ => return written,
+            }
+        }
+    }
+
     /// Extracts and writes the rows of `ids` in one statement; the number of instances that
     /// got a row written.
-    fn write(&self, ids: &[i64], foreign_key: ForeignKeyCheck) -> i64 {
+    fn write(&self, ids: &[i64], foreign_key: ForeignKeyCheck, insert: Insert) -> i64 {
         let job = self.job;
         let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
         let paths: Vec<String> = job.paths.iter().map(|p| p.path.clone()).collect();
@@ -693,7 +722,7 @@ impl BatchOf<'_> {
             .map(|p| p.key.clone())
             .collect();
         let plan = Plan::Batch {
-            overwrite: !overwrite.is_empty(),
+            insert,
             tables: self.tables.clone(),
         };
         let args = [
@@ -722,7 +751,7 @@ impl BatchOf<'_> {
     fn isolate(&self, ids: &[i64], foreign_key: ForeignKeyCheck) -> Result<Outcome, Failure> {
         let mut outcome = Outcome::default();
         for &id in ids {
-            match guarded(|| self.write(&[id], foreign_key)) {
+            match self.write_rows(&[id], foreign_key) {
                 Ok(updated) => outcome.updated += updated,
                 Err(failure) if is_instance_failure(&failure) => {
                     warning!(
@@ -745,25 +774,81 @@ struct Locked {
     for_share: bool,
 }
 
+/// How a batch statement inserts its rows. A job starts with `New` and moves down the list
+/// each time a batch fails with 23505, for the rest of its run in this process; a batch that
+/// fails so is written again the next way, in a new subtransaction.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Insert {
+    /// Every row, without ON CONFLICT: the unique index is the only check, and a row that
+    /// is already there fails the batch. The fastest way, and the common case when a path
+    /// is added: none of its rows exist yet.
+    New,
+    /// Rows of keys the instance has no row for, found by one index probe per instance,
+    /// without ON CONFLICT: only a row someone else inserts after the statement's snapshot
+    /// (a writer that does not lock the instance first) fails the batch.
+    Missing,
+    /// ON CONFLICT DO NOTHING: one speculative insertion a row (an index probe before it and
+    /// a confirmation record in the WAL after it), safe against any concurrent insert.
+    OnConflict,
+    /// ON CONFLICT DO UPDATE for the keys whose path the job replaces.
+    Overwrite,
+}
+
+impl Insert {
+    /// The way to try after a batch written this way met a row that was there (23505).
+    fn after_conflict(self) -> Option<Insert> {
+        match self {
+            Insert::New => Some(Insert::Missing),
+            Insert::Missing => Some(Insert::OnConflict),
+            Insert::OnConflict | Insert::Overwrite => None,
+        }
+    }
+}
+
 /// The batch statement, for the job's tables: for each instance, the data of its latest
 /// completed task (latest by end_in_seconds, then guid; a completed task without an end
 /// counts as earlier than any with one), the paths extracted in Rust once per instance, and
-/// the rows written set-based, DO NOTHING or DO UPDATE on conflict.
-pub(crate) fn batch_sql(tables: &Tables, overwrite: bool) -> String {
+/// the rows written set-based, as `insert` says.
+pub(crate) fn batch_sql(tables: &Tables, insert: Insert) -> String {
+    let metadata = tables.sql_name("process_instance_metadata");
     // A NOT NULL value column gets no row for nothing found (SpiffWorkflow's own rule).
-    let only_values = if tables.value_not_null {
-        "WHERE e.value IS NOT NULL"
+    let mut only = Vec::new();
+    if tables.value_not_null {
+        only.push("e.value IS NOT NULL");
+    }
+    // The keys an instance has rows for, compared byte for byte: equal bytes are equal under
+    // any collation the key column may have, and a key the index deems equal in other bytes
+    // only costs the 23505 that sends the batch to OnConflict.
+    let (have, have_column) = if insert == Insert::Missing {
+        only.push("NOT coalesce(e.key COLLATE \"C\" = ANY (e.have), false)");
+        (
+            format!(
+                "LEFT JOIN LATERAL (
+            SELECT array_agg(x.key::text COLLATE \"C\") AS keys
+              FROM {metadata} x
+             WHERE x.process_instance_id = b.id) have ON true"
+            ),
+            ", have.keys AS have",
+        )
     } else {
-        ""
+        (String::new(), "")
+    };
+    let only = if only.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", only.join(" AND "))
     };
     // Only keys whose path the job replaces are overwritten, only when the value differs, and
     // never with nothing.
-    let on_conflict = if overwrite {
-        "UPDATE SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
-          WHERE m.key = ANY($4::text[]) AND EXCLUDED.value IS NOT NULL
-            AND m.value IS DISTINCT FROM EXCLUDED.value"
-    } else {
-        "NOTHING"
+    let on_conflict = match insert {
+        Insert::New | Insert::Missing => "",
+        Insert::OnConflict => "ON CONFLICT (process_instance_id, key) DO NOTHING",
+        Insert::Overwrite => {
+            "ON CONFLICT (process_instance_id, key) DO UPDATE
+              SET value = EXCLUDED.value, updated_at_in_seconds = EXCLUDED.updated_at_in_seconds
+            WHERE m.key = ANY($4::text[]) AND EXCLUDED.value IS NOT NULL
+              AND m.value IS DISTINCT FROM EXCLUDED.value"
+        }
     };
     format!(
         "
@@ -774,20 +859,21 @@ WITH extracted AS (
     SELECT b.id,
            unnest($2::text[]) AS key,
            unnest(backfill.extract_values(coalesce(d.data, '{{}}'), $3::text[])) AS value
+           {have_column}
       FROM unnest($1::bigint[]) AS b(id)
       {latest}
+      {have}
 ), written AS (
     INSERT INTO {metadata} AS m
            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
     SELECT e.id, e.key, e.value, $5, $5
       FROM extracted e
-     {only_values}
-    ON CONFLICT (process_instance_id, key) DO {on_conflict}
+     {only}
+    {on_conflict}
     RETURNING m.process_instance_id
 )
 SELECT count(DISTINCT process_instance_id) FROM written",
         latest = latest_task_data_join(tables, "b.id"),
-        metadata = tables.sql_name("process_instance_metadata"),
     )
 }
 
@@ -932,7 +1018,7 @@ enum Plan {
     LockJobAt { skip_locked: bool },
     Advance,
     LockInstances { tables: Tables, for_share: bool },
-    Batch { overwrite: bool, tables: Tables },
+    Batch { insert: Insert, tables: Tables },
 }
 
 impl Plan {
@@ -962,7 +1048,7 @@ impl Plan {
                 tables.sql_name("process_instance"),
                 if *for_share { " FOR SHARE OF i" } else { "" }
             ),
-            Plan::Batch { overwrite, tables } => batch_sql(tables, *overwrite),
+            Plan::Batch { insert, tables } => batch_sql(tables, *insert),
         }
     }
 

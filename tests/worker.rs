@@ -352,6 +352,100 @@ fn concurrent_writers_are_neither_blocked_nor_overwritten() {
     );
 }
 
+/// Whether the backend `waiter` waits for the transaction of the backend `holder`.
+fn waits_for(db: &mut Client, waiter: i32, holder: i32) -> bool {
+    db.query_one(
+        "SELECT EXISTS (SELECT FROM pg_locks w
+                          JOIN pg_locks h ON h.locktype = 'transactionid'
+                                         AND h.transactionid = w.transactionid AND h.granted
+                         WHERE w.pid = $1 AND NOT w.granted AND h.pid = $2)",
+        &[&waiter, &holder],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn rows_inserted_behind_a_batchs_back_are_kept_and_the_batch_is_written_again() {
+    // A batch inserts without ON CONFLICT while it can. Two writers that do not lock the
+    // instance row first insert rows of the job's key for instances of its first batch and
+    // keep their transactions open: the batch waits for the first, meets its row (23505), is
+    // written again skipping the rows there, waits for the second, meets its row, and is
+    // written a third time with ON CONFLICT. Nothing is counted as an error, both writers'
+    // values stay, every other instance gets its row once.
+    let (cluster, mut db) = start("worker-conflict", &[]);
+    let mut writers: Vec<(Client, i32)> = [2i64, 3]
+        .iter()
+        .map(|id| {
+            let mut writer = cluster.connect("app");
+            writer.batch_execute("BEGIN").unwrap();
+            writer
+                .execute(
+                    "INSERT INTO backfill.process_instance_metadata
+                            (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+                     VALUES ($1, 'number', 'from a writer', 1, 1)",
+                    &[id],
+                )
+                .unwrap();
+            let pid = writer
+                .query_one("SELECT pg_backend_pid()", &[])
+                .unwrap()
+                .get(0);
+            (writer, pid)
+        })
+        .collect();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    let worker = wait_for_worker(&cluster);
+    for (writer, pid) in &mut writers {
+        wait_for(
+            "the batch to wait for a writer's insert",
+            Duration::from_secs(30),
+            || waits_for(&mut db, worker, *pid).then_some(()),
+        );
+        writer.batch_execute("COMMIT").unwrap();
+    }
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    let row = db
+        .query_one(
+            "SELECT instances_processed, instances_updated, errors FROM backfill.job WHERE id = $1",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (N, N - 2, 0)
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata
+              WHERE key = 'number' AND value = 'from a writer' AND process_instance_id IN (2, 3)"
+        ),
+        2
+    );
+    assert_eq!(
+        common::wrong_rows_where(
+            &mut db,
+            BULK,
+            "number",
+            "invoice.number",
+            "i.id NOT IN (2, 3)"
+        ),
+        0
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'number'"
+        ),
+        N
+    );
+}
+
 /// Databases `names`, created now (after the server started) with the extension and `instances`
 /// bulk instances each, and a job queued in each, close together; connections and job ids.
 fn databases_with_a_job(

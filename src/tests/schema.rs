@@ -159,6 +159,9 @@ task.end_in_seconds numeric";
     fn latest_completed_task_lookup_uses_its_index() {
         Spi::run(
             "INSERT INTO backfill.json_data SELECT 'h' || i, jsonb_build_object('n', i) FROM generate_series(1, 50) i;
+             -- Documents of other tasks: a table of a size where the batch looks documents up
+             -- by index.
+             INSERT INTO backfill.json_data SELECT 'x' || i, jsonb_build_object('x', i) FROM generate_series(1, 20000) i;
              INSERT INTO backfill.process_instance (id, process_model_identifier)
                   SELECT i, 'm' || (i % 3) FROM generate_series(1, 5000) i;
              INSERT INTO backfill.task (guid, process_instance_id, state, json_data_hash, end_in_seconds)
@@ -168,27 +171,51 @@ task.end_in_seconds numeric";
              ANALYZE backfill.process_instance, backfill.task, backfill.json_data;",
         )
         .unwrap();
-        // The batch statement itself: one probe of the partial index per instance, which
-        // gives the order (no sort).
+        // The batch statement itself, each way it inserts: one probe of the partial index per
+        // instance, which gives the order (no sort), the document looked up under it with no
+        // Memoize node copying every document into a cache no batch hits, and where it skips
+        // the rows there, one probe of the metadata table's unique index per instance.
         let tables = crate::tables::Tables::of_schema(
             Spi::get_one::<pg_sys::Oid>("SELECT 'backfill'::regnamespace::oid")
                 .unwrap()
                 .unwrap(),
         )
         .unwrap();
-        for overwrite in [false, true] {
+        use crate::engine::Insert;
+        for (n, insert) in [
+            Insert::New,
+            Insert::Missing,
+            Insert::OnConflict,
+            Insert::Overwrite,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             Spi::run(&format!(
-                "PREPARE batch_{overwrite}(bigint[], text[], text[], text[], bigint) AS {}",
-                crate::engine::batch_sql(&tables, overwrite)
+                "PREPARE batch_{n}(bigint[], text[], text[], text[], bigint) AS {}",
+                crate::engine::batch_sql(&tables, insert)
             ))
             .unwrap();
             let plan = explain(&format!(
-                "EXECUTE batch_{overwrite}(ARRAY[4242, 4243], ARRAY['k'], ARRAY['n'], ARRAY['k'], 0)"
+                "EXECUTE batch_{n}(ARRAY[4242, 4243], ARRAY['k'], ARRAY['n'], ARRAY['k'], 0)"
             ));
             assert!(plan.contains("task_latest_completed_idx"), "{plan}");
             assert!(
                 !plan.contains("\"Sort\""),
                 "the index gives the order: {plan}"
+            );
+            assert!(!plan.contains("Memoize"), "{insert:?}: {plan}");
+            assert_eq!(
+                plan.contains(
+                    "\"Index Name\":\"process_instance_metadata_process_instance_id_key_key\""
+                ),
+                insert == Insert::Missing,
+                "{insert:?}: {plan}"
+            );
+            assert_eq!(
+                plan.contains("\"Conflict Resolution\""),
+                matches!(insert, Insert::OnConflict | Insert::Overwrite),
+                "{insert:?}: {plan}"
             );
         }
         // latest_task_data agrees: latest completed is t = 3 (end 30), data n = 1 + (4242*3) % 50.
