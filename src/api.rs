@@ -449,6 +449,8 @@ fn run_end(job_id: Option<i64>) {
     let held = held_for(job_id);
     let ran = RUNNING.get().is_some_and(|(job, _)| job == job_id);
     engine::end(held);
+    // After the procedure's COMMIT of the last batch.
+    engine::count_due_coverage();
     RAN_A_BATCH_OF.set(None);
     RUNNING.set(None);
     if !ran {

@@ -1,5 +1,5 @@
 //! How complete a model's metadata is, per key: its instances, those with a row, those with
-//! a value. Counted exactly (one statement a model) when a job has filled the keys and when
+//! a value. Counted exactly (one statement a model) after a job has filled the keys and when
 //! an operator asks (`backfill.count_coverage`), and kept in `backfill.coverage_count`, which
 //! the `backfill.coverage` view reads: the view answers at once on any number of instances,
 //! and says when each figure was counted.
@@ -34,8 +34,7 @@ pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid
         instances = tables.sql_name("process_instance"),
         metadata = tables.sql_name("process_instance_metadata"),
     );
-    // Read-write SPI, for a snapshot of its own: a job counts in the transaction of its last
-    // batch, whose rows a read-only statement (the transaction's first snapshot) would miss.
+    // Read-write SPI, for a snapshot of its own taken now, not the calling statement's.
     let counted: Vec<Counted> = as_role(role, || {
         Spi::connect_mut(|client| {
             client

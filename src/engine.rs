@@ -566,7 +566,11 @@ fn acting_role(queued_by: Oid, tables: &Tables) -> Oid {
 /// The job's tables, checked; the reason, for the job's last error, when they are unusable
 /// (dropped, or a column changed type since they were attached).
 fn usable_tables(job: &Job) -> Result<Tables, String> {
-    match guarded(|| Tables::remembered(job.tables_schema)) {
+    usable_tables_of(job.tables_schema)
+}
+
+fn usable_tables_of(schema: Oid) -> Result<Tables, String> {
+    match guarded(|| Tables::remembered(schema)) {
         Ok(Ok(tables)) => Ok(tables),
         Ok(Err(unusable)) => Err(format!("{unusable} ({})", unusable.hint)),
         Err(failure) if is_permanent(&failure) => Err(failure.to_string()),
@@ -1186,7 +1190,7 @@ fn finish(job: &Job) -> Batch {
         job.model
     );
     if job.parent.is_none() {
-        count_coverage(job, job.id);
+        coverage_due(job, job.id);
     }
     if let Some((parent, _)) = &job.parent {
         // In this transaction, after the part's row: the last part to end ends the job.
@@ -1208,21 +1212,60 @@ fn finish(job: &Job) -> Batch {
                 "backfill: job {parent} {summary} (model {}, its last part ended)",
                 job.model
             );
-            count_coverage(job, *parent);
+            coverage_due(job, *parent);
         }
     }
     Batch::Finished("succeeded".to_owned())
 }
 
-/// When a job has succeeded: the coverage of its keys, counted with its role's privileges in
-/// its last transaction, for the coverage view. Not counting only costs the view a fresh
-/// figure, so a failure warns and the job stays succeeded.
-fn count_coverage(job: &Job, job_id: i64) {
-    let keys: Vec<String> = job.paths.iter().map(|p| p.key.clone()).collect();
+/// The coverage a job that succeeded in this transaction leaves to count after its commit.
+struct CoverageDue {
+    job_id: i64,
+    model: String,
+    keys: Vec<String>,
+    tables_schema: Oid,
+    queued_by: Oid,
+}
+
+thread_local! {
+    static COVERAGE_DUE: RefCell<Option<CoverageDue>> = const { RefCell::new(None) };
+}
+
+fn coverage_due(job: &Job, job_id: i64) {
+    COVERAGE_DUE.set(Some(CoverageDue {
+        job_id,
+        model: job.model.clone(),
+        keys: job.paths.iter().map(|p| p.key.clone()).collect(),
+        tables_schema: job.tables_schema,
+        queued_by: job.role,
+    }));
+}
+
+/// Once the transaction in which a job succeeded has committed, in a transaction of its own:
+/// the coverage of the job's keys, counted with its role's privileges, for the coverage view.
+/// Counted in the job's last transaction, it would keep the last batch's instances locked, and
+/// the job's last rows and its success unseen, for as long as the count takes (seconds at a
+/// million instances). Not counting only costs the view a fresh figure, so a failure warns.
+pub fn count_due_coverage() {
+    let Some(due) = COVERAGE_DUE.take() else {
+        return;
+    };
+    let job_id = due.job_id;
+    // Only for a success that committed: a transaction that finished a job and then failed
+    // leaves this set for nothing.
+    let succeeded = as_job_table_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT state = 'succeeded' FROM backfill.job WHERE id = $1",
+            &[job_id.into()],
+        )
+    });
+    if !matches!(succeeded, Ok(Some(true))) {
+        return;
+    }
     let counted = guarded(|| {
-        usable_tables(job).map(|tables| {
-            let role = acting_role(job.role, &tables);
-            coverage::count_and_record(&job.model, &keys, &tables, role);
+        usable_tables_of(due.tables_schema).map(|tables| {
+            let role = acting_role(due.queued_by, &tables);
+            coverage::count_and_record(&due.model, &due.keys, &tables, role);
         })
     });
     let problem = match counted {

@@ -387,6 +387,9 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             }
             Ok(Batch::Finished(_)) => {
                 release(slot, job_id, &throttle);
+                if let Err(failure) = guarded(engine::count_due_coverage) {
+                    warning!("{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}");
+                }
                 return Drained::Ran;
             }
             Err(failure) => {

@@ -493,6 +493,76 @@ fn in_view(db: &mut Client, model: &str, key: &str) -> (i64, i64, i64) {
     (row.get(0), row.get(1), row.get(2))
 }
 
+/// Waits until the coverage of every key of the bulk model was counted after job `job` ended.
+fn wait_for_count(db: &mut Client, job: i64) {
+    wait_for(
+        "the job's keys to be counted",
+        Duration::from_secs(60),
+        || {
+            (one_i64(
+                db,
+                &format!(
+                    "SELECT count(*) FROM backfill.coverage c, backfill.job j
+                      WHERE j.id = {job} AND c.model = '{BULK}'
+                        AND (c.counted_at IS NULL OR c.counted_at < j.finished_at)"
+                ),
+            ) == 0)
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
+    // The coverage count comes after the job's last transaction, in one of its own: while it
+    // is held up (here behind a lock on the table it records into), the job has succeeded,
+    // all its rows are there, and the application can save the instances of its last batch.
+    let (cluster, mut db) = start("operate-count-after", &[]);
+    let mut holder = cluster.connect("app");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
+        .unwrap();
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
+    ))
+    .unwrap();
+    let job = one_i64(
+        &mut db,
+        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+    );
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
+    wait_for(
+        "the count to wait for the lock",
+        Duration::from_secs(30),
+        || {
+            (one_i64(
+                &mut db,
+                "SELECT count(*) FROM pg_locks
+              WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    // Every instance but the one whose document is an error (instance 1).
+    assert_eq!(
+        common::wrong_rows_where(&mut db, BULK, "number", "invoice.number", "i.id <> 1"),
+        0
+    );
+    db.batch_execute(&format!(
+        "SET lock_timeout = '2s';
+         UPDATE backfill.process_instance SET status = 'saved'
+          WHERE id = (SELECT max(id) FROM backfill.process_instance WHERE process_model_identifier = '{BULK}');
+         RESET lock_timeout;"
+    ))
+    .unwrap();
+    holder.batch_execute("COMMIT").unwrap();
+    wait_for_count(&mut db, job);
+    assert_eq!(
+        in_view(&mut db, BULK, "number"),
+        counted_here(&mut db, BULK, "number")
+    );
+}
+
 #[test]
 fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_errors() {
     let (cluster, mut db) = start("operate-coverage", &[]);
@@ -505,7 +575,8 @@ fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_e
         "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
     );
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
-    // The job counted its keys when it succeeded.
+    // The job's worker counts its keys right after it succeeded.
+    wait_for_count(&mut db, job);
     for key in ["status", "number"] {
         let here = counted_here(&mut db, BULK, key);
         assert_eq!(in_view(&mut db, BULK, key), here, "key {key}");
