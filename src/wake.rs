@@ -58,6 +58,9 @@ pub struct Registry {
     /// rather than stay connected until then (0: empty).
     later_database: [AtomicU32; REQUEST_SLOTS],
     later_at: [AtomicI64; REQUEST_SLOTS],
+    /// The worker whose batch runs while the application keeps the server busy (its slot
+    /// index + 1; 0: none). See `take_batch_turn`.
+    batch_turn: AtomicU32,
 }
 
 impl Default for Registry {
@@ -70,6 +73,7 @@ impl Default for Registry {
             look_everywhere: AtomicBool::new(false),
             later_database: std::array::from_fn(|_| AtomicU32::new(0)),
             later_at: std::array::from_fn(|_| AtomicI64::new(0)),
+            batch_turn: AtomicU32::new(0),
         }
     }
 }
@@ -326,6 +330,7 @@ pub fn release_slot(index: usize, generation: u32) {
         return;
     };
     if slot.generation.load(Ordering::SeqCst) == generation {
+        end_batch_turn(index);
         slot.latch.store(0, Ordering::SeqCst);
         slot.pid.store(0, Ordering::SeqCst);
         slot.database.store(0, Ordering::SeqCst);
@@ -370,6 +375,44 @@ pub fn running_job(index: usize, running: bool) {
     REGISTRY.get().workers[index]
         .running_job
         .store(running, Ordering::SeqCst);
+}
+
+/// Takes the batch turn for the worker of slot `index`: while the application keeps the
+/// server busy, one backfill batch runs at a time, whatever the jobs and databases. Batches
+/// at the same moment put their WAL in front of the application's commits together, and
+/// the application's slowest saves are what that grows; one at a time they take as long in
+/// all (the adaptive throttle sets how much they run). True when the worker has the turn,
+/// to give back with `end_batch_turn` once its batch has committed; false after `patience`
+/// without it (a batch stuck behind a lock holds no one up for longer), or on shutdown.
+pub fn take_batch_turn(index: usize, patience: Duration) -> bool {
+    let registry = REGISTRY.get();
+    let me = index as u32 + 1;
+    let deadline = Instant::now() + patience;
+    loop {
+        let taken = registry
+            .batch_turn
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst);
+        match taken {
+            Ok(_) => return true,
+            Err(holder) if holder == me => return true,
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline || shutdown_requested() {
+            return false;
+        }
+        sleep(Duration::from_millis(1));
+    }
+}
+
+/// Gives the batch turn back if the worker of slot `index` has it (also when its process
+/// exits).
+pub fn end_batch_turn(index: usize) {
+    let _ = REGISTRY.get().batch_turn.compare_exchange(
+        index as u32 + 1,
+        0,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
 }
 
 /// Workers running a job right now, in any database.

@@ -182,6 +182,9 @@ fn unfinished_jobs() -> bool {
 
 /// The longest the worker waits for a lock unless lock_timeout is configured.
 const LOCK_WAIT: &CStr = c"10s";
+/// Longest wait for the batch turn: a batch stuck behind a lock keeps other workers' batches
+/// waiting no longer than this.
+const TURN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
 /// cancel) instead of waiting, may use the foreign-key fast path, and splits a job that starts
@@ -373,8 +376,13 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             release(slot, job_id, &throttle);
             return Drained::Ran;
         }
+        let turn = throttle.application_busy() && wake::take_batch_turn(slot, TURN_PATIENCE);
         let started = Instant::now();
-        match guarded(|| engine::run_batch(job_id, worker_runner())) {
+        let batch = guarded(|| engine::run_batch(job_id, worker_runner()));
+        if turn {
+            wake::end_batch_turn(slot);
+        }
+        match batch {
             Ok(Batch::More) => {
                 failures = 0;
                 wake::sleep(settings::batch_delay() + throttle.pause(started.elapsed()));
@@ -442,7 +450,9 @@ struct Throttle {
 impl Default for Throttle {
     fn default() -> Self {
         Throttle {
-            load: 0.0,
+            // From the first look, not from nothing: the first batches are already measured
+            // against the load there is.
+            load: wake::busy_sessions() as f64,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             batches: 0,
             working: Duration::ZERO,
@@ -453,6 +463,12 @@ impl Default for Throttle {
 }
 
 impl Throttle {
+    /// Whether the server's other sessions keep a quarter of its CPUs or more busy (smoothed
+    /// over the last batches): then batches take turns (`wake::take_batch_turn`).
+    fn application_busy(&self) -> bool {
+        settings::adaptive_throttle() && self.load / self.cpus >= 0.25
+    }
+
     fn pause(&mut self, batch: Duration) -> Duration {
         if !settings::adaptive_throttle() {
             return Duration::ZERO;

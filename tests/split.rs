@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bulk_sql, one_i64, start_app, wait_for, wrong_rows, Cluster};
+use common::{bulk_sql, in_background, one_i64, start_app, wait_for, wrong_rows, Cluster};
 use postgres::Client;
 use std::time::Duration;
 
@@ -400,4 +400,75 @@ fn a_failed_part_fails_the_job_with_its_error_and_run_resumes_every_part() {
     db.batch_execute(&format!("CALL backfill.run({job})"))
         .unwrap();
     assert_complete(&mut db, job);
+}
+
+/// Pairs of batch statements of different workers that ran at the same moment, as the
+/// metadata table's statement triggers recorded them in public.span.
+fn overlapping_batches(db: &mut Client) -> i64 {
+    one_i64(
+        db,
+        "SELECT count(*) FROM public.span a JOIN public.span b
+             ON a.pid < b.pid AND a.started < b.ended AND b.started < a.ended",
+    )
+}
+
+#[test]
+fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together() {
+    let (cluster, mut db) = start("split-turns", &["backfill.batch_size = 20"]);
+    // Each batch statement's start and end, with its worker's pid.
+    db.batch_execute(
+        "CREATE TABLE public.span (pid int, started timestamptz, ended timestamptz);
+         CREATE FUNCTION public.span_start() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.span VALUES (pg_backend_pid(), clock_timestamp(), NULL); RETURN NULL; END $$;
+         CREATE FUNCTION public.span_end() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE public.span SET ended = clock_timestamp() WHERE pid = pg_backend_pid() AND ended IS NULL;
+               RETURN NULL; END $$;
+         CREATE TRIGGER span_start BEFORE INSERT ON backfill.process_instance_metadata
+             FOR EACH STATEMENT EXECUTE FUNCTION public.span_start();
+         CREATE TRIGGER span_end AFTER INSERT ON backfill.process_instance_metadata
+             FOR EACH STATEMENT EXECUTE FUNCTION public.span_end();",
+    )
+    .unwrap();
+    // Nothing else running: the two parts' batches run at the same time.
+    let job = add_keys(&mut db);
+    assert_eq!(wait_ended(&cluster, job), "succeeded");
+    assert_eq!(
+        one_i64(&mut db, "SELECT count(DISTINCT pid) FROM public.span"),
+        2
+    );
+    assert!(
+        overlapping_batches(&mut db) > 0,
+        "the parts never ran at once"
+    );
+
+    // A session keeping a CPU busy: one batch at a time, both workers still working.
+    db.batch_execute(
+        "DELETE FROM public.span;
+         DELETE FROM backfill.process_instance_metadata;",
+    )
+    .unwrap();
+    let busy = in_background(
+        &cluster,
+        "busy",
+        "DO $$ BEGIN LOOP PERFORM 1; END LOOP; END $$",
+    );
+    db.batch_execute(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '[]' WHERE id = 'bulk/model'",
+    )
+    .unwrap();
+    let job = add_keys(&mut db);
+    assert_eq!(wait_ended(&cluster, job), "succeeded");
+    db.batch_execute(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'busy'",
+    )
+    .unwrap();
+    busy.join().unwrap();
+    assert_eq!(
+        one_i64(&mut db, "SELECT count(DISTINCT pid) FROM public.span"),
+        2
+    );
+    assert_eq!(overlapping_batches(&mut db), 0);
+    for (key, path) in KEYS {
+        assert_eq!(wrong_rows(&mut db, BULK, key, path), 0, "key {key}");
+    }
 }

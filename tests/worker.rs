@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    add_path, bulk_sql, one_i64, one_text, start_app, wait_ended, wait_for, wrong_rows, Cluster,
+    add_path, bulk_sql, in_background, one_i64, one_text, start_app, wait_ended, wait_for,
+    wrong_rows, Cluster,
 };
 use postgres::Client;
 use std::process::Command;
@@ -782,28 +783,6 @@ fn throttle_of(cluster: &Cluster, job: i64) -> (f64, f64) {
         // "<batches> batches took <working> s; the adaptive throttle paused <paused> s ..."
         Some((numbers[1], numbers[2]))
     })
-}
-
-/// Starts `sql` in a session of its own named `name`, and returns once it runs.
-fn in_background(cluster: &Cluster, name: &str, sql: &str) -> thread::JoinHandle<()> {
-    let mut session = cluster.connect("app");
-    session
-        .batch_execute(&format!("SET application_name = '{name}'"))
-        .unwrap();
-    let sql = sql.to_owned();
-    let handle = thread::spawn(move || {
-        // Ends when cancelled.
-        let _ = session.batch_execute(&sql);
-    });
-    let mut db = cluster.connect("app");
-    wait_for(&format!("{name} to run"), Duration::from_secs(30), || {
-        (one_i64(
-            &mut db,
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' AND state = 'active'"),
-        ) == 1)
-            .then_some(())
-    });
-    handle
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
@@ -523,4 +524,26 @@ ANALYZE;
 "#,
         total = n + n / 4
     )
+}
+
+/// Starts `sql` in a session of its own named `name`, and returns once it runs.
+pub fn in_background(cluster: &Cluster, name: &str, sql: &str) -> thread::JoinHandle<()> {
+    let mut session = cluster.connect("app");
+    session
+        .batch_execute(&format!("SET application_name = '{name}'"))
+        .unwrap();
+    let sql = sql.to_owned();
+    let handle = thread::spawn(move || {
+        // Ends when cancelled.
+        let _ = session.batch_execute(&sql);
+    });
+    let mut db = cluster.connect("app");
+    wait_for(&format!("{name} to run"), Duration::from_secs(30), || {
+        (one_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' AND state = 'active'"),
+        ) == 1)
+            .then_some(())
+    });
+    handle
 }
