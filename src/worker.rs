@@ -463,10 +463,11 @@ impl Default for Throttle {
 }
 
 impl Throttle {
-    /// Whether the server's other sessions keep a quarter of its CPUs or more busy (smoothed
-    /// over the last batches): then batches take turns (`wake::take_batch_turn`).
+    /// Whether the server's other sessions keep half its CPUs or more busy (smoothed over the
+    /// last batches): then batches take turns (`wake::take_batch_turn`). A session that looks
+    /// at a job now and then is not that.
     fn application_busy(&self) -> bool {
-        settings::adaptive_throttle() && self.load / self.cpus >= 0.25
+        settings::adaptive_throttle() && self.load / self.cpus >= 0.5
     }
 
     fn pause(&mut self, batch: Duration) -> Duration {

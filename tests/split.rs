@@ -441,17 +441,22 @@ fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together()
         "the parts never ran at once"
     );
 
-    // A session keeping a CPU busy: one batch at a time, both workers still working.
+    // Sessions keeping both CPUs busy: one batch at a time, both workers still working.
     db.batch_execute(
         "DELETE FROM public.span;
          DELETE FROM backfill.process_instance_metadata;",
     )
     .unwrap();
-    let busy = in_background(
-        &cluster,
-        "busy",
-        "DO $$ BEGIN LOOP PERFORM 1; END LOOP; END $$",
-    );
+    let busy: Vec<_> = ["busy1", "busy2"]
+        .iter()
+        .map(|name| {
+            in_background(
+                &cluster,
+                name,
+                "DO $$ BEGIN LOOP PERFORM 1; END LOOP; END $$",
+            )
+        })
+        .collect();
     db.batch_execute(
         "UPDATE backfill.process_model SET metadata_extraction_paths = '[]' WHERE id = 'bulk/model'",
     )
@@ -459,10 +464,12 @@ fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together()
     let job = add_keys(&mut db);
     assert_eq!(wait_ended(&cluster, job), "succeeded");
     db.batch_execute(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'busy'",
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'busy_'",
     )
     .unwrap();
-    busy.join().unwrap();
+    for session in busy {
+        session.join().unwrap();
+    }
     assert_eq!(
         one_i64(&mut db, "SELECT count(DISTINCT pid) FROM public.span"),
         2
