@@ -39,6 +39,18 @@ fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
     (cluster, db)
 }
 
+/// Sets the bulk model's paths to PATHS: the job the update queued.
+fn set_paths(db: &mut Client) -> i64 {
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
+    ))
+    .unwrap();
+    one_i64(
+        db,
+        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+    )
+}
+
 struct Previewed {
     instance: i64,
     key: String,
@@ -134,14 +146,7 @@ fn preview_shows_what_the_job_then_writes_spread_over_the_ids_and_writes_nothing
         .any(|r| r.outcome == "insert" && r.value.is_none()));
 
     // The job then writes exactly what the preview said, for every sampled instance.
-    db.batch_execute(&format!(
-        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
-    ))
-    .unwrap();
-    let job = one_i64(
-        &mut db,
-        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
-    );
+    let job = set_paths(&mut db);
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     assert_eq!(
         one_i64(
@@ -522,14 +527,7 @@ fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
     holder
         .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
         .unwrap();
-    db.batch_execute(&format!(
-        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
-    ))
-    .unwrap();
-    let job = one_i64(
-        &mut db,
-        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
-    );
+    let job = set_paths(&mut db);
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     wait_for(
         "the count to wait for the lock",
@@ -566,14 +564,7 @@ fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
 #[test]
 fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_errors() {
     let (cluster, mut db) = start("operate-coverage", &[]);
-    db.batch_execute(&format!(
-        "UPDATE backfill.process_model SET metadata_extraction_paths = '{PATHS}' WHERE id = '{BULK}'"
-    ))
-    .unwrap();
-    let job = one_i64(
-        &mut db,
-        "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
-    );
+    let job = set_paths(&mut db);
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
     // The job's worker counts its keys right after it succeeded.
     wait_for_count(&mut db, job);

@@ -55,6 +55,17 @@ fn processed(db: &mut Client, job: i64) -> i64 {
     .get(0)
 }
 
+/// The job's instances processed, instances updated and errors.
+fn counters(db: &mut Client, job: i64) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT instances_processed, instances_updated, errors FROM backfill.job WHERE id = $1",
+            &[&job],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
 /// Waits, at most `within`, until the job has processed at least `least` instances.
 fn wait_until_processed(db: &mut Client, job: i64, least: i64, within: Duration) {
     wait_for(&format!("{least} instances processed"), within, || {
@@ -324,13 +335,8 @@ fn concurrent_writers_are_neither_blocked_nor_overwritten() {
     }
     assert!(written > 50);
     assert_eq!(wait_done(&cluster, job), "succeeded");
-    let row = db
-        .query_one(
-            "SELECT instances_processed, instances_updated, errors FROM backfill.job WHERE id = $1",
-            &[&job],
-        )
-        .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(2)), (N, 0));
+    let (processed, updated, errors) = counters(&mut db, job);
+    assert_eq!((processed, errors), (N, 0));
     let engine_rows = one_i64(
         &mut db,
         "SELECT count(*) FROM backfill.process_instance_metadata WHERE value = 'from the engine'",
@@ -339,11 +345,7 @@ fn concurrent_writers_are_neither_blocked_nor_overwritten() {
         engine_rows, written,
         "the job did not overwrite the engine's rows"
     );
-    assert_eq!(
-        row.get::<_, i64>(1),
-        N - written,
-        "nor counted them as its own"
-    );
+    assert_eq!(updated, N - written, "nor counted them as its own");
     assert_eq!(
         one_i64(
             &mut db,
@@ -406,20 +408,7 @@ fn rows_inserted_behind_a_batchs_back_are_kept_and_the_batch_is_written_again() 
         writer.batch_execute("COMMIT").unwrap();
     }
     assert_eq!(wait_done(&cluster, job), "succeeded");
-    let row = db
-        .query_one(
-            "SELECT instances_processed, instances_updated, errors FROM backfill.job WHERE id = $1",
-            &[&job],
-        )
-        .unwrap();
-    assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2)
-        ),
-        (N, N - 2, 0)
-    );
+    assert_eq!(counters(&mut db, job), (N, N - 2, 0));
     assert_eq!(
         one_i64(
             &mut db,
