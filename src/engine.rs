@@ -257,7 +257,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             ),
         );
     }
-    let tables = match usable_tables(&job) {
+    let tables = match usable_tables(job.tables_schema) {
         Ok(tables) => tables,
         Err(message) => {
             warning!("backfill: job {job_id} failed: {message}");
@@ -493,7 +493,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
-    let tables = match usable_tables(&job) {
+    let tables = match usable_tables(job.tables_schema) {
         Ok(tables) => tables,
         Err(message) => {
             warning!("backfill: job {job_id} failed: {message}");
@@ -563,13 +563,9 @@ fn acting_role(queued_by: Oid, tables: &Tables) -> Oid {
     }
 }
 
-/// The job's tables, checked; the reason, for the job's last error, when they are unusable
-/// (dropped, or a column changed type since they were attached).
-fn usable_tables(job: &Job) -> Result<Tables, String> {
-    usable_tables_of(job.tables_schema)
-}
-
-fn usable_tables_of(schema: Oid) -> Result<Tables, String> {
+/// A job's tables (those of `schema`), checked; the reason, for the job's last error, when
+/// they are unusable (dropped, or a column changed type since they were attached).
+fn usable_tables(schema: Oid) -> Result<Tables, String> {
     match guarded(|| Tables::remembered(schema)) {
         Ok(Ok(tables)) => Ok(tables),
         Ok(Err(unusable)) => Err(format!("{unusable} ({})", unusable.hint)),
@@ -1263,7 +1259,7 @@ pub fn count_due_coverage() {
         return;
     }
     let counted = guarded(|| {
-        usable_tables_of(due.tables_schema).map(|tables| {
+        usable_tables(due.tables_schema).map(|tables| {
             let role = acting_role(due.queued_by, &tables);
             coverage::count_and_record(&due.model, &due.keys, &tables, role);
         })

@@ -47,12 +47,7 @@ fn wait_for_worker_other_than(cluster: &Cluster, gone: Option<i32>) -> i32 {
 }
 
 fn processed(db: &mut Client, job: i64) -> i64 {
-    db.query_one(
-        "SELECT instances_processed FROM backfill.job WHERE id = $1",
-        &[&job],
-    )
-    .unwrap()
-    .get(0)
+    counters(db, job).0
 }
 
 /// The job's instances processed, instances updated and errors.
