@@ -61,6 +61,9 @@ pub struct Registry {
     /// The worker whose batch runs while the application keeps the server busy (its slot
     /// index + 1; 0: none). See `take_batch_turn`.
     batch_turn: AtomicU32,
+    /// The earliest the next batch taking the turn may start (microseconds since the Unix
+    /// epoch): the gap the last one left after itself.
+    turn_free_at: AtomicI64,
 }
 
 impl Default for Registry {
@@ -74,6 +77,7 @@ impl Default for Registry {
             later_database: std::array::from_fn(|_| AtomicU32::new(0)),
             later_at: std::array::from_fn(|_| AtomicI64::new(0)),
             batch_turn: AtomicU32::new(0),
+            turn_free_at: AtomicI64::new(0),
         }
     }
 }
@@ -159,6 +163,14 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The clock the workers' batch turns share (a step of the system clock makes one gap
+/// longer or shorter; `take_batch_turn` waits no longer than its patience whatever it says).
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros().min(i64::MAX as u128) as i64)
 }
 
 /// Asks the launcher for a worker in `database` in `seconds` (the earliest if asked twice).
@@ -330,7 +342,7 @@ pub fn release_slot(index: usize, generation: u32) {
         return;
     };
     if slot.generation.load(Ordering::SeqCst) == generation {
-        end_batch_turn(index);
+        end_batch_turn(index, Duration::ZERO);
         slot.latch.store(0, Ordering::SeqCst);
         slot.pid.store(0, Ordering::SeqCst);
         slot.database.store(0, Ordering::SeqCst);
@@ -378,12 +390,15 @@ pub fn running_job(index: usize, running: bool) {
 }
 
 /// Takes the batch turn for the worker of slot `index`: while the application keeps the
-/// server busy, one backfill batch runs at a time, whatever the jobs and databases. Batches
-/// at the same moment put their WAL in front of the application's commits together, and
-/// the application's slowest saves are what that grows; one at a time they take as long in
-/// all (the adaptive throttle sets how much they run). True when the worker has the turn,
-/// to give back with `end_batch_turn` once its batch has committed; false after `patience`
-/// without it (a batch stuck behind a lock holds no one up for longer), or on shutdown.
+/// server busy, one backfill batch runs at a time, whatever the jobs and databases, and each
+/// leaves a gap after itself before the next one starts (`end_batch_turn`). Batches at the
+/// same moment, or one right after another, put their WAL in front of the application's
+/// commits together, and the application's slowest saves are what that grows; spaced out
+/// they take as long in all (the adaptive throttle sets how much they run). True when the
+/// worker has the turn, to give back with `end_batch_turn` once its batch has committed;
+/// false after `patience` without it (a batch stuck behind a lock holds no one up for
+/// longer), or on shutdown. The gap is waited for after taking the turn, so that no batch
+/// can slip in between, and for no longer than `patience` either.
 pub fn take_batch_turn(index: usize, patience: Duration) -> bool {
     let registry = REGISTRY.get();
     let me = index as u32 + 1;
@@ -393,8 +408,8 @@ pub fn take_batch_turn(index: usize, patience: Duration) -> bool {
             .batch_turn
             .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst);
         match taken {
-            Ok(_) => return true,
-            Err(holder) if holder == me => return true,
+            Ok(_) => break,
+            Err(holder) if holder == me => break,
             Err(_) => {}
         }
         if Instant::now() >= deadline || shutdown_requested() {
@@ -402,17 +417,35 @@ pub fn take_batch_turn(index: usize, patience: Duration) -> bool {
         }
         sleep(Duration::from_millis(1));
     }
+    let gap_left = registry
+        .turn_free_at
+        .load(Ordering::SeqCst)
+        .saturating_sub(unix_micros());
+    if gap_left > 0 {
+        sleep(
+            Duration::from_micros(gap_left as u64)
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
+    }
+    true
 }
 
 /// Gives the batch turn back if the worker of slot `index` has it (also when its process
-/// exits).
-pub fn end_batch_turn(index: usize) {
-    let _ = REGISTRY.get().batch_turn.compare_exchange(
-        index as u32 + 1,
-        0,
-        Ordering::SeqCst,
+/// exits, with no gap), and has the next batch wait `gap` from now.
+pub fn end_batch_turn(index: usize, gap: Duration) {
+    let registry = REGISTRY.get();
+    let me = index as u32 + 1;
+    if registry.batch_turn.load(Ordering::SeqCst) != me {
+        return;
+    }
+    // Before the turn is free: whoever takes it next sees this gap.
+    registry.turn_free_at.store(
+        unix_micros().saturating_add(gap.as_micros().min(i64::MAX as u128) as i64),
         Ordering::SeqCst,
     );
+    let _ = registry
+        .batch_turn
+        .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// Workers running a job right now, in any database.

@@ -379,13 +379,14 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
         let turn = throttle.application_busy() && wake::take_batch_turn(slot, TURN_PATIENCE);
         let started = Instant::now();
         let batch = guarded(|| engine::run_batch(job_id, worker_runner()));
+        let took = started.elapsed();
         if turn {
-            wake::end_batch_turn(slot);
+            wake::end_batch_turn(slot, throttle.turn_gap(took));
         }
         match batch {
             Ok(Batch::More) => {
                 failures = 0;
-                wake::sleep(settings::batch_delay() + throttle.pause(started.elapsed()));
+                wake::sleep(settings::batch_delay() + throttle.pause(took));
             }
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
@@ -470,13 +471,26 @@ impl Throttle {
         settings::adaptive_throttle() && self.load / self.cpus >= 0.5
     }
 
+    /// The pause after a batch of `batch`'s length that keeps `workers` running jobs at
+    /// about a quarter of one CPU together while the application keeps every CPU busy.
+    fn share(&self, batch: Duration, workers: usize) -> Duration {
+        batch.mul_f64((self.load / self.cpus).min(1.0) * (4.0 * workers.max(1) as f64 - 1.0))
+    }
+
+    /// The gap a batch that had the turn leaves before the next batch on the server: the
+    /// pause one worker alone would take, so that batches under load come one at a time and
+    /// evenly spaced rather than two back to back and then none (each worker's own pause
+    /// ends wherever another worker's batch happens to be).
+    fn turn_gap(&self, batch: Duration) -> Duration {
+        self.share(batch, 1)
+    }
+
     fn pause(&mut self, batch: Duration) -> Duration {
         if !settings::adaptive_throttle() {
             return Duration::ZERO;
         }
         self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
-        let workers = wake::workers_running_jobs().max(1) as f64;
-        let pause = batch.mul_f64((self.load / self.cpus).min(1.0) * (4.0 * workers - 1.0));
+        let pause = self.share(batch, wake::workers_running_jobs());
         self.batches += 1;
         self.working += batch;
         self.paused += pause;

@@ -412,6 +412,18 @@ fn overlapping_batches(db: &mut Client) -> i64 {
     )
 }
 
+/// Batch statements that started sooner after the one before them (of any worker) ended than
+/// that one took.
+fn crowded_batches(db: &mut Client) -> i64 {
+    one_i64(
+        db,
+        "SELECT count(*) FROM (SELECT started, ended, lag(started) OVER w AS before_started,
+                                      lag(ended) OVER w AS before_ended
+                                 FROM public.span WINDOW w AS (ORDER BY started)) s
+          WHERE started - before_ended < before_ended - before_started",
+    )
+}
+
 #[test]
 fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together() {
     let (cluster, mut db) = start("split-turns", &["backfill.batch_size = 20"]);
@@ -475,6 +487,15 @@ fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together()
         2
     );
     assert_eq!(overlapping_batches(&mut db), 0);
+    // Spaced out, too: after each batch the next one (of either worker) waits the pause one
+    // worker alone would take, three times the batch at this load, rather than following it
+    // at once whenever the other worker's own pause happens to end during it.
+    assert_eq!(
+        crowded_batches(&mut db),
+        0,
+        "of {} batches",
+        one_i64(&mut db, "SELECT count(*) FROM public.span")
+    );
     for (key, path) in KEYS {
         assert_eq!(wrong_rows(&mut db, BULK, key, path), 0, "key {key}");
     }
