@@ -49,6 +49,7 @@ struct Options {
     spiff_runs: usize,
     spiff_only: bool,
     live_seconds: u64,
+    live_rounds: usize,
     live_only: bool,
 }
 
@@ -63,7 +64,8 @@ fn parse_options() -> Options {
         spiff_instances: 125_000,
         spiff_runs: 3,
         spiff_only: false,
-        live_seconds: 20,
+        live_seconds: 10,
+        live_rounds: 3,
         live_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -83,6 +85,7 @@ fn parse_options() -> Options {
             "--spiff-runs" => options.spiff_runs = value("--spiff-runs") as usize,
             "--spiff-only" => options.spiff_only = true,
             "--live-seconds" => options.live_seconds = value("--live-seconds") as u64,
+            "--live-rounds" => options.live_rounds = value("--live-rounds").max(1) as usize,
             "--live-only" => options.live_only = true,
             other => usage(&format!("unknown argument {other}")),
         }
@@ -98,7 +101,7 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
          [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
          [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only] \
-         [--live-seconds S (20; 0 skips the live application load)] [--live-only]"
+         [--live-seconds S (10, each segment; 0 skips the live application load)] [--live-rounds R (3)] [--live-only]"
     );
     std::process::exit(2)
 }
@@ -680,7 +683,12 @@ fn main() {
         loading.elapsed().as_secs_f64()
     ));
     if options.live_only {
-        let report = live::run(&mut db, options.port, options.live_seconds);
+        let report = live::run(
+            &mut db,
+            options.port,
+            options.live_seconds,
+            options.live_rounds,
+        );
         live::print(&report);
         return;
     }
@@ -746,8 +754,14 @@ fn main() {
     }
 
     // The JSON report covers the extension's own tables, without the application load.
-    let live_report = (options.live_seconds > 0 && !options.json)
-        .then(|| live::run(&mut db, options.port, options.live_seconds));
+    let live_report = (options.live_seconds > 0 && !options.json).then(|| {
+        live::run(
+            &mut db,
+            options.port,
+            options.live_seconds,
+            options.live_rounds,
+        )
+    });
     let spiff_report = (options.spiff_instances > 0 && !options.json)
         .then(|| spiff::run(options.port, options.spiff_instances, options.spiff_runs));
     report(
