@@ -365,6 +365,9 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
     };
     let mut failures = 0;
     let mut throttle = Throttle::default();
+    // Standing aside for a lower part of the same job, and whether none is left to.
+    let mut aside = false;
+    let mut lowest_part = false;
     loop {
         if wake::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
@@ -375,6 +378,26 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
         if outside_active_hours(Some(job_id)).unwrap_or(false) {
             release(slot, job_id, &throttle);
             return Drained::Ran;
+        }
+        if throttle.application_busy() && !lowest_part {
+            match guarded(|| lower_part_running(job_id)) {
+                Ok(true) => {
+                    if !aside {
+                        wake::running_job(slot, false);
+                        aside = true;
+                    }
+                    wake::sleep(ASIDE_LOOK);
+                    throttle.look();
+                    continue;
+                }
+                // Parts do not come back: once none below runs, none will.
+                Ok(false) => lowest_part = true,
+                Err(_) => {}
+            }
+        }
+        if aside {
+            wake::running_job(slot, true);
+            aside = false;
         }
         let turn = throttle.application_busy() && wake::take_batch_turn(slot, TURN_PATIENCE);
         let started = Instant::now();
@@ -425,6 +448,26 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             }
         }
     }
+}
+
+/// How often a worker standing aside for a lower part of its job looks again.
+const ASIDE_LOOK: Duration = Duration::from_millis(100);
+
+/// Whether a lower-numbered part of the job `job_id` is a part of is unfinished and being run
+/// by some process. While the application keeps the server busy the batches run one at a
+/// time anyway (`wake::take_batch_turn`); a split job's parts then go one after another, in
+/// one process each, instead of alternating between processes, each of whose batches comes
+/// after a longer pause and in another place of the tables, and runs a tenth to a fifth
+/// longer in front of the application's saves. A part whose runner is gone is not waited for.
+fn lower_part_running(job_id: i64) -> bool {
+    query::ids(
+        "SELECT lower.id FROM backfill.job lower
+           JOIN backfill.job this ON this.parent_id = lower.parent_id
+          WHERE this.id = $1 AND lower.id < $1 AND lower.state IN ('queued', 'running')",
+        &[job_id.into()],
+    )
+    .into_iter()
+    .any(|part| !queue::is_free(part))
 }
 
 /// The adaptive throttle (backfill.adaptive_throttle): a pause after each batch in proportion
@@ -485,11 +528,16 @@ impl Throttle {
         self.share(batch, 1)
     }
 
+    /// Takes one more look at how busy the server's other sessions are.
+    fn look(&mut self) {
+        self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
+    }
+
     fn pause(&mut self, batch: Duration) -> Duration {
         if !settings::adaptive_throttle() {
             return Duration::ZERO;
         }
-        self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
+        self.look();
         let pause = self.share(batch, wake::workers_running_jobs());
         self.batches += 1;
         self.working += batch;

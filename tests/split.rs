@@ -412,6 +412,15 @@ fn overlapping_batches(db: &mut Client) -> i64 {
     )
 }
 
+/// How often the worker of one batch statement is not that of the one before it.
+fn worker_switches(db: &mut Client) -> i64 {
+    one_i64(
+        db,
+        "SELECT count(*) FROM (SELECT pid, lag(pid) OVER (ORDER BY started) AS before FROM public.span) s
+          WHERE pid <> before",
+    )
+}
+
 /// Batch statements that started sooner after the one before them (of any worker) ended than
 /// that one took.
 fn crowded_batches(db: &mut Client) -> i64 {
@@ -425,7 +434,7 @@ fn crowded_batches(db: &mut Client) -> i64 {
 }
 
 #[test]
-fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together() {
+fn under_load_the_parts_of_a_split_job_run_one_after_another_and_otherwise_together() {
     let (cluster, mut db) = start("split-turns", &["backfill.batch_size = 20"]);
     // Each batch statement's start and end, with its worker's pid.
     db.batch_execute(
@@ -452,6 +461,7 @@ fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together()
         overlapping_batches(&mut db) > 0,
         "the parts never ran at once"
     );
+    assert!(worker_switches(&mut db) > 1);
 
     // Sessions keeping both CPUs busy: one batch at a time, both workers still working.
     db.batch_execute(
@@ -487,6 +497,8 @@ fn under_load_the_workers_of_a_split_job_take_turns_and_otherwise_run_together()
         2
     );
     assert_eq!(overlapping_batches(&mut db), 0);
+    // The parts one after another, each in one process, rather than alternating.
+    assert_eq!(worker_switches(&mut db), 1);
     // Spaced out, too: after each batch the next one (of either worker) waits the pause one
     // worker alone would take, three times the batch at this load, rather than following it
     // at once whenever the other worker's own pause happens to end during it.
