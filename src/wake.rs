@@ -160,9 +160,7 @@ pub fn request(database: pg_sys::Oid) {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    unix_micros() / 1_000_000
 }
 
 /// The clock the workers' batch turns share (a step of the system clock makes one gap

@@ -460,14 +460,9 @@ const ASIDE_LOOK: Duration = Duration::from_millis(100);
 /// after a longer pause and in another place of the tables, and runs a tenth to a fifth
 /// longer in front of the application's saves. A part whose runner is gone is not waited for.
 fn lower_part_running(job_id: i64) -> bool {
-    query::ids(
-        "SELECT lower.id FROM backfill.job lower
-           JOIN backfill.job this ON this.parent_id = lower.parent_id
-          WHERE this.id = $1 AND lower.id < $1 AND lower.state IN ('queued', 'running')",
-        &[job_id.into()],
-    )
-    .into_iter()
-    .any(|part| !queue::is_free(part))
+    unfinished_other_parts(job_id)
+        .into_iter()
+        .any(|part| part < job_id && !queue::is_free(part))
 }
 
 /// The adaptive throttle (backfill.adaptive_throttle): a pause after each batch in proportion
@@ -607,12 +602,17 @@ fn claim_next_job() -> Option<Claimed> {
 
 /// Whether `job_id` is a part of a job whose other unfinished parts no process holds.
 fn other_parts_free(job_id: i64) -> bool {
+    unfinished_other_parts(job_id)
+        .into_iter()
+        .any(queue::is_free)
+}
+
+/// The unfinished parts of the job `job_id` is a part of, but `job_id` (none for a whole job).
+fn unfinished_other_parts(job_id: i64) -> Vec<i64> {
     query::ids(
         "SELECT part.id FROM backfill.job part
            JOIN backfill.job this ON this.parent_id = part.parent_id
           WHERE this.id = $1 AND part.id <> $1 AND part.state IN ('queued', 'running')",
         &[job_id.into()],
     )
-    .into_iter()
-    .any(queue::is_free)
 }
