@@ -6,10 +6,13 @@
 
 mod common;
 
-use common::{json_string, one_i64, one_text, sqlstate, wait_for, Cluster};
+use common::{
+    json_string, model_json, one_i64, one_text, paths_json, run_sync, sqlstate, wait_for, write,
+    Cluster, SPIFF_GRANTS,
+};
 use postgres::Client;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,23 +20,6 @@ use std::time::Duration;
 
 const SCHEMA_SQL: &str = include_str!("fixtures/spiffworkflow/schema.sql");
 const INVOICE: &str = "finance/invoice";
-
-/// What the application's owner role needs (README, "SpiffWorkflow"); its own tables need
-/// nothing more.
-const SPIFF_GRANTS: &str = "\
-GRANT USAGE ON SCHEMA backfill TO spiff;
-GRANT SELECT, INSERT, UPDATE ON backfill.process_model TO spiff;
-GRANT SELECT ON backfill.job, backfill.progress, backfill.coverage TO spiff;
-GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach(),
-                          backfill.sync_process_models(jsonb),
-                          backfill.enqueue(text, text[], boolean, timestamptz), backfill.cancel(bigint),
-                          backfill.wait(bigint, interval), backfill.run_begin(bigint),
-                          backfill.run_batch(bigint), backfill.run_end(bigint),
-                          backfill.worker_pid(), backfill.preview(text, jsonb, integer),
-                          backfill.preview_summary(text, jsonb, integer),
-                          backfill.count_coverage(text)
-    TO spiff;
-GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO spiff;";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -181,20 +167,6 @@ fn assert_rows_equal(actual: &Rows, expected: &Rows) {
         actual.len(),
         expected.len()
     );
-}
-
-fn paths_json(paths: &[(&str, &str)]) -> String {
-    let elements: Vec<String> = paths
-        .iter()
-        .map(|(k, p)| {
-            format!(
-                "{{\"key\": {}, \"path\": {}}}",
-                json_string(k),
-                json_string(p)
-            )
-        })
-        .collect();
-    format!("[{}]", elements.join(", "))
 }
 
 /// sync_process_models for one model; returns its action.
@@ -841,28 +813,6 @@ fn a_superusers_job_on_attached_tables_runs_as_their_owner() {
     );
 }
 
-/// The sync command, built by scripts/test (target/debug unless BACKFILL_SYNC_MODELS says).
-fn sync_command() -> PathBuf {
-    std::env::var_os("BACKFILL_SYNC_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/debug/backfill-sync-models"))
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn model_json(name: &str, paths: &[(&str, &str)]) -> String {
-    format!(
-        "{{\"display_name\": {}, \"description\": \"\", \"exception_notification_addresses\": [],
-          \"fault_or_suspend_on_exception\": \"fault\", \"metadata_extraction_paths\": {},
-          \"primary_file_name\": \"main.bpmn\", \"primary_process_id\": \"Process_1\"}}",
-        json_string(name),
-        paths_json(paths)
-    )
-}
-
 #[test]
 fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
     let cluster = Cluster::start("spiff-sync", &["backfill.max_workers = 0"]);
@@ -949,18 +899,7 @@ fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
         "host=127.0.0.1 port={} user=spiff dbname=spiff",
         cluster.port
     );
-    let run = |args: &[&str], env: &[(&str, String)]| {
-        let out = Command::new(sync_command())
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .expect("backfill-sync-models runs (scripts/test builds it)");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = run_sync;
     let spec_arg = spec.to_str().unwrap();
     let (code, out, err) = run(&["--dsn", &dsn, spec_arg], &[]);
     assert_eq!(code, Some(1), "{out}{err}");

@@ -398,6 +398,28 @@ pub fn start_app(
     (cluster, db)
 }
 
+/// What the application's owner role needs (README, "SpiffWorkflow"); its own tables need
+/// nothing more.
+pub const SPIFF_GRANTS: &str = "\
+GRANT USAGE ON SCHEMA backfill TO spiff;
+GRANT SELECT, INSERT, UPDATE ON backfill.process_model TO spiff;
+GRANT SELECT ON backfill.job, backfill.progress, backfill.coverage TO spiff;
+GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach(),
+                          backfill.sync_process_models(jsonb),
+                          backfill.enqueue(text, text[], boolean, timestamptz), backfill.cancel(bigint),
+                          backfill.wait(bigint, interval), backfill.run_begin(bigint),
+                          backfill.run_batch(bigint), backfill.run_end(bigint),
+                          backfill.worker_pid(), backfill.preview(text, jsonb, integer),
+                          backfill.preview_summary(text, jsonb, integer),
+                          backfill.count_coverage(text)
+    TO spiff;
+GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO spiff;";
+
+/// `SPIFF_GRANTS` for another role.
+pub fn spiff_grants(role: &str) -> String {
+    SPIFF_GRANTS.replace("spiff", role)
+}
+
 /// Appends `key` at `path` to the model's metadata_extraction_paths; returns the newest job
 /// id (the one the update queued, when it queued one).
 pub fn add_path(db: &mut Client, model: &str, key: &str, path: &str) -> i64 {
@@ -546,4 +568,60 @@ pub fn in_background(cluster: &Cluster, name: &str, sql: &str) -> thread::JoinHa
             .then_some(())
     });
     handle
+}
+
+/// `[{"key": ..., "path": ...}, ...]` for `(key, path)` pairs.
+pub fn paths_json(paths: &[(&str, &str)]) -> String {
+    let elements: Vec<String> = paths
+        .iter()
+        .map(|(k, p)| {
+            format!(
+                "{{\"key\": {}, \"path\": {}}}",
+                json_string(k),
+                json_string(p)
+            )
+        })
+        .collect();
+    format!("[{}]", elements.join(", "))
+}
+
+/// The sync command, built by scripts/test (target/debug unless BACKFILL_SYNC_MODELS says).
+pub fn sync_command() -> PathBuf {
+    std::env::var_os("BACKFILL_SYNC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/backfill-sync-models")
+        })
+}
+
+/// Runs the sync command with `args` and `env` added to its environment: its exit status,
+/// standard output and standard error.
+pub fn run_sync(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let out = Command::new(sync_command())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("backfill-sync-models runs (scripts/test builds it)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `text` to `path`, creating its directories.
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A process_model.json as SpiffWorkflow writes it, with these paths.
+pub fn model_json(name: &str, paths: &[(&str, &str)]) -> String {
+    format!(
+        "{{\"display_name\": {}, \"description\": \"\", \"exception_notification_addresses\": [],
+          \"fault_or_suspend_on_exception\": \"fault\", \"metadata_extraction_paths\": {},
+          \"primary_file_name\": \"main.bpmn\", \"primary_process_id\": \"Process_1\"}}",
+        json_string(name),
+        paths_json(paths)
+    )
 }

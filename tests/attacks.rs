@@ -1,0 +1,774 @@
+//! Attacks on the surfaces added for SpiffWorkflow (attach, latest_task_data, the run lock,
+//! the worker's session, coverage, the sync command), one test each. Every one of them
+//! succeeded on 0.5.0: a role that owns an attached schema made a superuser run its code,
+//! an attachment sent other roles' jobs to its owner's triggers, partition triggers were
+//! skipped, any role could hold a job back, a database owner's settings stopped the worker,
+//! coverage counts leaked and were overwritten, one bad model aborted a sync, and the git
+//! hook put the password on a command line.
+
+mod common;
+
+use common::{
+    add_path, bulk_sql, model_json, one_i64, one_text, run_sync, spiff_grants, sqlstate, start_app,
+    wait_for, write, Cluster,
+};
+use postgres::Client;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BULK: &str = "bulk/model";
+
+/// The four tables in schema `schema`, with a copy of the rows of the extension's own (the
+/// data of `bulk_sql`, loaded before), owned by `owner`, as an application lays them out:
+/// SpiffWorkflow's columns, jsonb task data, the foreign keys and the lookups' indexes. With
+/// `partitioned`, the metadata table is hash-partitioned by instance into two partitions.
+fn app_tables(schema: &str, owner: &str, partitioned: bool) -> String {
+    let (partition_by, partitions) = if partitioned {
+        (
+            " PARTITION BY HASH (process_instance_id)",
+            format!(
+                "CREATE TABLE {schema}.process_instance_metadata_0 PARTITION OF {schema}.process_instance_metadata
+                     FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+                 CREATE TABLE {schema}.process_instance_metadata_1 PARTITION OF {schema}.process_instance_metadata
+                     FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+                 ALTER TABLE {schema}.process_instance_metadata_0 OWNER TO {owner};
+                 ALTER TABLE {schema}.process_instance_metadata_1 OWNER TO {owner};"
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
+    format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.process_instance (
+             id bigint PRIMARY KEY, process_model_identifier text NOT NULL, status text,
+             created_at_in_seconds bigint, updated_at_in_seconds bigint);
+         CREATE INDEX ON {schema}.process_instance (process_model_identifier, id);
+         CREATE TABLE {schema}.json_data (hash text PRIMARY KEY, data jsonb NOT NULL);
+         CREATE TABLE {schema}.task (
+             guid uuid PRIMARY KEY,
+             process_instance_id bigint NOT NULL REFERENCES {schema}.process_instance ON DELETE CASCADE,
+             state text NOT NULL, json_data_hash text NOT NULL,
+             start_in_seconds numeric, end_in_seconds numeric);
+         CREATE INDEX ON {schema}.task (process_instance_id, end_in_seconds DESC NULLS LAST, guid DESC)
+             INCLUDE (json_data_hash) WHERE state = 'COMPLETED';
+         CREATE TABLE {schema}.process_instance_metadata (
+             process_instance_id bigint NOT NULL REFERENCES {schema}.process_instance ON DELETE CASCADE,
+             key varchar(255) NOT NULL, value varchar(255),
+             created_at_in_seconds bigint NOT NULL, updated_at_in_seconds bigint NOT NULL,
+             UNIQUE (process_instance_id, key)){partition_by};
+         {partitions}
+         INSERT INTO {schema}.process_instance
+         SELECT id, process_model_identifier, status, created_at_in_seconds, updated_at_in_seconds
+           FROM backfill.process_instance;
+         INSERT INTO {schema}.json_data SELECT hash, data FROM backfill.json_data;
+         INSERT INTO {schema}.task SELECT * FROM backfill.task;
+         ALTER SCHEMA {schema} OWNER TO {owner};
+         ALTER TABLE {schema}.process_instance OWNER TO {owner};
+         ALTER TABLE {schema}.json_data OWNER TO {owner};
+         ALTER TABLE {schema}.task OWNER TO {owner};
+         ALTER TABLE {schema}.process_instance_metadata OWNER TO {owner};
+         ANALYZE {schema}.process_instance, {schema}.task, {schema}.json_data;"
+    )
+}
+
+/// Rows of `key` in the metadata table of `schema`.
+fn rows_in(db: &mut Client, schema: &str, key: &str) -> i64 {
+    db.query_one(
+        &format!("SELECT count(*) FROM {schema}.process_instance_metadata WHERE key = $1"),
+        &[&key],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Polls `job` over `db` until it is neither queued nor running; its state. (Over one
+/// connection: a new one may be what the attack changes.)
+fn ended(db: &mut Client, job: i64, within: Duration) -> String {
+    wait_for(&format!("job {job} to end"), within, || {
+        let state: String = db
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .unwrap()
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
+fn is_superuser(db: &mut Client, role: &str) -> bool {
+    db.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+        .unwrap()
+        .get(0)
+}
+
+/// Code of mallory's in SCHEMA that makes mallory a superuser when a superuser runs it, and
+/// records who ran it.
+const EVIL_FUNCTION: &str = "
+CREATE FUNCTION SCHEMA.evil() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.evil_log VALUES (current_user);
+    BEGIN
+        EXECUTE 'ALTER ROLE mallory SUPERUSER';
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    RETURN true;
+END $$;";
+
+/// In SCHEMA, the tables `json_data` and `process_instance` replaced by views that call
+/// mallory's code (the tables stay, renamed, under the views).
+const EVIL_VIEWS: &str = "
+ALTER TABLE SCHEMA.json_data RENAME TO json_data_real;
+CREATE VIEW SCHEMA.json_data AS SELECT * FROM SCHEMA.json_data_real WHERE SCHEMA.evil();
+ALTER TABLE SCHEMA.process_instance RENAME TO process_instance_real;
+CREATE VIEW SCHEMA.process_instance AS SELECT * FROM SCHEMA.process_instance_real WHERE SCHEMA.evil();
+";
+
+/// Who ran mallory's code with a superuser's privileges.
+fn superuser_runs(db: &mut Client) -> Vec<String> {
+    db.query(
+        "SELECT l.by_role FROM public.evil_log l JOIN pg_roles r ON r.rolname = l.by_role
+          WHERE r.rolsuper",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn an_attached_schemas_owner_cannot_make_a_superuser_run_its_code() {
+    let (cluster, mut db) = start_app("atk-latest", false, &[], &bulk_sql(200));
+    db.batch_execute(&format!(
+        "CREATE ROLE mallory LOGIN;
+         CREATE TABLE public.evil_log (by_role text);
+         GRANT INSERT ON public.evil_log TO PUBLIC;
+         {}
+         {}
+         UPDATE backfill.process_model
+            SET metadata_extraction_paths = '[{{\"key\": \"number\", \"path\": \"invoice.number\"}}]'
+          WHERE id = 'bulk/model';",
+        spiff_grants("mallory"),
+        app_tables("m", "mallory", false)
+    ))
+    .unwrap();
+    let mut mallory = cluster.connect_as("mallory", "app");
+    mallory
+        .batch_execute("SELECT backfill.attach('m')")
+        .unwrap();
+    mallory
+        .batch_execute(&format!("{EVIL_FUNCTION}{EVIL_VIEWS}").replace("SCHEMA", "m"))
+        .unwrap();
+
+    // Every function of the extension that reads the attached tables, called by a superuser:
+    // none reads a view in their place.
+    let job: i64 = db
+        .query_one("SELECT backfill.enqueue('bulk/model')", &[])
+        .unwrap()
+        .get(0);
+    for call in [
+        "SELECT backfill.latest_task_data(1)".to_owned(),
+        "SELECT * FROM backfill.preview('bulk/model', '[{\"key\": \"k\", \"path\": \"a\"}]')"
+            .to_owned(),
+        "SELECT * FROM backfill.preview_summary('bulk/model', '[{\"key\": \"k\", \"path\": \"a\"}]')"
+            .to_owned(),
+        "SELECT backfill.count_coverage('bulk/model')".to_owned(),
+        format!("CALL backfill.run({job})"),
+    ] {
+        let refused = db.batch_execute(&call).err();
+        assert!(!is_superuser(&mut db, "mallory"), "{call} made mallory a superuser");
+        assert_eq!(superuser_runs(&mut db), Vec::<String>::new(), "{call}");
+        if !call.starts_with("CALL") {
+            let refused = refused.unwrap_or_else(|| panic!("{call} read the views"));
+            assert_eq!(sqlstate(&refused), "42809", "{call}: {refused}");
+        }
+    }
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT state FROM backfill.job WHERE id = {job}")
+        ),
+        "failed"
+    );
+
+    // Tables a superuser owns, in a schema mallory comes to own after they were attached
+    // (a schema's owner may drop whatever is in it): attaching them now is refused, and so is
+    // reading them, before and after mallory puts a view in a table's place.
+    db.batch_execute(&format!(
+        "{}
+         SELECT backfill.attach('m2');
+         ALTER SCHEMA m2 OWNER TO mallory;",
+        app_tables("m2", "postgres", false)
+    ))
+    .unwrap();
+    let e = db
+        .batch_execute("SELECT backfill.attach('m2')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "attach: {e}");
+    let e = db
+        .batch_execute("SELECT backfill.latest_task_data(1)")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    mallory
+        .batch_execute(&format!(
+            "DROP TABLE m2.json_data;
+             {}
+             CREATE VIEW m2.json_data AS SELECT 'h'::text AS hash, '{{}}'::jsonb AS data WHERE m2.evil();",
+            EVIL_FUNCTION.replace("SCHEMA", "m2")
+        ))
+        .unwrap();
+    let refused = db
+        .batch_execute("SELECT backfill.latest_task_data(1)")
+        .err();
+    assert!(!is_superuser(&mut db, "mallory"));
+    assert_eq!(superuser_runs(&mut db), Vec::<String>::new());
+    let refused = refused.expect("latest_task_data read the view");
+    assert!(
+        ["42501", "42809"].contains(&sqlstate(&refused).as_str()),
+        "{refused}"
+    );
+}
+
+#[test]
+fn an_attachment_never_sends_another_roles_job_to_its_owners_triggers() {
+    let (cluster, mut db) = start_app("atk-redirect", true, &[], &bulk_sql(300));
+    db.batch_execute(&format!(
+        "CREATE ROLE alice LOGIN;
+         CREATE ROLE bob LOGIN;
+         {}
+         {}
+         {}
+         CREATE TABLE public.bob_secret (secret text);
+         INSERT INTO public.bob_secret VALUES ('the secret of bob');
+         ALTER TABLE public.bob_secret OWNER TO bob;",
+        spiff_grants("alice"),
+        spiff_grants("bob"),
+        app_tables("a", "alice", false)
+    ))
+    .unwrap();
+    // alice opens her tables to everyone and puts a trigger on them that copies whatever the
+    // writing role may read of bob's into a table of hers.
+    let mut alice = cluster.connect_as("alice", "app");
+    alice
+        .batch_execute(
+            "GRANT USAGE ON SCHEMA a TO PUBLIC;
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA a TO PUBLIC;
+             CREATE TABLE a.loot (what text);
+             GRANT INSERT ON a.loot TO PUBLIC;
+             CREATE FUNCTION a.steal() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO a.loot SELECT secret FROM public.bob_secret;
+                 RETURN NULL;
+             EXCEPTION WHEN insufficient_privilege THEN
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER steal AFTER INSERT ON a.process_instance_metadata
+                 FOR EACH STATEMENT EXECUTE FUNCTION a.steal();
+             SELECT backfill.attach('a');",
+        )
+        .unwrap();
+
+    // bob updates a model: the job he queues does not run on alice's tables as bob, and he is
+    // told so when he queues it.
+    let (mut bob, said) = cluster.connect_as_with_notices("bob", "app");
+    let job = add_path(&mut bob, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "failed");
+    let why = one_text(
+        &mut db,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {job}"),
+    );
+    assert!(why.contains("42501") && why.contains("alice"), "{why}");
+    let said = said.lock().unwrap().join("\n");
+    assert!(
+        said.contains(&format!("WARNING: backfill job {job} will fail")),
+        "{said}"
+    );
+    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM a.loot"), 0);
+    assert_eq!(rows_in(&mut db, "a", "number"), 0);
+
+    // alice's own job, and a superuser's (which runs as alice, the tables' owner), fill them.
+    let job = add_path(&mut alice, BULK, "status", "invoice.status");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    let job: i64 = db
+        .query_one(
+            "SELECT backfill.enqueue('bulk/model', ARRAY['number'])",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    let instances = one_i64(
+        &mut db,
+        "SELECT count(*) FROM a.process_instance WHERE process_model_identifier = 'bulk/model'",
+    );
+    assert_eq!(rows_in(&mut db, "a", "status"), instances);
+    assert_eq!(rows_in(&mut db, "a", "number"), instances);
+    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM a.loot"), 0);
+}
+
+#[test]
+fn triggers_on_the_partitions_of_an_attached_metadata_table_fire_for_the_worker() {
+    let (_cluster, mut db) = start_app("atk-partitions", true, &[], &bulk_sql(1_500));
+    db.batch_execute(&format!(
+        "{}
+         CREATE TABLE p.audit (process_instance_id bigint, key text);
+         CREATE FUNCTION p.guard() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.key = 'guarded' THEN
+                 RAISE EXCEPTION 'key guarded is refused';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE FUNCTION p.audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO p.audit VALUES (NEW.process_instance_id, NEW.key);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER guard BEFORE INSERT ON p.process_instance_metadata_0
+             FOR EACH ROW EXECUTE FUNCTION p.guard();
+         CREATE TRIGGER guard BEFORE INSERT ON p.process_instance_metadata_1
+             FOR EACH ROW EXECUTE FUNCTION p.guard();
+         CREATE TRIGGER audit AFTER INSERT ON p.process_instance_metadata_0
+             FOR EACH ROW EXECUTE FUNCTION p.audit_row();
+         CREATE TRIGGER audit AFTER INSERT ON p.process_instance_metadata_1
+             FOR EACH ROW EXECUTE FUNCTION p.audit_row();
+         SELECT backfill.attach('p');",
+        app_tables("p", "postgres", true)
+    ))
+    .unwrap();
+    let instances = one_i64(
+        &mut db,
+        "SELECT count(*) FROM p.process_instance WHERE process_model_identifier = 'bulk/model'",
+    );
+
+    let guarded = add_path(&mut db, BULK, "guarded", "invoice.number");
+    assert_eq!(
+        ended(&mut db, guarded, Duration::from_secs(120)),
+        "succeeded"
+    );
+    assert_eq!(rows_in(&mut db, "p", "guarded"), 0);
+    assert_eq!(
+        one_i64(
+            &mut db,
+            &format!("SELECT errors FROM backfill.progress WHERE id = {guarded}")
+        ),
+        instances
+    );
+
+    let audited = add_path(&mut db, BULK, "audited", "invoice.number");
+    assert_eq!(
+        ended(&mut db, audited, Duration::from_secs(120)),
+        "succeeded"
+    );
+    assert_eq!(rows_in(&mut db, "p", "audited"), instances);
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM p.audit WHERE key = 'audited'"
+        ),
+        instances
+    );
+}
+
+#[test]
+fn a_role_that_can_only_connect_cannot_hold_a_job_back() {
+    let (cluster, mut db) = start_app("atk-runlock", true, &[], &bulk_sql(2_000));
+    db.batch_execute("CREATE ROLE nobody LOGIN").unwrap();
+    // Every advisory lock SQL can take that could stand for jobs 1 to 100 (the job and its
+    // parts): two int4 keys (the job table's OID and the id, or the id's halves) and one int8.
+    let mut nobody = cluster.connect_as("nobody", "app");
+    nobody
+        .batch_execute(
+            "SELECT pg_advisory_lock(c.oid::bigint::int, id::int), pg_advisory_lock(0, id::int),
+                    pg_advisory_lock(id), pg_advisory_lock(c.oid::bigint << 32 | id)
+               FROM pg_class c, generate_series(1, 100) AS id
+              WHERE c.relname = 'job'
+                AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'backfill')",
+        )
+        .unwrap();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE key = 'number'"
+        ),
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance WHERE process_model_identifier = 'bulk/model'"
+        )
+    );
+    // CALL backfill.run of a job is not refused because of nobody's locks either.
+    let job = add_path(&mut db, BULK, "status", "invoice.status");
+    let _ = db.batch_execute(&format!("CALL backfill.run({job})"));
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+}
+
+/// Waits until no backfill worker is connected to any database.
+fn no_worker_left(db: &mut Client) {
+    wait_for("the workers to leave", Duration::from_secs(60), || {
+        (one_i64(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
+        ) == 0)
+            .then_some(())
+    });
+}
+
+/// DROP DATABASE app, which fails while any session (a worker) is connected to it.
+fn drop_app(cluster: &Cluster) {
+    let mut admin = cluster.connect("postgres");
+    wait_for("DROP DATABASE app", Duration::from_secs(30), || {
+        admin.batch_execute("DROP DATABASE app").ok()
+    });
+}
+
+#[test]
+fn a_database_owners_role_setting_does_not_stop_the_worker() {
+    let (cluster, mut db) = start_app(
+        "atk-role",
+        true,
+        &["backfill.naptime = '200ms'"],
+        &bulk_sql(500),
+    );
+    db.batch_execute("CREATE ROLE mallory LOGIN; ALTER DATABASE app OWNER TO mallory")
+        .unwrap();
+    let mut mallory = cluster.connect_as("mallory", "app");
+    mallory
+        .batch_execute(
+            "ALTER DATABASE app SET role = 'mallory';
+             ALTER DATABASE app SET session_authorization = 'mallory';",
+        )
+        .unwrap();
+    // Sessions that connect from now on are mallory; `db`, older, is still the superuser.
+    assert_eq!(
+        one_text(&mut cluster.connect("app"), "SELECT current_user::text"),
+        "mallory"
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT queued_by::text FROM backfill.job WHERE id = {job}")
+        ),
+        "postgres"
+    );
+    no_worker_left(&mut db);
+    drop((db, mallory));
+    drop_app(&cluster);
+}
+
+#[test]
+fn a_job_held_until_infinity_is_refused_and_never_keeps_a_worker() {
+    let (cluster, mut db) = start_app(
+        "atk-infinity",
+        true,
+        &["backfill.naptime = '200ms'"],
+        &bulk_sql(300),
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    let e = db
+        .query_one(
+            "SELECT backfill.enqueue('bulk/model', NULL, false, 'infinity')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    // -infinity holds nothing back.
+    let job: i64 = db
+        .query_one(
+            "SELECT backfill.enqueue('bulk/model', NULL, true, '-infinity')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+
+    // A job held until infinity as 0.5.0 let it be: the workers still leave.
+    let held: i64 = db
+        .query_one(
+            "SELECT backfill.enqueue('bulk/model', NULL, true, now() + interval '1 hour')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.execute(
+        "UPDATE backfill.job SET not_before = 'infinity' WHERE id = $1",
+        &[&held],
+    )
+    .unwrap();
+    let next: i64 = db
+        .query_one("SELECT backfill.enqueue('bulk/model', NULL, true)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut db, next, Duration::from_secs(60)), "succeeded");
+    no_worker_left(&mut db);
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT waiting_for FROM backfill.progress WHERE id = {held}")
+        ),
+        "not_before"
+    );
+    drop(db);
+    drop_app(&cluster);
+}
+
+#[test]
+fn coverage_is_counted_and_shown_per_role() {
+    let (cluster, mut db) = start_app("atk-coverage", false, &[], &bulk_sql(400));
+    db.batch_execute(
+        "CREATE ROLE reader LOGIN;
+         CREATE ROLE outsider LOGIN;
+         GRANT USAGE ON SCHEMA backfill TO reader, outsider;
+         GRANT SELECT ON backfill.coverage, backfill.process_model TO reader, outsider;
+         GRANT EXECUTE ON FUNCTION backfill.count_coverage(text) TO reader, outsider;
+         GRANT SELECT ON backfill.process_instance, backfill.process_instance_metadata TO reader;
+         ALTER TABLE backfill.process_instance ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY even ON backfill.process_instance FOR SELECT TO reader USING (id % 2 = 0);",
+    )
+    .unwrap();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    db.batch_execute(&format!("CALL backfill.run({job})"))
+        .unwrap();
+    let all = one_i64(
+        &mut db,
+        "SELECT count(*) FROM backfill.process_instance WHERE process_model_identifier = 'bulk/model'",
+    );
+    let even = one_i64(
+        &mut db,
+        "SELECT count(*) FROM backfill.process_instance
+          WHERE process_model_identifier = 'bulk/model' AND id % 2 = 0",
+    );
+    let seen = |client: &mut Client| -> Option<i64> {
+        client
+            .query_one(
+                "SELECT instances FROM backfill.coverage WHERE model = 'bulk/model' AND key = 'number'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(seen(&mut db), Some(all));
+    // A role under row-level security does not read what the superuser's count saw, and its
+    // own count changes nothing the superuser reads.
+    let mut reader = cluster.connect_as("reader", "app");
+    assert_eq!(seen(&mut reader), None);
+    reader
+        .batch_execute("SELECT backfill.count_coverage('bulk/model')")
+        .unwrap();
+    assert_eq!(seen(&mut reader), Some(even));
+    assert_eq!(seen(&mut db), Some(all));
+    // A role that may not read the tables reads no count, and cannot make one.
+    let mut outsider = cluster.connect_as("outsider", "app");
+    assert_eq!(seen(&mut outsider), None);
+    let e = outsider
+        .batch_execute("SELECT backfill.count_coverage('bulk/model')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    assert_eq!(seen(&mut outsider), None);
+    assert_eq!(seen(&mut db), Some(all));
+}
+
+#[test]
+fn one_bad_model_never_aborts_a_sync() {
+    let (cluster, mut db) = start_app("atk-sync", false, &[], "");
+    // An id too long for the primary key's index, next to a good model.
+    let actions: Vec<(String, String)> = db
+        .query(
+            "SELECT left(id, 20), action FROM backfill.sync_process_models(jsonb_build_array(
+                 jsonb_build_object('id', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 250) i)),
+                 jsonb_build_object('id', 'ok/one')))",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(
+        actions[0].1.starts_with("rejected: index row size"),
+        "{actions:?}"
+    );
+    assert_eq!(actions[1], ("ok/one".to_owned(), "inserted".to_owned()));
+
+    // A model file holding \u0000, which jsonb cannot hold, between two good ones.
+    let spec = cluster.dir.join("spec");
+    write(&spec.join("a/process_model.json"), &model_json("A", &[]));
+    write(
+        &spec.join("b/process_model.json"),
+        r#"{"display_name": "nul \u0000 here", "metadata_extraction_paths": []}"#,
+    );
+    write(
+        &spec.join("c/process_model.json"),
+        &model_json("C", &[("k", "x")]),
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        cluster.port
+    );
+    let spec_arg = spec.to_str().unwrap();
+    for run in 0..2 {
+        let (code, out, err) = run_sync(&["--dsn", &dsn, spec_arg], &[]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        let expected = if run == 0 { 3 } else { 1 };
+        assert_eq!(lines.len(), expected, "{out}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("rejected  b: ")),
+            "{out}"
+        );
+        if run == 0 {
+            assert!(
+                lines.contains(&"inserted  a") && lines.contains(&"inserted  c"),
+                "{out}"
+            );
+        }
+    }
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_model WHERE id IN ('a', 'c')"
+        ),
+        2
+    );
+}
+
+#[test]
+fn an_attachment_records_the_role_that_made_it() {
+    let (cluster, mut db) = start_app("atk-attached-by", false, &[], &bulk_sql(50));
+    db.batch_execute(&format!(
+        "CREATE ROLE spiff LOGIN;
+         CREATE ROLE other LOGIN;
+         {}
+         {}
+         {}",
+        spiff_grants("spiff"),
+        spiff_grants("other"),
+        app_tables("s", "spiff", false)
+    ))
+    .unwrap();
+    let mut spiff = cluster.connect_as("spiff", "app");
+    spiff.batch_execute("SELECT backfill.attach('s')").unwrap();
+    assert_eq!(
+        one_text(&mut db, "SELECT attached_by::text FROM backfill.attachment"),
+        "spiff"
+    );
+    let mut other = cluster.connect_as("other", "app");
+    let e = other.batch_execute("SELECT backfill.detach()").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+    assert_eq!(hint, "They were attached by spiff.");
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Files below `dir` whose content holds `needle`.
+fn files_holding(dir: &Path, needle: &str, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+        if kind.is_dir() {
+            files_holding(&path, needle, found);
+        } else if kind.is_file()
+            && String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle)
+        {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_git_hook_keeps_the_password_off_command_lines_and_out_of_other_files() {
+    let (cluster, mut db) = start_app("atk-hook", false, &[], &bulk_sql(20));
+    let spec = cluster.dir.join("spec");
+    write(
+        &spec.join("bulk/model/process_model.json"),
+        &model_json("Bulk", &[]),
+    );
+    git(&spec, &["init", "-q"]);
+    git(&spec, &["add", "-A"]);
+    git(&spec, &["commit", "-q", "-m", "models"]);
+    let secret = "s3cret-pw";
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app password={secret}",
+        cluster.port
+    );
+    let spec_arg = spec.to_str().unwrap();
+
+    // A hook of an earlier install, hard-linked to a file elsewhere: installing writes a file
+    // of its own, never into that one.
+    let hook = spec.join(".git/hooks/post-commit");
+    let elsewhere = cluster.dir.join("elsewhere");
+    let old = "#!/bin/sh\n# installed by backfill-sync-models: an earlier one\n";
+    std::fs::write(&elsewhere, old).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::hard_link(&elsewhere, &hook).unwrap();
+    let (code, out, err) = run_sync(&["--install-git-hook", "--dsn", &dsn, spec_arg], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), old);
+    assert_eq!(mode(&elsewhere), 0o644);
+
+    // The hook runs the command without the password on its command line; the password is in
+    // a file only its owner may read.
+    let script = std::fs::read_to_string(&hook).unwrap();
+    assert!(!script.contains(secret), "{script}");
+    assert_eq!(mode(&hook), 0o700);
+    let mut holding = Vec::new();
+    files_holding(&spec, secret, &mut holding);
+    assert!(!holding.is_empty());
+    for file in &holding {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is readable by others",
+            file.display()
+        );
+    }
+
+    // It works: a commit that adds a path queues a job.
+    let jobs = one_i64(&mut db, "SELECT count(*) FROM backfill.job");
+    write(
+        &spec.join("bulk/model/process_model.json"),
+        &model_json("Bulk", &[("number", "invoice.number")]),
+    );
+    git(&spec, &["commit", "-q", "-a", "-m", "add number"]);
+    assert_eq!(
+        one_i64(&mut db, "SELECT count(*) FROM backfill.job"),
+        jobs + 1
+    );
+
+    // A symbolic link in the hook's place is not followed.
+    std::fs::remove_file(&hook).unwrap();
+    let target = cluster.dir.join("target");
+    std::fs::write(&target, old).unwrap();
+    std::os::unix::fs::symlink(&target, &hook).unwrap();
+    let (code, out, err) = run_sync(&["--install-git-hook", "--dsn", &dsn, spec_arg], &[]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), old);
+}
