@@ -4,7 +4,6 @@ use crate::jsonb::JsonbArg;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
-use std::ffi::CStr;
 
 /// The first column of the first row of `sql`, or `None` when it returns no row (or NULL).
 /// (pgrx's `Spi::get_one` reports an empty result as an error.)
@@ -35,16 +34,6 @@ pub fn optional_jsonb(sql: &str, args: &[DatumWithOid]) -> Option<Value> {
             .map(|value| value.to_value_capped()))
     })
     .unwrap_or_else(|e: pgrx::spi::Error| error!("backfill: query failed: {e}: {sql}"))
-}
-
-/// The OID of relation `name` in schema backfill, InvalidOid when there is none; ERROR when
-/// the schema itself is gone. A catalog-cache lookup, no SQL.
-pub fn extension_relation(name: &CStr) -> pg_sys::Oid {
-    // SAFETY: catalog-cache lookups inside a transaction.
-    unsafe {
-        let schema = pg_sys::get_namespace_oid(c"backfill".as_ptr(), false);
-        pg_sys::get_relname_relid(name.as_ptr(), schema)
-    }
 }
 
 /// The ids `sql` returns in its first column, in order. For id columns, never NULL.

@@ -3,7 +3,7 @@
 use crate::error::{invalid_parameter, raise};
 use crate::paths::{parse_paths_checking, MetadataPath};
 use crate::privilege::{self, as_job_table_owner};
-use crate::query::{extension_relation, optional_value};
+use crate::query::optional_value;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -230,11 +230,10 @@ pub fn state_of(job_id: i64) -> Option<String> {
     )
 }
 
-// Exclusive running of a job: a session-level advisory lock keyed by the job table's OID and
-// the job id (what pg_try_advisory_lock(int, int) takes, so pg_locks shows it as such). It is
-// released by `release_claim`, by the abort of any top-level transaction of the process that
-// holds it (an interrupted CALL backfill.run lets the job go at once), and, whatever happens,
-// when the process ends.
+// Exclusive running of a job: a session-level advisory lock of a kind of its own (see
+// `run_lock_tag`). It is released by `release_claim`, by the abort of any top-level
+// transaction of the process that holds it (an interrupted CALL backfill.run lets the job go
+// at once), and, whatever happens, when the process ends.
 
 thread_local! {
     /// The job this process holds the run lock of, and the lock.
@@ -247,17 +246,20 @@ pub enum Claim {
     HeldBy(Option<i32>),
 }
 
+/// `objsubid` of the run locks in pg_locks. SQL's advisory lock functions make only 1 (one
+/// bigint key) and 2 (two integer keys): no role can take, and so hold back, a job's run lock
+/// with them, whatever keys it tries.
+const RUN_LOCK_KIND: u16 = 0x6266;
+
+/// The run lock of `job_id` in this database: pg_locks shows it as an advisory lock with
+/// `classid` and `objid` the job id's high and low 32 bits and `objsubid` RUN_LOCK_KIND.
 fn run_lock_tag(job_id: i64) -> pg_sys::LOCKTAG {
-    let job_table = extension_relation(c"job");
-    if job_table == Oid::INVALID {
-        error!("backfill: table backfill.job not found");
-    }
     pg_sys::LOCKTAG {
         // SAFETY: set in every backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: job_table.to_u32(),
-        locktag_field3: job_id.rem_euclid(1 << 31) as u32,
-        locktag_field4: 2,
+        locktag_field2: (job_id >> 32) as u32,
+        locktag_field3: job_id as u32,
+        locktag_field4: RUN_LOCK_KIND,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     }
@@ -274,14 +276,16 @@ pub fn claim(job_id: i64) -> Claim {
     register_abort_callback();
     let tag = run_lock_tag(job_id);
     if !try_lock(&tag) {
+        // (The id's halves as bigints: an Oid of 0, the high half of any id below 2^32, would
+        // be passed as NULL.)
         let holder = optional_value::<i32>(
             "SELECT pid FROM pg_catalog.pg_locks
-              WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                AND database = $1 AND classid = $2 AND objid = $3",
+              WHERE locktype = 'advisory' AND granted AND objsubid = $3 AND database = $1
+                AND classid::bigint = ($2 >> 32) AND objid::bigint = ($2 & 4294967295)",
             &[
                 Oid::from(tag.locktag_field1).into(),
-                Oid::from(tag.locktag_field2).into(),
-                Oid::from(tag.locktag_field3).into(),
+                job_id.into(),
+                i32::from(tag.locktag_field4).into(),
             ],
         );
         return Claim::HeldBy(holder);
