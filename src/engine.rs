@@ -938,8 +938,10 @@ fn may_lock(role: Oid, instances: Oid) -> bool {
 }
 
 /// Whether the fast path gives exactly the triggers' guarantee for this batch, whose
-/// instances this transaction holds FOR SHARE: the metadata table has no trigger and no rule
-/// but those of its foreign key to process_instance (on process_instance_id).
+/// instances this transaction holds FOR SHARE: the metadata table is a plain table (the rows
+/// of a partitioned one go to its partitions, whose own triggers replica mode would skip too)
+/// with no trigger and no rule but those of its foreign key to process_instance (on
+/// process_instance_id).
 ///
 /// The metadata table is locked ROW EXCLUSIVE first, held to commit: that conflicts with what
 /// CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between
@@ -959,6 +961,10 @@ unsafe fn fast_path_holds(tables: &Tables) -> bool {
         let column = pg_sys::get_attnum(tables.metadata, c"process_instance_id".as_ptr());
         let relation = pg_sys::RelationIdGetRelation(tables.metadata);
         if relation.is_null() {
+            return false;
+        }
+        if (*(*relation).rd_rel).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+            pg_sys::RelationClose(relation);
             return false;
         }
         let foreign_key = instance_foreign_key(relation, tables.instances, column);
