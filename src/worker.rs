@@ -73,6 +73,9 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
             }
             Err(failure) => {
                 trouble.wait_after(&failure, "looking for the extension");
+                if trouble.persists() && leave_for_a_while(slot, database) {
+                    break;
+                }
                 continue;
             }
         }
@@ -83,6 +86,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
                 continue;
             }
             Drained::Idle => trouble.clear(),
+            Drained::Failed if trouble.persists() && leave_for_a_while(slot, database) => break,
             Drained::Failed => continue,
         }
         // What the batches did shows in pg_stat_* views once the worker is idle.
@@ -219,17 +223,34 @@ fn bound_lock_wait(timeout: &CStr) {
     }
 }
 
-/// The worker's session: a search path no database user can write to (database and role
-/// defaults such as ALTER DATABASE ... SET search_path are overridden), READ COMMITTED, so
-/// every statement sees what committed before it, and writable transactions.
+/// The worker's session, whatever the database's or role's defaults say (a database owner
+/// may ALTER DATABASE ... SET any of these, and a background worker's connection applies
+/// them): the bootstrap superuser it connected as, session user and current role alike
+/// (`session_authorization` and `role` would otherwise make it another role, which may not
+/// even read the job table), a search path no database user can write to, READ COMMITTED,
+/// so every statement sees what committed before it, writable transactions, and row-level
+/// security applied as to any session.
 fn fix_session_settings() {
     Spi::run(
-        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
+        "SELECT pg_catalog.set_config('session_authorization', r.rolname, false),
+                pg_catalog.set_config('role', 'none', false),
+                pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
                 pg_catalog.set_config('default_transaction_isolation', 'read committed', false),
                 pg_catalog.set_config('default_transaction_read_only', 'off', false),
-                pg_catalog.set_config('row_security', 'on', false)",
+                pg_catalog.set_config('row_security', 'on', false)
+           FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) 10",
     )
     .unwrap_or_else(|e| error!("{BACKEND_TYPE}: could not set its session settings: {e}"));
+    let bootstrap = pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
+    // SAFETY: reading the session's and the current user id.
+    let (session, current) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetUserId()) };
+    if session != bootstrap || current != bootstrap {
+        error!(
+            "{BACKEND_TYPE}: runs as role {} (session {}) instead of the bootstrap superuser",
+            current.to_u32(),
+            session.to_u32()
+        );
+    }
 }
 
 /// Runs `work` in a transaction of its own and catches an ERROR in it (rolled back with a
@@ -254,6 +275,26 @@ struct Trouble {
 
 /// Longest wait after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Failures in a row outside any job after which the worker leaves rather than stay
+/// connected (it would hold up DROP DATABASE) ...
+const LEAVE_AFTER: u32 = 3;
+/// ... and asks the launcher for another worker this much later (a committed enqueue or
+/// model update asks for one at once).
+const COME_BACK_AFTER: u64 = 60;
+
+/// Leaves the database after failures that keep coming back (its extension's schema renamed,
+/// say), asking the launcher for a worker later; false when the launcher's table of such
+/// requests is full, and the worker stays.
+fn leave_for_a_while(slot: usize, database: pg_sys::Oid) -> bool {
+    wake::worker_leaving(slot);
+    if wake::request_later(database, COME_BACK_AFTER) {
+        log!("{BACKEND_TYPE}: leaving after {LEAVE_AFTER} failures in a row; another worker looks again in {COME_BACK_AFTER} s, or at the next job queued");
+        return true;
+    }
+    // SAFETY: this process's pid.
+    wake::worker_serving(slot, unsafe { pg_sys::MyProcPid });
+    false
+}
 
 impl Trouble {
     /// Logs the failure (once while it repeats) and waits, twice as long each time.
@@ -271,6 +312,11 @@ impl Trouble {
             self.last_message = Some(message);
         }
         wake::sleep(delay);
+    }
+
+    /// Whether the failures came LEAVE_AFTER times in a row.
+    fn persists(&self) -> bool {
+        self.failures >= LEAVE_AFTER
     }
 
     fn clear(&mut self) {

@@ -535,7 +535,18 @@ fn an_error_outside_a_batch_fails_the_job_and_the_worker_goes_on() {
             .contains("failed looking for a job: relation \"backfill.job\" does not exist")
             .then_some(())
     });
+    // It does not stay connected (DROP DATABASE would wait for it) while the failure lasts.
     let mut db = cluster.connect("app");
+    wait_for("the worker to leave", Duration::from_secs(60), || {
+        (one_i64(
+            &mut db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
+        ) == 0)
+            .then_some(())
+    });
+    assert!(cluster
+        .log()
+        .contains("backfill worker: leaving after 3 failures in a row"));
     db.batch_execute("ALTER SCHEMA backfill_away RENAME TO backfill")
         .unwrap();
     let after = add_path(&mut db, OTHER, "status", "invoice.status");
