@@ -168,6 +168,15 @@ fn enqueue(
         "process_model_identifier",
     );
     let overwrite = required(overwrite, ENQUEUE, "overwrite");
+    // -infinity holds nothing back; infinity would hold the job for ever.
+    let not_before = not_before.filter(|time| !time.is_neg_infinity());
+    if not_before.is_some_and(|time| time.is_infinity()) {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "backfill.enqueue: not_before must be a point in time, not infinity".to_owned(),
+            "Pass NULL to let the job start at once, or a time; a job that is not to run is not queued (or is cancelled).",
+        );
+    }
     let keys: Option<Vec<String>> = keys.map(|keys| {
         keys.into_iter()
             .map(|key| required(key, ENQUEUE, "an element of keys"))

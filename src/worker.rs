@@ -147,10 +147,19 @@ enum Work {
 }
 
 fn work_left() -> Work {
+    // A hold further off than a day (infinity, which 0.5.0 let enqueue store) is looked at
+    // again in a day.
     let (unfinished, runnable, held_for) = Spi::get_three::<i64, bool, i64>(
-        "SELECT count(*), coalesce(bool_or(not_before IS NULL OR not_before <= now()), false),
-                ceil(extract(epoch FROM min(not_before) FILTER (WHERE not_before > now()) - now()))::bigint
-           FROM backfill.job WHERE state IN ('queued', 'running')",
+        "WITH jobs AS (
+             SELECT count(*) AS unfinished,
+                    coalesce(bool_or(not_before IS NULL OR not_before <= now()), false) AS runnable,
+                    min(not_before) FILTER (WHERE not_before > now()) AS held_until
+               FROM backfill.job WHERE state IN ('queued', 'running'))
+         SELECT unfinished, runnable,
+                CASE WHEN held_until IS NOT NULL THEN
+                     ceil(extract(epoch FROM least(held_until, now() + interval '1 day') - now()))::bigint
+                END
+           FROM jobs",
     )
     .unwrap_or_else(|e| error!("backfill: could not look at the jobs: {e}"));
     if unfinished.unwrap_or(0) == 0 {
