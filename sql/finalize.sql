@@ -38,6 +38,7 @@ $$;
 -- Every function that runs SQL does so with a search path no database user can write to.
 -- extract_values (both overloads) is the exception: it runs no SQL and is called once per
 -- instance by every batch, where the setting would cost a save and restore per call.
+ALTER FUNCTION latest_task_data(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION extract_metadata(jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION render_value(jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue(text, text[], boolean, timestamptz) SET search_path = pg_catalog, pg_temp;
@@ -86,7 +87,7 @@ COMMENT ON VIEW @extschema@.progress IS
 COMMENT ON TABLE @extschema@.attachment IS
     'The schema whose process_instance, task, json_data and process_instance_metadata jobs use instead of backfill''s own (backfill.attach); no row: backfill''s own.';
 COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
-    'The data of the instance''s latest completed task, {} when it has none, from the attached tables when there are.';
+    'The data of the instance''s latest completed task, {} when it has none, from the tables a job queued now would use, read with the privileges such a job of the caller''s would have.';
 COMMENT ON FUNCTION @extschema@.extract_values(json, text[]) IS
     'The rendered values of these paths in json task data, read from its text as Python''s json.loads reads it: what a batch calls once per instance on json data.';
 COMMENT ON FUNCTION @extschema@.attach(text) IS

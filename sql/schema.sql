@@ -138,27 +138,3 @@ SELECT pg_catalog.pg_extension_config_dump('job', '');
 SELECT pg_catalog.pg_extension_config_dump('job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('attachment', '');
 SELECT pg_catalog.pg_extension_config_dump('coverage_count', '');
-
--- The data of an instance's latest completed task (latest by end_in_seconds, then guid; a
--- completed task without an end counts as earlier than any with one), '{}' when it has none,
--- read from the attached tables when there are. json data is returned as jsonb.
-CREATE FUNCTION latest_task_data(process_instance_id bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    tables regnamespace := coalesce((SELECT a.schema_name FROM @extschema@.attachment a),
-                                    '@extschema@'::regnamespace);
-    data jsonb;
-BEGIN
-    EXECUTE format(
-        'SELECT d.data::jsonb
-           FROM (SELECT t.json_data_hash FROM %1$s.task t
-                  WHERE t.process_instance_id = $1 AND t.state = ''COMPLETED''
-                  ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC
-                  LIMIT 1) latest
-           JOIN %1$s.json_data d ON d.hash = latest.json_data_hash', tables)
-       INTO data USING process_instance_id;
-    RETURN coalesce(data, '{}');
-END
-$$;

@@ -1,10 +1,10 @@
 //! The SQL functions of schema `backfill` that users call.
 
 use crate::coverage;
-use crate::engine::{self, Batch, Begin, Runner};
+use crate::engine::{self, latest_task_data_join, Batch, Begin, Runner};
 use crate::error::{self, invalid_parameter, report_with_hint, required};
 use crate::extract::extract;
-use crate::jsonb::{JsonTextArg, JsonbArg, TooDeep, JSONPATH_MAX_DEPTH};
+use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep, JSONPATH_MAX_DEPTH};
 use crate::jsontext::{self, TextError};
 use crate::paths::{MetadataPath, PathExpr};
 use crate::privilege;
@@ -12,7 +12,7 @@ use crate::query;
 use crate::queue::{self, JobPath, Origin};
 use crate::render::render;
 use crate::settings;
-use crate::tables::Tables;
+use crate::tables::{Table, Tables};
 use crate::wake;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -42,6 +42,31 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
 #[pg_extern(stable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
     render(&value.to_value_capped(), settings::value_format())
+}
+
+/// The data of the instance's latest completed task (latest by end_in_seconds, then guid; a
+/// completed task without an end counts as earlier than any with one), `{}` when it has none
+/// (or for NULL): what a job queued now by the caller would read for it, from the same tables
+/// (the attached ones, or backfill's own), locked and checked first, with the same privileges
+/// (`Tables::reader`: the caller's, or the tables' owner's, never a superuser's on tables
+/// another role controls).
+#[pg_extern(stable, parallel_unsafe)]
+fn latest_task_data(process_instance_id: Option<i64>) -> JsonbResult {
+    let (tables, reader) = Tables::current_for_caller(&[Table::Tasks, Table::Data]);
+    let sql = format!(
+        "SELECT coalesce(d.data::jsonb, '{{}}') FROM (SELECT $1::bigint AS id) AS b {}",
+        latest_task_data_join(&tables, "b.id")
+    );
+    privilege::as_role(reader, || {
+        Spi::connect(|client| {
+            client
+                .select(&sql, Some(1), &[process_instance_id.into()])?
+                .first()
+                .get::<JsonbResult>(1)
+        })
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read the task data: {e}"))
+    .unwrap_or_else(|| error!("backfill: no task data returned"))
 }
 
 /// The rendered values of `paths` (plain path strings, not the jsonb array) in `task_data`, in
@@ -266,8 +291,9 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
     if let (Some(model), true) = (process_model_identifier, models.is_empty()) {
         invalid_parameter(&format!("process model \"{model}\" does not exist"));
     }
-    let tables = Tables::current();
-    let role = privilege::current_role();
+    // Counted with the privileges reading the tables has for the caller (its own, or their
+    // owner's), and recorded as that role's count.
+    let (tables, role) = Tables::current_for_caller(&[Table::Instances, Table::Metadata]);
     models
         .into_iter()
         .map(|(model, paths)| {
@@ -490,17 +516,24 @@ fn attach(schema_name: Option<&str>) {
             "Name the schema that holds the application's process_instance, task, json_data and process_instance_metadata tables.",
         );
     }
-    let tables = Tables::of_schema(schema).unwrap_or_else(|problem| problem.raise());
+    let tables = Tables::locked(schema, &Table::ALL).unwrap_or_else(|problem| problem.raise());
     if let Some(problem) = tables
         .owner_problem()
         .or_else(|| tables.conflict_target_problem())
     {
         problem.raise();
     }
+    // Refused when no role could read them safely (a role that may replace them lacks their
+    // owner's privileges).
+    if let Err(problem) = tables.reader(privilege::current_role()) {
+        problem.raise();
+    }
+    // Read before the switch: inside it the current role is the job table's owner.
+    let attached_by = privilege::current_role();
     privilege::as_job_table_owner(|| {
         Spi::run_with_args(
             "SELECT backfill.attachment_set($1, $2)",
-            &[schema.into(), privilege::current_role().into()],
+            &[schema.into(), attached_by.into()],
         )
     })
     .unwrap_or_else(|e| error!("backfill: could not record the attachment: {e}"));

@@ -9,7 +9,7 @@ use crate::privilege::{self, as_job_table_owner, as_role};
 use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
-use crate::tables::Tables;
+use crate::tables::{Table, Tables};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
@@ -257,14 +257,15 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             ),
         );
     }
-    let tables = match usable_tables(job.tables_schema) {
-        Ok(tables) => tables,
-        Err(message) => {
-            warning!("backfill: job {job_id} failed: {message}");
-            return failed_at_start(job_id, &message);
+    // The start reads only the instances (to count them).
+    let (tables, role) = match usable_tables(job.tables_schema, job.role, &[Table::Instances]) {
+        Ok(usable) => usable,
+        Err(failure) if is_permanent(&failure) => {
+            warning!("backfill: job {job_id} failed: {failure}");
+            return failed_at_start(job_id, &failure.with_hint());
         }
+        Err(failure) => failure.rethrow(),
     };
-    let role = acting_role(job.role, &tables);
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
         // Counted as the job's role: instances it cannot see (row-level security) are not
@@ -277,7 +278,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             // The role may not read the instances at all: nothing to retry.
             Err(failure) if is_permanent(&failure) => {
                 warning!("backfill: job {job_id} failed: {failure}");
-                return failed_at_start(job_id, &failure.to_string());
+                return failed_at_start(job_id, &failure.with_hint());
             }
             Err(failure) => failure.rethrow(),
         };
@@ -493,25 +494,24 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
-    let tables = match usable_tables(job.tables_schema) {
-        Ok(tables) => tables,
-        Err(message) => {
-            warning!("backfill: job {job_id} failed: {message}");
-            fail_job(job_id, &message);
-            return Batch::Finished("failed".to_owned());
-        }
-    };
-    let batch = BatchOf {
-        job: &job,
-        role: acting_role(job.role, &tables),
-        tables,
-        max_id,
-        limit: settings::batch_size(),
-    };
+    let limit = settings::batch_size();
     let mut attempt = 1;
-    let outcome = loop {
-        match batch.attempt(runner) {
-            Ok(outcome) => break outcome,
+    let (outcome, batch) = loop {
+        // The tables are locked and checked in each attempt: a lock someone holds on one of
+        // them is waited for and retried as a failure of the batch.
+        let tried =
+            usable_tables(job.tables_schema, job.role, &Table::ALL).and_then(|(tables, role)| {
+                let batch = BatchOf {
+                    job: &job,
+                    role,
+                    tables,
+                    max_id,
+                    limit,
+                };
+                batch.attempt(runner).map(|outcome| (outcome, batch))
+            });
+        match tried {
+            Ok(done) => break done,
             Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
             Err(failure) => {
@@ -548,30 +548,21 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     Batch::More
 }
 
-/// The role a job's statements run as: the role that queued it, except that a superuser's
-/// job on tables a non-superuser owns runs as that owner, as PostgreSQL runs maintenance of a
-/// table as its owner. The owner decides what runs when those tables are written (its
-/// triggers, its policies' functions): with a superuser's privileges, attaching tables would
-/// hand it a superuser's. The owner can do no more on its own tables than the superuser.
-fn acting_role(queued_by: Oid, tables: &Tables) -> Oid {
-    // SAFETY: catalog lookups inside a transaction.
-    let superuser = |role: Oid| unsafe { pg_sys::superuser_arg(role) };
-    if tables.owner != Oid::INVALID && superuser(queued_by) && !superuser(tables.owner) {
-        tables.owner
-    } else {
-        queued_by
-    }
-}
-
-/// A job's tables (those of `schema`), checked; the reason, for the job's last error, when
-/// they are unusable (dropped, or a column changed type since they were attached).
-fn usable_tables(schema: Oid) -> Result<Tables, String> {
-    match guarded(|| Tables::remembered(schema)) {
-        Ok(Ok(tables)) => Ok(tables),
-        Ok(Err(unusable)) => Err(format!("{unusable} ({})", unusable.hint)),
-        Err(failure) if is_permanent(&failure) => Err(failure.to_string()),
-        Err(failure) => failure.rethrow(),
-    }
+/// A job's tables (those of `schema`), with `reading` locked (`Tables::locked`) and checked,
+/// and the role its statements run as on them for `queued_by`, the role that queued it
+/// (`Tables::reader`: that role, or the tables' owner, as PostgreSQL runs a table's
+/// maintenance as its owner). Tables that are unusable (dropped, a column changed type since
+/// they were attached) or refused to that role are a failure that a retry cannot cure
+/// (`is_permanent`), with the reason and what to do.
+fn usable_tables(schema: Oid, queued_by: Oid, reading: &[Table]) -> Result<(Tables, Oid), Failure> {
+    guarded(|| {
+        Tables::locked(schema, reading)
+            .and_then(|tables| {
+                let reader = tables.reader(queued_by)?;
+                Ok((tables, reader))
+            })
+            .unwrap_or_else(|unusable| unusable.raise())
+    })
 }
 
 /// What a batch did, to be added to the job's counters.
@@ -588,7 +579,7 @@ struct Outcome {
 /// `max_id`, in its tables.
 struct BatchOf<'j> {
     job: &'j Job,
-    /// Whose privileges the batch has (`acting_role`).
+    /// Whose privileges the batch has (`Tables::reader`).
     role: Oid,
     tables: Tables,
     max_id: i64,
@@ -1150,10 +1141,10 @@ pub(crate) fn is_instance_failure(failure: &Failure) -> bool {
     )
 }
 
-/// Failures that a retry cannot cure: the job's role lacks a privilege (42501), or a table or
-/// column the job needs is gone (class 42). The job fails at once, saying why.
+/// Failures that a retry cannot cure: the job's role lacks a privilege (42501), or a table,
+/// column or schema the job needs is gone (class 42, 3F000). The job fails at once, saying why.
 fn is_permanent(failure: &Failure) -> bool {
-    failure.sqlstate.starts_with("42")
+    failure.sqlstate.starts_with("42") || failure.sqlstate.starts_with("3F")
 }
 
 /// `in_subtransaction`, except that a cancel or shutdown request is never swallowed.
@@ -1264,22 +1255,23 @@ pub fn count_due_coverage() {
     if !matches!(succeeded, Ok(Some(true))) {
         return;
     }
-    let counted = guarded(|| {
-        usable_tables(due.tables_schema).map(|tables| {
-            let role = acting_role(due.queued_by, &tables);
-            coverage::count_and_record(&due.model, &due.keys, &tables, role);
-        })
+    let counted = usable_tables(
+        due.tables_schema,
+        due.queued_by,
+        &[Table::Instances, Table::Metadata],
+    )
+    .and_then(|(tables, role)| {
+        guarded(|| coverage::count_and_record(&due.model, &due.keys, &tables, role))
     });
     let problem = match counted {
-        Ok(Ok(())) => return,
-        Ok(Err(reason)) => reason,
-        Err(failure) => failure.to_string(),
+        Ok(_) => return,
+        Err(failure) => failure.with_hint(),
     };
     warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
 }
 
 fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
-    let message = failure.to_string();
+    let message = failure.with_hint();
     warning!(
         "backfill: {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
         job.label(),

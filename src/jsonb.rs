@@ -81,6 +81,64 @@ unsafe impl UnboxDatum for JsonbArg {
     }
 }
 
+/// A jsonb value read from a query and returned as it is: copied (detoasted) into the memory
+/// of the function call that reads it, never converted to text and back (serde would also
+/// refuse documents nested deeper than it recurses).
+pub struct JsonbResult {
+    datum: pg_sys::Datum,
+}
+
+impl FromDatum for JsonbResult {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then_some(JsonbResult { datum })
+    }
+
+    unsafe fn from_datum_in_memory_context(
+        mut memory_context: pgrx::PgMemoryContexts,
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: `datum` is a jsonb (try_from_datum_in_memory_context checked the type); the
+        // copy lives in `memory_context`, which outlives the query's own memory.
+        let copy = memory_context
+            .switch_to(|_| unsafe { pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()) });
+        Some(JsonbResult {
+            datum: pg_sys::Datum::from(copy),
+        })
+    }
+}
+
+impl IntoDatum for JsonbResult {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.datum)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: the datum is a jsonb in the function call's memory (see from_datum_in_memory_context).
+unsafe impl pgrx::callconv::BoxRet for JsonbResult {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: a jsonb datum of this call, returned as the function's result.
+        unsafe { fcinfo.return_raw_datum(self.datum) }
+    }
+}
+
+impl_sql_translatable!(JsonbResult, "jsonb");
+
 /// A json argument (detoasted, not copied), borrowed for the duration of the function call.
 pub struct JsonTextArg {
     json: NonNull<pg_sys::varlena>,

@@ -5,10 +5,11 @@
 
 use crate::engine::{is_instance_failure, latest_task_data_join};
 use crate::error::{invalid_parameter, required};
+use crate::privilege::as_role;
 use crate::query;
 use crate::queue::{self, JobPath};
 use crate::subxact::in_subtransaction;
-use crate::tables::Tables;
+use crate::tables::{Table, Tables};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -81,6 +82,7 @@ fn preview_summary(
     let Some(Sampled {
         model,
         tables,
+        reader,
         keys,
         rows,
     }) = previewed(
@@ -92,13 +94,15 @@ fn preview_summary(
     else {
         return TableIterator::new(Vec::new());
     };
-    let instances = query::optional_value::<i64>(
-        &format!(
-            "SELECT count(*) FROM {} WHERE process_model_identifier = $1",
-            tables.sql_name("process_instance")
-        ),
-        &[model.as_str().into()],
-    )
+    let instances = as_role(reader, || {
+        query::optional_value::<i64>(
+            &format!(
+                "SELECT count(*) FROM {} WHERE process_model_identifier = $1",
+                tables.sql_name("process_instance")
+            ),
+            &[model.as_str().into()],
+        )
+    })
     .unwrap_or(0);
     let summary: Vec<_> = keys
         .into_iter()
@@ -134,6 +138,8 @@ fn preview_summary(
 struct Sampled {
     model: String,
     tables: Tables,
+    /// Whose privileges reading the tables has (`Tables::reader`).
+    reader: pg_sys::Oid,
     keys: Vec<String>,
     rows: Vec<Previewed>,
 }
@@ -168,11 +174,13 @@ fn previewed(
     if paths.is_empty() {
         return None;
     }
-    let tables = Tables::current();
-    let ids = sample_ids(&tables, model, sample);
+    // Read as a job of the caller's would read them (its own privileges, or the tables'
+    // owner's).
+    let (tables, reader) = Tables::current_for_caller(&Table::ALL);
+    let ids = as_role(reader, || sample_ids(&tables, model, sample));
     let keys: Vec<String> = paths.iter().map(|p| p.key.clone()).collect();
     let texts: Vec<String> = paths.iter().map(|p| p.path.clone()).collect();
-    let read = |ids: &[i64]| read_rows(&tables, ids, &keys, &texts);
+    let read = |ids: &[i64]| as_role(reader, || read_rows(&tables, ids, &keys, &texts));
     // A failure of the data of an instance (what a job counts as an instance error) is shown
     // on that instance; any other (a privilege, a cancel) is the caller's.
     let rows = match in_subtransaction(|| read(&ids)) {
@@ -226,6 +234,7 @@ fn previewed(
     Some(Sampled {
         model: model.to_owned(),
         tables,
+        reader,
         keys,
         rows,
     })

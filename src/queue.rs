@@ -1,9 +1,11 @@
 //! The job queue: `backfill.job` rows, who may run one, and the paths a job fills.
 
-use crate::error::{invalid_parameter, raise};
+use crate::error::{invalid_parameter, raise, report_with_hint};
 use crate::paths::{parse_paths_checking, MetadataPath};
 use crate::privilege::{self, as_job_table_owner};
 use crate::query::optional_value;
+use crate::subxact::in_subtransaction;
+use crate::tables::{self, Tables};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -137,7 +139,26 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     .unwrap_or_else(|e| error!("backfill: could not insert a job: {e}"))
     .unwrap_or_else(|| error!("backfill: job_insert returned no id"));
     crate::wake::wake_at_commit();
+    warn_if_refused(id, role);
     id
+}
+
+/// Warns, without failing the statement that queued it (an application's model update), when
+/// the tables the job `id` will use are unusable or refused to `role` (`Tables::reader`): the
+/// job will fail at its start, saying the same.
+fn warn_if_refused(id: i64, role: Oid) {
+    let problem = in_subtransaction(|| {
+        Tables::of_schema(tables::current_schema()).and_then(|tables| tables.reader(role))
+    });
+    // A look at the catalogs that failed says nothing about the job.
+    if let Ok(Err(unusable)) = problem {
+        report_with_hint(
+            PgLogLevel::WARNING,
+            unusable.code,
+            format!("backfill job {id} will fail: {}", unusable.message),
+            unusable.hint,
+        );
+    }
 }
 
 /// Keeps the workers from starting the queued job `job_id` before `not_before`.

@@ -11,6 +11,8 @@ pub struct Failure {
     /// Five-character SQLSTATE, e.g. "40P01".
     pub sqlstate: String,
     pub message: String,
+    /// What to do about it, when the error says.
+    pub hint: Option<String>,
     caught: Box<CaughtError>,
 }
 
@@ -20,7 +22,17 @@ impl Failure {
         Failure {
             sqlstate: sqlstate_text(report.sql_error_code()),
             message: report.message().to_owned(),
+            hint: report.hint().map(str::to_owned),
             caught: Box::new(caught),
+        }
+    }
+
+    /// "message (SQLSTATE): hint", or without the hint when there is none: a job's last error
+    /// when the failure ends the job, so that it says what to do.
+    pub fn with_hint(&self) -> String {
+        match &self.hint {
+            Some(hint) => format!("{self}: {hint}"),
+            None => self.to_string(),
         }
     }
 

@@ -1,14 +1,29 @@
 //! The four tables a job reads and writes: the extension's own in schema backfill, or an
 //! application's (SpiffWorkflow's `public.process_instance`, `task`, `json_data`,
 //! `process_instance_metadata`) once `backfill.attach` named their schema. Found and checked
-//! from the catalogs; what the batch engine needs to know about their types is kept here.
+//! from the catalogs; what the batch engine needs to know about their types is kept here, and
+//! so is whose privileges reading and writing them may have (`Tables::reader`).
 
 use crate::error::raise;
+use crate::privilege;
 use crate::query;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+
+/// One of the four tables, for the statements that read only some of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Instances,
+    Tasks,
+    Data,
+    Metadata,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Instances, Table::Tasks, Table::Data, Table::Metadata];
+}
 
 /// The four tables, by the names they have in every schema that holds them.
 pub const NAMES: [&str; 4] = [
@@ -78,6 +93,15 @@ pub struct Tables {
     pub data_is_json: bool,
     /// `process_instance_metadata.value` is NOT NULL: a missing or null value gets no row.
     pub value_not_null: bool,
+    /// The roles that decide what code runs when the tables are read or written, with the
+    /// privileges of whoever reads or writes them: the owner of the schema (which may drop and
+    /// replace what is in it; for `pg_database_owner`, the database's owner), the owners of the
+    /// four tables and of their partitions and inheritance children, and the roles granted
+    /// TRIGGER on any of those (`Oid::INVALID` for PUBLIC).
+    pub controllers: Vec<Oid>,
+    /// The four tables and their partitions and children: a change of any of them (DDL, a new
+    /// owner, a grant) makes this process read the catalogs again.
+    relations: Vec<Oid>,
 }
 
 /// Why the tables of a schema cannot be used.
@@ -193,6 +217,7 @@ impl Tables {
                 _ => {}
             }
         }
+        let (relations, controllers) = read_controllers(schema, &oids);
         Ok(Tables {
             schema,
             schema_sql: quoted(&schema_name),
@@ -203,12 +228,24 @@ impl Tables {
             owner,
             data_is_json,
             value_not_null,
+            controllers,
+            relations,
         })
     }
 
     /// `schema.table`, quoted, for SQL text.
     pub fn sql_name(&self, table: &str) -> String {
         format!("{}.{}", self.schema_sql, quoted(table))
+    }
+
+    /// The relation of `table`.
+    pub fn oid(&self, table: Table) -> Oid {
+        match table {
+            Table::Instances => self.instances,
+            Table::Tasks => self.tasks,
+            Table::Data => self.data,
+            Table::Metadata => self.metadata,
+        }
     }
 }
 
@@ -222,20 +259,120 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The schema of the tables a job queued now would use: the attached one, or backfill.
+pub fn current_schema() -> Oid {
+    query::optional_value::<Oid>(
+        "SELECT coalesce((SELECT a.schema_name FROM backfill.attachment a), 'backfill'::regnamespace)::oid",
+        &[],
+    )
+    .unwrap_or_else(|| error!("backfill: no schema for the tables"))
+}
+
 impl Tables {
-    /// The tables a job queued now would use: the attached ones, or backfill's own; raises
-    /// what makes them unusable.
-    pub fn current() -> Tables {
-        let schema = query::optional_value::<Oid>(
-            "SELECT coalesce((SELECT a.schema_name FROM backfill.attachment a), 'backfill'::regnamespace)::oid",
-            &[],
-        )
-        .unwrap_or_else(|| error!("backfill: no schema for the tables"));
-        Tables::of_schema(schema).unwrap_or_else(|unusable| unusable.raise())
+    /// The tables a job queued now would use (the attached ones, or backfill's own), with
+    /// `reading` locked (`locked`), and the role whose privileges reading them has for the
+    /// current role (`reader`); raises what makes them unusable or refused.
+    pub fn current_for_caller(reading: &[Table]) -> (Tables, Oid) {
+        Tables::locked(current_schema(), reading)
+            .and_then(|tables| {
+                let reader = tables.reader(privilege::current_role())?;
+                Ok((tables, reader))
+            })
+            .unwrap_or_else(|unusable| unusable.raise())
     }
 
-    /// `of_schema`, remembered until an invalidation of one of the tables (DDL, a change of
-    /// owner) or of any schema (a rename) makes this process read the catalog again.
+    /// The tables of `schema` as `remembered`, those of them the statements that follow read
+    /// (`reading`) locked ACCESS SHARE to the end of the transaction before they are looked
+    /// at, so that what is checked is what those statements read and write: until then none
+    /// of them can be dropped, renamed, altered, replaced by a view or given to another owner.
+    pub fn locked(schema: Oid, reading: &[Table]) -> Result<Tables, Unusable> {
+        loop {
+            let tables = Tables::remembered(schema)?;
+            for relation in reading.iter().map(|&table| tables.oid(table)) {
+                // SAFETY: a relation lock inside a transaction; a relation dropped meanwhile
+                // leaves a lock on nothing, released at the end of the transaction.
+                unsafe {
+                    pg_sys::LockRelationOid(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+                };
+            }
+            // Waiting for a lock processes the invalidations of what committed meanwhile: when
+            // one concerned these tables, what is there now is looked up and locked again.
+            if Tables::remembered(schema)? == tables {
+                return Ok(tables);
+            }
+        }
+    }
+
+    /// The role whose privileges reading and writing these tables has on behalf of `role` (a
+    /// job's queuing role, a function's caller): `role` itself when every controller has its
+    /// privileges, so that nothing a controller put on the tables can act with more than it
+    /// could already; otherwise the tables' owner, as PostgreSQL runs a table's maintenance as
+    /// its owner, when `role` has the owner's privileges (the work never exceeds what `role`
+    /// could do) and so does every controller. Anything else is refused (42501): a
+    /// controller's code would act with privileges it lacks (another role's, a superuser's).
+    pub fn reader(&self, role: Oid) -> Result<Oid, Unusable> {
+        let lacking = |whose: Oid| {
+            self.controllers
+                .iter()
+                .copied()
+                .find(|&controller| !has_privileges_of(controller, whose))
+        };
+        let Some(controller) = lacking(role) else {
+            return Ok(role);
+        };
+        if !has_privileges_of(role, self.owner) {
+            return Err(self.not_for(role, controller));
+        }
+        match lacking(self.owner) {
+            None => Ok(self.owner),
+            Some(controller) => Err(self.controlled_by(controller)),
+        }
+    }
+
+    /// Why `role` may not use the tables: `controller` (usually their owner) would run code
+    /// with its privileges, and it may not act as their owner instead.
+    fn not_for(&self, role: Oid, controller: Oid) -> Unusable {
+        let (role, owner) = (privilege::role_name(role), privilege::role_name(self.owner));
+        Unusable {
+            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "role \"{role}\" may not use the tables of schema {}: {} controls what runs on \
+                 them, so backfill reads and writes them only with the privileges of their \
+                 owner \"{owner}\", which {role} does not have",
+                self.schema_sql,
+                controller_name(controller)
+            ),
+            hint: format!(
+                "Queue the job, or call the function, as \"{owner}\" or a role that has its \
+                 privileges (a member of it, or a superuser)."
+            ),
+        }
+    }
+
+    /// Why no role may use the tables: `controller` decides what runs on them but lacks the
+    /// privileges of their owner, whose privileges reading them would have.
+    fn controlled_by(&self, controller: Oid) -> Unusable {
+        let owner = privilege::role_name(self.owner);
+        Unusable {
+            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            message: format!(
+                "{} can change the tables of schema {} (it owns them or the schema, or may \
+                 create triggers on them) but does not have the privileges of their owner \
+                 \"{owner}\": backfill neither reads nor writes them",
+                controller_name(controller),
+                self.schema_sql
+            ),
+            hint: format!(
+                "Give the schema and its tables one owner (ALTER SCHEMA {} OWNER TO \"{owner}\"), \
+                 or revoke TRIGGER on them from roles that lack \"{owner}\"'s privileges.",
+                self.schema_sql
+            ),
+        }
+    }
+
+    /// `of_schema`, remembered until an invalidation of one of the tables or of their
+    /// partitions and children (DDL, a change of owner, a grant), of any schema (a rename, a
+    /// new owner) or of the database (a new owner) makes this process read the catalog again.
     pub fn remembered(schema: Oid) -> Result<Tables, Unusable> {
         if !WATCHING.get() {
             // SAFETY: registers process-lifetime callbacks (once; PostgreSQL keeps a few
@@ -247,6 +384,12 @@ impl Tables {
                 );
                 pg_sys::CacheRegisterSyscacheCallback(
                     pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
+                    Some(forget_schemas),
+                    pg_sys::Datum::from(0),
+                );
+                // The database's owner stands for pg_database_owner among the controllers.
+                pg_sys::CacheRegisterSyscacheCallback(
+                    pg_sys::SysCacheIdentifier::DATABASEOID as std::ffi::c_int,
                     Some(forget_schemas),
                     pg_sys::Datum::from(0),
                 );
@@ -268,13 +411,12 @@ impl Tables {
 unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relation: Oid) {
     FOUND.with(|found| match found.try_borrow_mut() {
         Ok(mut found) if relation == Oid::INVALID => found.clear(),
-        Ok(mut found) => {
-            found.retain(|_, t| ![t.instances, t.tasks, t.data, t.metadata].contains(&relation))
-        }
+        Ok(mut found) => found.retain(|_, t| !t.relations.contains(&relation)),
         Err(_) => STALE.set(true),
     });
 }
 
+/// Forgets everything: a schema or the database changed.
 unsafe extern "C-unwind" fn forget_schemas(
     _arg: pg_sys::Datum,
     _cache: std::ffi::c_int,
@@ -308,6 +450,62 @@ fn read_columns(schema: Oid) -> Vec<Column> {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("backfill: could not read the columns of the tables: {e}"))
+}
+
+/// The four tables `oids` with their partitions and inheritance children, and the roles that
+/// control them (`Tables::controllers`), distinct.
+fn read_controllers(schema: Oid, oids: &[Oid; 4]) -> (Vec<Oid>, Vec<Oid>) {
+    const SQL: &str = "
+WITH RECURSIVE tree(relid) AS (
+        SELECT pg_catalog.unnest($2::pg_catalog.oid[])
+    UNION
+        SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent OPERATOR(pg_catalog.=) t.relid
+)
+SELECT ARRAY(SELECT t.relid FROM tree t),
+       ARRAY(SELECT DISTINCT r.role FROM (
+                 SELECT c.relowner AS role FROM pg_catalog.pg_class c
+                  WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT t.relid FROM tree t))
+                 UNION
+                 SELECT a.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+                  WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT t.relid FROM tree t))
+                    AND a.privilege_type OPERATOR(pg_catalog.=) 'TRIGGER'
+                 UNION
+                 SELECT CASE WHEN n.nspowner OPERATOR(pg_catalog.=) $3 THEN d.datdba ELSE n.nspowner END
+                   FROM pg_catalog.pg_namespace n, pg_catalog.pg_database d
+                  WHERE n.oid OPERATOR(pg_catalog.=) $1
+                    AND d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) r)";
+    let tables: Vec<Oid> = oids.to_vec();
+    let database_owner = Oid::from(pg_sys::ROLE_PG_DATABASE_OWNER);
+    Spi::connect(|client| {
+        let row = client
+            .select(
+                SQL,
+                Some(1),
+                &[schema.into(), tables.into(), database_owner.into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<Vec<Oid>>(1)?.unwrap_or_default(),
+            row.get::<Vec<Oid>>(2)?.unwrap_or_default(),
+        ))
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read who controls the tables: {e}"))
+}
+
+/// Whether `role` has the privileges of `whose` (is it, a member of it, or a superuser).
+/// PUBLIC (`Oid::INVALID`) has no role's.
+fn has_privileges_of(role: Oid, whose: Oid) -> bool {
+    // SAFETY: a catalog lookup inside a transaction.
+    role != Oid::INVALID && unsafe { pg_sys::has_privs_of_role(role, whose) }
+}
+
+/// A controller's name for messages: a role's, quoted, or PUBLIC.
+fn controller_name(role: Oid) -> String {
+    if role == Oid::INVALID {
+        "PUBLIC".to_owned()
+    } else {
+        format!("role \"{}\"", privilege::role_name(role))
+    }
 }
 
 fn schema_name(schema: Oid) -> Option<String> {
