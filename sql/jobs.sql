@@ -77,23 +77,28 @@ AS $$
      WHERE id = job_id AND state = 'queued'
 $$;
 
--- Counts of a model's keys, just made (src/coverage.rs), replacing earlier ones.
+-- Counts of a model's keys, just made by `counted_by` (src/coverage.rs), replacing that role's
+-- earlier ones.
 CREATE FUNCTION coverage_record(model text, keys text[], instances bigint[], with_row bigint[],
-                                with_value bigint[]) RETURNS void
+                                with_value bigint[], counted_by regrole) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO @extschema@.coverage_count AS c
-           (process_model_identifier, key, instances, with_row, with_value, counted_at)
-    SELECT model, k.key, k.instances, k.with_row, k.with_value, now()
+           (process_model_identifier, key, instances, with_row, with_value, counted_at, counted_by)
+    SELECT model, k.key, k.instances, k.with_row, k.with_value, now(), counted_by
       FROM unnest(keys, instances, with_row, with_value) AS k(key, instances, with_row, with_value)
-    ON CONFLICT (process_model_identifier, key) DO UPDATE
+    ON CONFLICT (process_model_identifier, key, counted_by) DO UPDATE
        SET instances = EXCLUDED.instances, with_row = EXCLUDED.with_row,
            with_value = EXCLUDED.with_value, counted_at = EXCLUDED.counted_at
 $$;
 
 -- Per model and key of its current paths: how many instances, how many have a row and a
--- value, as last counted (NULL counts: never counted yet; backfill.count_coverage counts).
-CREATE VIEW coverage AS
+-- value, as last counted by the role reading the view, or else by a role whose privileges it
+-- has, the newest first (NULL counts: no such count yet; backfill.count_coverage counts). A
+-- count made by another role says what that role may see: it is not shown to roles without
+-- its privileges. A security barrier: a caller's own conditions on the view are not applied
+-- before that filter.
+CREATE VIEW coverage WITH (security_barrier) AS
 SELECT m.id AS model,
        p.key,
        p.path,
@@ -102,14 +107,21 @@ SELECT m.id AS model,
        c.with_value,
        CASE WHEN c.instances = 0 THEN 100.0
             ELSE round(100.0 * c.with_value / c.instances, 1) END AS percent,
-       c.counted_at
+       c.counted_at,
+       c.counted_by
   FROM process_model m
  CROSS JOIN LATERAL (
        SELECT e ->> 'key' AS key, e ->> 'path' AS path
          FROM jsonb_array_elements(CASE jsonb_typeof(m.metadata_extraction_paths)
                                         WHEN 'array' THEN m.metadata_extraction_paths
                                         ELSE '[]' END) AS e) AS p
-  LEFT JOIN coverage_count c ON c.process_model_identifier = m.id AND c.key = p.key;
+  LEFT JOIN LATERAL (
+       SELECT n.instances, n.with_row, n.with_value, n.counted_at, n.counted_by
+         FROM coverage_count n
+        WHERE n.process_model_identifier = m.id AND n.key = p.key
+          AND pg_has_role(n.counted_by, 'USAGE')
+        ORDER BY pg_get_userbyid(n.counted_by) = current_user DESC, n.counted_at DESC
+        LIMIT 1) AS c ON true;
 
 CREATE FUNCTION attachment_set(schema_name regnamespace, attached_by regrole) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
@@ -256,7 +268,8 @@ AS $$
      WHERE p.id = (SELECT coalesce(j.parent_id, j.id) FROM @extschema@.job j WHERE j.id = job_id)
 $$;
 
-REVOKE ALL ON FUNCTION job_hold(bigint, timestamptz), coverage_record(text, text[], bigint[], bigint[], bigint[])
+REVOKE ALL ON FUNCTION job_hold(bigint, timestamptz),
+                       coverage_record(text, text[], bigint[], bigint[], bigint[], regrole)
     FROM PUBLIC;
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
@@ -283,4 +296,4 @@ COMMENT ON FUNCTION job_fail(bigint, text) IS 'Internal: marks a queued or runni
 COMMENT ON FUNCTION job_cancel(bigint) IS 'Internal: marks a queued or running job (a part: its whole job) cancelled; false when it had ended.';
 COMMENT ON FUNCTION job_summary(bigint) IS 'Internal: a job''s state and counters in one line, for logs and notices.';
 COMMENT ON FUNCTION job_hold(bigint, timestamptz) IS 'Internal: keeps the workers from starting a queued job before a time (enqueue''s not_before).';
-COMMENT ON FUNCTION coverage_record(text, text[], bigint[], bigint[], bigint[]) IS 'Internal: records the counts of a model''s keys just made, for the coverage view.';
+COMMENT ON FUNCTION coverage_record(text, text[], bigint[], bigint[], bigint[], regrole) IS 'Internal: records the counts of a model''s keys just made by a role, for the coverage view.';

@@ -114,7 +114,9 @@ CREATE TABLE attachment (
 GRANT SELECT ON attachment TO PUBLIC;
 
 -- The coverage of each model's keys, counted exactly when a job that filled them succeeded
--- and when backfill.count_coverage is called; the coverage view reads it. Written by the
+-- and when backfill.count_coverage is called, one count per role that counted: a count says
+-- what that role may see of the tables (row-level security, privileges), so the coverage
+-- view shows a role only the counts of roles whose privileges it has. Written by the
 -- extension only.
 CREATE TABLE coverage_count (
     process_model_identifier text NOT NULL,
@@ -123,7 +125,9 @@ CREATE TABLE coverage_count (
     with_row bigint NOT NULL,
     with_value bigint NOT NULL,
     counted_at timestamptz NOT NULL,
-    PRIMARY KEY (process_model_identifier, key)
+    -- (Last: an upgrade from 0.5.0 adds it there.)
+    counted_by regrole NOT NULL,
+    PRIMARY KEY (process_model_identifier, key, counted_by)
 );
 
 -- pg_dump keeps the rows of these tables (the extension only creates them).

@@ -18,7 +18,8 @@ pub struct Counted {
 }
 
 /// Counts `keys` of `model` in `tables` with the privileges of `role` (who must be able to
-/// read them: the figures are no more than that role could count itself), and records them.
+/// read them: the figures are no more than that role could count itself), and records them
+/// as that role's count (the coverage view shows it to roles that have its privileges).
 pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid) -> Vec<Counted> {
     let sql = format!(
         "SELECT k.key, n.instances, coalesce(c.with_row, 0), coalesce(c.with_value, 0)
@@ -55,13 +56,14 @@ pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid
     let keys: Vec<String> = counted.iter().map(|c| c.key.clone()).collect();
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.coverage_record($1, $2, $3, $4, $5)",
+            "SELECT backfill.coverage_record($1, $2, $3, $4, $5, $6)",
             &[
                 model.into(),
                 keys.into(),
                 column(|c| c.instances).into(),
                 column(|c| c.with_row).into(),
                 column(|c| c.with_value).into(),
+                role.into(),
             ],
         )
     })

@@ -674,7 +674,7 @@ fn preview_and_counts_read_with_the_callers_privileges() {
     // Nothing else of the extension's is open to it.
     for denied in [
         "SELECT * FROM backfill.coverage_count",
-        "SELECT backfill.coverage_record('bulk/model', '{status}', '{1}', '{1}', '{1}')",
+        "SELECT backfill.coverage_record('bulk/model', '{status}', '{1}', '{1}', '{1}', 'peek')",
         "SELECT backfill.job_hold(1, now())",
     ] {
         let error = peek.batch_execute(denied).expect_err(denied);

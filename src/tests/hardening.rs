@@ -243,7 +243,7 @@ mod tests {
             "backfill.preview(text, jsonb, integer)",
             "backfill.preview_summary(text, jsonb, integer)",
             "backfill.count_coverage(text)",
-            "backfill.coverage_record(text, text[], bigint[], bigint[], bigint[])",
+            "backfill.coverage_record(text, text[], bigint[], bigint[], bigint[], regrole)",
             "backfill.job_hold(bigint, timestamptz)",
             "backfill.run(bigint)",
             "backfill.run_begin(bigint)",
