@@ -4,7 +4,8 @@
 
 -- Inserts new models and updates changed ones, as the calling role: an update of the paths
 -- fires the model table's trigger and queues a job exactly as a hand-written UPDATE does. A
--- bad element rejects that model only (each model is written in a subtransaction of its own).
+-- bad element rejects that model only (each model is written in a subtransaction of its own,
+-- and any error of its data is caught there).
 -- Models missing from the input are left alone: a sync of part of a spec directory removes
 -- nothing.
 CREATE FUNCTION sync_process_models(models jsonb)
@@ -66,8 +67,13 @@ BEGIN
                     action := 'updated';
                 END IF;
             END IF;
-        EXCEPTION WHEN invalid_parameter_value THEN
-            -- The validation trigger's message names the offending element.
+        EXCEPTION
+            -- Whatever the model's data makes fail rejects that model only: the validation
+            -- trigger's 22023 (its message names the offending element), an id too long for
+            -- the index (54000), a constraint or a user's trigger refusing the row. Other
+            -- errors (a missing privilege, a cancel) end the sync.
+            WHEN data_exception OR integrity_constraint_violation OR program_limit_exceeded
+                 OR raise_exception THEN
             action := 'rejected: ' || SQLERRM;
         END;
         RETURN NEXT;

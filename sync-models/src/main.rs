@@ -92,17 +92,16 @@ fn run(args: &Args) -> Result<usize, String> {
         println!("rejected  {id}: {why}");
     }
     let mut client = connect(args.dsn.as_deref())?;
-    let rows = client
-        .query(
-            "SELECT id, action FROM backfill.sync_process_models($1::text::jsonb)",
-            &[&Value::Array(models).to_string()],
-        )
-        .map_err(|e| describe(&e))?;
+    let actions = match sync(&mut client, &models) {
+        Ok(actions) => actions,
+        // The whole array was refused before any model was written: the text of one of them
+        // is what jsonb cannot hold (\u0000, a number beyond numeric's range). Each model is
+        // sent alone then, and those the server refuses are rejected with its reason.
+        Err(e) if is_data_error(&e) => one_by_one(&mut client, &models)?,
+        Err(e) => return Err(describe(&e)),
+    };
     let mut rejected = unreadable.len();
-    for row in rows {
-        let id: Option<String> = row.get(0);
-        let action: String = row.get(1);
-        let id = id.unwrap_or_default();
+    for (id, action) in actions {
         match action.strip_prefix("rejected: ") {
             Some(why) => {
                 rejected += 1;
@@ -113,6 +112,44 @@ fn run(args: &Args) -> Result<usize, String> {
         }
     }
     Ok(rejected)
+}
+
+/// `backfill.sync_process_models` of `models`: (id, action) for each.
+fn sync(client: &mut Client, models: &[Value]) -> Result<Vec<(String, String)>, postgres::Error> {
+    let rows = client.query(
+        "SELECT id, action FROM backfill.sync_process_models($1::text::jsonb)",
+        &[&Value::Array(models.to_vec()).to_string()],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let id: Option<String> = row.get(0);
+            (id.unwrap_or_default(), row.get(1))
+        })
+        .collect())
+}
+
+/// `sync` of each model alone: one the server refuses for its data is rejected with the
+/// server's reason, and the others are synced.
+fn one_by_one(client: &mut Client, models: &[Value]) -> Result<Vec<(String, String)>, String> {
+    let mut actions = Vec::new();
+    for model in models {
+        match sync(client, std::slice::from_ref(model)) {
+            Ok(done) => actions.extend(done),
+            Err(e) if is_data_error(&e) => {
+                let id = model["id"].as_str().unwrap_or_default().to_owned();
+                actions.push((id, format!("rejected: {}", describe(&e))));
+            }
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+    Ok(actions)
+}
+
+/// Whether the server refused data (SQLSTATE class 22, or 54: a value too big).
+fn is_data_error(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "54"))
 }
 
 /// The models of the spec directory, in id order, and the files that could not be read (id,
