@@ -14,17 +14,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "\
-usage: backfill-sync-models [--dsn DSN] [--install-git-hook] SPEC_DIR
+usage: backfill-sync-models [--dsn DSN | --dsn-file FILE] [--install-git-hook] SPEC_DIR
 
 Reads every process_model.json under SPEC_DIR (SpiffWorkflow's BPMN spec directory) and syncs
 the models' display_name and metadata_extraction_paths into backfill.process_model.
 
   --dsn DSN           connection string (\"host=... dbname=... user=...\" or postgresql://...);
-                      without it, PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD (or
-                      ~/.pgpass), PGAPPNAME and PGCONNECT_TIMEOUT are used, as libpq does
+                      what it leaves out comes from PGHOST, PGPORT, PGUSER, PGDATABASE,
+                      PGPASSWORD (or ~/.pgpass), PGAPPNAME and PGCONNECT_TIMEOUT, as in libpq
+  --dsn-file FILE     the connection string, read from FILE, which only its owner may read
+                      (mode 600): a password kept off command lines
   --install-git-hook  install a post-commit hook in SPEC_DIR's git repository that runs this
                       sync after every commit (SpiffWorkflow commits there on every save),
-                      then sync once
+                      then sync once; a connection string or PGPASSWORD given now is kept in
+                      a file of mode 600 in the repository's git directory
 ";
 
 /// Marks a hook this command wrote, so it may replace it and no other.
@@ -32,6 +35,7 @@ const HOOK_MARKER: &str = "# installed by backfill-sync-models";
 
 struct Args {
     dsn: Option<String>,
+    dsn_file: Option<PathBuf>,
     install_hook: bool,
     spec_dir: PathBuf,
 }
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
 
 fn parse_args(raw: Vec<String>) -> Result<Args, String> {
     let mut dsn = None;
+    let mut dsn_file = None;
     let mut install_hook = false;
     let mut spec_dir = None;
     let mut raw = raw.into_iter();
@@ -63,6 +68,12 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         match arg.as_str() {
             "--dsn" => dsn = Some(raw.next().ok_or("--dsn needs a value")?),
             _ if arg.starts_with("--dsn=") => dsn = Some(arg["--dsn=".len()..].to_owned()),
+            "--dsn-file" => {
+                dsn_file = Some(PathBuf::from(raw.next().ok_or("--dsn-file needs a value")?))
+            }
+            _ if arg.starts_with("--dsn-file=") => {
+                dsn_file = Some(PathBuf::from(&arg["--dsn-file=".len()..]))
+            }
             "--install-git-hook" => install_hook = true,
             "-h" | "--help" => return Err("help".into()),
             _ if arg.starts_with('-') => return Err(format!("unknown option {arg}")),
@@ -71,8 +82,12 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         }
     }
     let spec_dir = spec_dir.ok_or("SPEC_DIR is missing")?;
+    if dsn.is_some() && dsn_file.is_some() {
+        return Err("--dsn and --dsn-file exclude each other".into());
+    }
     Ok(Args {
         dsn,
+        dsn_file,
         install_hook,
         spec_dir,
     })
@@ -84,14 +99,18 @@ fn run(args: &Args) -> Result<usize, String> {
         .spec_dir
         .canonicalize()
         .map_err(|e| format!("{}: {e}", args.spec_dir.display()))?;
+    let dsn = match &args.dsn_file {
+        Some(file) => Some(read_dsn_file(file)?),
+        None => args.dsn.clone(),
+    };
     if args.install_hook {
-        install_hook(&spec_dir, args.dsn.as_deref())?;
+        install_hook(&spec_dir, dsn.as_deref())?;
     }
     let (models, unreadable) = read_models(&spec_dir)?;
     for (id, why) in &unreadable {
         println!("rejected  {id}: {why}");
     }
-    let mut client = connect(args.dsn.as_deref())?;
+    let mut client = connect(dsn.as_deref())?;
     let actions = match sync(&mut client, &models) {
         Ok(actions) => actions,
         // The whole array was refused before any model was written: the text of one of them
@@ -213,12 +232,33 @@ fn find_model_files(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()>
     Ok(())
 }
 
+/// The connection string in `file` (its first line), which must not be readable or writable
+/// by anyone but its owner, as libpq requires of a password file.
+#[cfg(unix)]
+fn read_dsn_file(file: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |e: std::io::Error| format!("{}: {e}", file.display());
+    let mode = fs::metadata(file).map_err(failed)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {:o}: a connection string file must be readable by its owner only (chmod 600 it)",
+            file.display(),
+            mode & 0o777
+        ));
+    }
+    let text = fs::read_to_string(file).map_err(failed)?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
 fn connect(dsn: Option<&str>) -> Result<Client, String> {
+    let environment = config_from_environment()?;
     let mut config = match dsn {
-        Some(dsn) => dsn
-            .parse::<Config>()
-            .map_err(|e| format!("invalid --dsn: {e}"))?,
-        None => config_from_environment()?,
+        Some(dsn) => with_defaults(
+            dsn.parse::<Config>()
+                .map_err(|e| format!("invalid connection string: {e}"))?,
+            &environment,
+        ),
+        None => environment,
     };
     if config.get_password().is_none() {
         if let Some(password) = password_from_file(&config) {
@@ -233,6 +273,50 @@ fn connect(dsn: Option<&str>) -> Result<Client, String> {
             describe(&e)
         )
     })
+}
+
+/// `config` with what it leaves out taken from `defaults` (libpq's environment), as libpq
+/// completes a connection string.
+fn with_defaults(mut config: Config, defaults: &Config) -> Config {
+    if config.get_hosts().is_empty() {
+        for host in defaults.get_hosts() {
+            match host {
+                postgres::config::Host::Tcp(name) => config.host(name),
+                postgres::config::Host::Unix(path) => config.host_path(path),
+            };
+        }
+    }
+    if config.get_ports().is_empty() {
+        for port in defaults.get_ports() {
+            config.port(*port);
+        }
+    }
+    if let (None, Some(user)) = (config.get_user(), defaults.get_user()) {
+        config.user(user);
+    }
+    // libpq's default database is PGDATABASE, or else the user's name (the one connecting).
+    if config.get_dbname().is_none() {
+        let dbname = std::env::var("PGDATABASE")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .or_else(|| config.get_user().map(str::to_owned));
+        if let Some(dbname) = dbname {
+            config.dbname(&dbname);
+        }
+    }
+    if let (None, Some(password)) = (config.get_password(), defaults.get_password()) {
+        config.password(password);
+    }
+    if let (None, Some(name)) = (
+        config.get_application_name(),
+        defaults.get_application_name(),
+    ) {
+        config.application_name(name);
+    }
+    if let (None, Some(timeout)) = (config.get_connect_timeout(), defaults.get_connect_timeout()) {
+        config.connect_timeout(*timeout);
+    }
+    config
 }
 
 /// libpq's environment variables, as far as this command needs them.
@@ -342,33 +426,43 @@ fn describe(e: &postgres::Error) -> String {
 }
 
 /// Writes a post-commit hook that runs this sync, in the git repository holding `spec_dir`.
+/// The connection string (`dsn`, or the password of PGPASSWORD), which may hold a password,
+/// goes into a file of the repository's git directory that only its owner may read, and the
+/// hook names that file: a command line is visible to every local user (ps). Both files are
+/// written whole under a temporary name with their final mode and renamed into place, so that
+/// neither is readable by others for an instant, and neither is written into an existing file
+/// (another name of it, a hard link, would get the content) or through a symbolic link.
 fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
-    let git = Command::new("git")
-        .arg("-C")
-        .arg(spec_dir)
-        .args(["rev-parse", "--git-path", "hooks/post-commit"])
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if !git.status.success() {
-        return Err(format!(
-            "{} is not in a git repository: {}",
-            spec_dir.display(),
-            String::from_utf8_lossy(&git.stderr).trim()
-        ));
-    }
-    let hook = spec_dir.join(String::from_utf8_lossy(&git.stdout).trim());
-    if let Ok(existing) = fs::read_to_string(&hook) {
+    let hook = git_path(spec_dir, "hooks/post-commit")?;
+    let dsn_file = git_path(spec_dir, "backfill-sync-models.dsn")?;
+    // The connection as it is now: the process that commits may have another environment.
+    let secret = match dsn {
+        Some(dsn) => Some(dsn.to_owned()),
+        None => std::env::var("PGPASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(|password| format!("password={}", conninfo_quote(&password))),
+    };
+    let command = sync_command(spec_dir, secret.as_ref().map(|_| dsn_file.as_path()))?;
+    if refuse_symlink(&hook)? {
+        let existing = fs::read_to_string(&hook).map_err(|e| format!("{}: {e}", hook.display()))?;
         if !existing.contains(HOOK_MARKER) {
+            let file = if secret.is_some() {
+                format!(
+                    " (with the connection string in {}, mode 600)",
+                    dsn_file.display()
+                )
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "{} exists and was not written by backfill-sync-models; add this line to it instead:\n  {}",
+                "{} exists and was not written by backfill-sync-models; add this line to it instead{file}:\n  {command}",
                 hook.display(),
-                sync_command(spec_dir, dsn)?
             ));
         }
     }
     let mut script = format!("#!/bin/sh\n{HOOK_MARKER}: keeps backfill.process_model in step with this spec directory.\n");
     if dsn.is_none() {
-        // The connection as it is now: the process that commits may have another environment.
         for name in [
             "PGHOST",
             "PGPORT",
@@ -382,21 +476,87 @@ fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
             }
         }
     }
-    script.push_str(&format!("{} || true\n", sync_command(spec_dir, dsn)?));
-    if let Some(dir) = hook.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    script.push_str(&format!("{command} || true\n"));
+    if let Some(secret) = secret {
+        write_whole(&dsn_file, &format!("{secret}\n"), 0o600)?;
     }
-    fs::write(&hook, script).map_err(|e| format!("{}: {e}", hook.display()))?;
-    set_mode(&hook, if dsn.is_some() { 0o700 } else { 0o755 })?;
+    write_whole(&hook, &script, 0o700)?;
     eprintln!("installed {}", hook.display());
     Ok(())
 }
 
-fn sync_command(spec_dir: &Path, dsn: Option<&str>) -> Result<String, String> {
+/// `git rev-parse --git-path NAME` in the repository holding `spec_dir`.
+fn git_path(spec_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let git = Command::new("git")
+        .arg("-C")
+        .arg(spec_dir)
+        .args(["rev-parse", "--git-path", name])
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !git.status.success() {
+        return Err(format!(
+            "{} is not in a git repository: {}",
+            spec_dir.display(),
+            String::from_utf8_lossy(&git.stderr).trim()
+        ));
+    }
+    Ok(spec_dir.join(String::from_utf8_lossy(&git.stdout).trim()))
+}
+
+/// Whether `path` exists; an error when it is a symbolic link, which is never followed.
+fn refuse_symlink(path: &Path) -> Result<bool, String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(format!(
+            "{} is a symbolic link; backfill-sync-models does not write through one (remove it first)",
+            path.display()
+        )),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `path` as a new file with `content` and `mode` (created so, whatever the umask),
+/// renamed over whatever was there.
+#[cfg(unix)]
+fn write_whole(path: &Path, content: &str, mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    refuse_symlink(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let failed = |e: std::io::Error| format!("{}: {e}", temporary.display());
+    let _ = fs::remove_file(&temporary);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(failed)?;
+    let written = file
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(content.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temporary, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(failed(e));
+    }
+    Ok(())
+}
+
+/// The command line the hook runs: this program, reading the connection string from
+/// `dsn_file` when there is one.
+fn sync_command(spec_dir: &Path, dsn_file: Option<&Path>) -> Result<String, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut command = shell_quote(&me.to_string_lossy());
-    if let Some(dsn) = dsn {
-        command.push_str(&format!(" --dsn {}", shell_quote(dsn)));
+    if let Some(file) = dsn_file {
+        command.push_str(&format!(
+            " --dsn-file {}",
+            shell_quote(&file.to_string_lossy())
+        ));
     }
     command.push_str(&format!(" {}", shell_quote(&spec_dir.to_string_lossy())));
     Ok(command)
@@ -406,11 +566,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// A value quoted for a `key=value` connection string.
+fn conninfo_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 #[cfg(test)]
@@ -438,6 +596,67 @@ mod tests {
         assert_eq!(args.spec_dir, PathBuf::from("spec"));
         assert!(parse_args(vec![]).is_err());
         assert!(parse_args(vec!["--bogus".into(), "spec".into()]).is_err());
+        let args = parse_args(vec!["--dsn-file".into(), "f".into(), "spec".into()]).unwrap();
+        assert_eq!(args.dsn_file, Some(PathBuf::from("f")));
+        assert!(parse_args(vec!["--dsn=x".into(), "--dsn-file=f".into(), "spec".into()]).is_err());
+    }
+
+    #[test]
+    fn a_quoted_password_reads_back_as_it_was() {
+        for password in ["plain", "it's", r"back\slash", "sp ace", r"\'"] {
+            let config: Config = format!("host=h password={}", conninfo_quote(password))
+                .parse()
+                .unwrap();
+            assert_eq!(config.get_password(), Some(password.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_connection_string_is_completed_from_the_defaults() {
+        let mut defaults = Config::new();
+        defaults
+            .host("envhost")
+            .port(6543)
+            .user("envuser")
+            .password("envpw");
+        let config = with_defaults("password=secret".parse().unwrap(), &defaults);
+        assert_eq!(config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(config.get_user(), Some("envuser"));
+        assert_eq!(config.get_ports(), [6543]);
+        let config = with_defaults("host=h user=u".parse().unwrap(), &defaults);
+        assert_eq!(config.get_ports(), [6543]);
+        assert_eq!(config.get_user(), Some("u"));
+        assert_eq!(config.get_password(), Some(&b"envpw"[..]));
+    }
+
+    #[test]
+    fn files_are_written_whole_with_their_mode_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sync-models-write-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        // Over a file of another mode, hard-linked elsewhere: a new file, the other untouched.
+        fs::write(dir.join("other"), "old").unwrap();
+        fs::set_permissions(dir.join("other"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::hard_link(dir.join("other"), &file).unwrap();
+        write_whole(&file, "new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "new");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_to_string(dir.join("other")).unwrap(), "old");
+        assert_eq!(read_dsn_file(&file).unwrap(), "new");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_dsn_file(&file).unwrap_err().contains("chmod 600"));
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("other"), &link).unwrap();
+        assert!(write_whole(&link, "x", 0o600)
+            .unwrap_err()
+            .contains("symbolic link"));
+        assert_eq!(fs::read_to_string(dir.join("other")).unwrap(), "old");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
