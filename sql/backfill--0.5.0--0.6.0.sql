@@ -1,0 +1,143 @@
+-- backfill 0.5.0 -> 0.6.0: the second security round. Reading the tables of a job (and
+-- latest_task_data, preview, count_coverage) locks them first and runs with the privileges of
+-- the queuing role or of the tables' owner, never a superuser's on tables another role
+-- controls (src/tables.rs, Tables::reader); coverage is counted and shown per role; a sync
+-- rejects a model for any error of its data. Jobs queued or half-done before the upgrade keep
+-- running; one queued by a role that may not use its attached tables now fails at its next
+-- batch, saying why.
+
+-- latest_task_data is written in Rust now: it reads as a job of the caller's would read.
+CREATE OR REPLACE FUNCTION @extschema@."latest_task_data"(
+	"process_instance_id" bigint /* Option < i64 > */
+) RETURNS jsonb /* JsonbResult */
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'latest_task_data_wrapper';
+ALTER FUNCTION @extschema@.latest_task_data(bigint) SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
+    'The data of the instance''s latest completed task, {} when it has none, from the tables a job queued now would use, read with the privileges such a job of the caller''s would have.';
+
+-- One count per model, key and counting role. What 0.5.0 counted does not say whose view of
+-- the tables it was: those counts are dropped (backfill.count_coverage() counts again).
+DELETE FROM @extschema@.coverage_count;
+ALTER TABLE @extschema@.coverage_count ADD COLUMN counted_by regrole NOT NULL;
+ALTER TABLE @extschema@.coverage_count DROP CONSTRAINT coverage_count_pkey,
+    ADD PRIMARY KEY (process_model_identifier, key, counted_by);
+DROP FUNCTION @extschema@.coverage_record(text, text[], bigint[], bigint[], bigint[]);
+CREATE FUNCTION @extschema@.coverage_record(model text, keys text[], instances bigint[], with_row bigint[],
+                                with_value bigint[], counted_by regrole) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @extschema@.coverage_count AS c
+           (process_model_identifier, key, instances, with_row, with_value, counted_at, counted_by)
+    SELECT model, k.key, k.instances, k.with_row, k.with_value, now(), counted_by
+      FROM unnest(keys, instances, with_row, with_value) AS k(key, instances, with_row, with_value)
+    ON CONFLICT (process_model_identifier, key, counted_by) DO UPDATE
+       SET instances = EXCLUDED.instances, with_row = EXCLUDED.with_row,
+           with_value = EXCLUDED.with_value, counted_at = EXCLUDED.counted_at
+$$;
+REVOKE ALL ON FUNCTION @extschema@.coverage_record(text, text[], bigint[], bigint[], bigint[], regrole) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.coverage_record(text, text[], bigint[], bigint[], bigint[], regrole) IS 'Internal: records the counts of a model''s keys just made by a role, for the coverage view.';
+-- (OR REPLACE keeps what was granted on the view.)
+CREATE OR REPLACE VIEW @extschema@.coverage WITH (security_barrier) AS
+SELECT m.id AS model,
+       p.key,
+       p.path,
+       c.instances,
+       c.with_row,
+       c.with_value,
+       CASE WHEN c.instances = 0 THEN 100.0
+            ELSE round(100.0 * c.with_value / c.instances, 1) END AS percent,
+       c.counted_at,
+       c.counted_by
+  FROM @extschema@.process_model m
+ CROSS JOIN LATERAL (
+       SELECT e ->> 'key' AS key, e ->> 'path' AS path
+         FROM jsonb_array_elements(CASE jsonb_typeof(m.metadata_extraction_paths)
+                                        WHEN 'array' THEN m.metadata_extraction_paths
+                                        ELSE '[]' END) AS e) AS p
+  LEFT JOIN LATERAL (
+       SELECT n.instances, n.with_row, n.with_value, n.counted_at, n.counted_by
+         FROM @extschema@.coverage_count n
+        WHERE n.process_model_identifier = m.id AND n.key = p.key
+          AND pg_has_role(n.counted_by, 'USAGE')
+        ORDER BY pg_get_userbyid(n.counted_by) = current_user DESC, n.counted_at DESC
+        LIMIT 1) AS c ON true;
+COMMENT ON VIEW @extschema@.coverage IS
+    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted (counted_at, counted_by) when a job filling the key succeeded or by count_coverage, by the reading role or a role whose privileges it has.';
+COMMENT ON TABLE @extschema@.coverage_count IS
+    'The counts behind the coverage view, one per model, key and role that counted (what that role may see). Written by the extension only.';
+
+-- (sql/sync.sql: keep them equal.)
+CREATE OR REPLACE FUNCTION @extschema@.sync_process_models(models jsonb)
+RETURNS TABLE (id text, action text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    model jsonb;
+    position bigint;
+    new_name text;
+    new_paths jsonb;
+    old_name text;
+    old_paths jsonb;
+BEGIN
+    IF models IS NULL THEN
+        RAISE EXCEPTION 'backfill.sync_process_models: models must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(models) <> 'array' THEN
+        RAISE EXCEPTION 'backfill.sync_process_models: models must be a JSON array, not %', jsonb_typeof(models)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass [{"id": ..., "display_name": ..., "metadata_extraction_paths": [...]}, ...].';
+    END IF;
+    FOR model, position IN SELECT m.value, m.ordinality FROM jsonb_array_elements(models) WITH ORDINALITY m
+    LOOP
+        id := CASE WHEN jsonb_typeof(model) = 'object' AND jsonb_typeof(model -> 'id') = 'string'
+                   THEN model ->> 'id' END;
+        IF id IS NULL OR id = '' THEN
+            action := format('rejected: element %s has no "id" string', position);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        IF jsonb_typeof(model -> 'display_name') NOT IN ('string', 'null') THEN
+            action := 'rejected: "display_name" is not a string';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        new_name := model ->> 'display_name';
+        new_paths := coalesce(nullif(model -> 'metadata_extraction_paths', 'null'), '[]');
+        BEGIN
+            INSERT INTO @extschema@.process_model AS p (id, display_name, metadata_extraction_paths)
+            VALUES (id, new_name, new_paths)
+            ON CONFLICT (id) DO NOTHING;
+            IF FOUND THEN
+                action := 'inserted';
+            ELSE
+                SELECT p.display_name, p.metadata_extraction_paths INTO old_name, old_paths
+                  FROM @extschema@.process_model p
+                 WHERE p.id = sync_process_models.id
+                   FOR NO KEY UPDATE;
+                IF old_name IS NOT DISTINCT FROM new_name AND old_paths = new_paths THEN
+                    action := 'unchanged';
+                ELSE
+                    UPDATE @extschema@.process_model p
+                       SET display_name = new_name, metadata_extraction_paths = new_paths
+                     WHERE p.id = sync_process_models.id;
+                    action := 'updated';
+                END IF;
+            END IF;
+        EXCEPTION
+            -- Whatever the model's data makes fail rejects that model only: the validation
+            -- trigger's 22023 (its message names the offending element), an id too long for
+            -- the index (54000), a constraint or a user's trigger refusing the row. Other
+            -- errors (a missing privilege, a cancel) end the sync.
+            WHEN data_exception OR integrity_constraint_violation OR program_limit_exceeded
+                 OR raise_exception THEN
+            action := 'rejected: ' || SQLERRM;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
