@@ -9,13 +9,12 @@
 mod common;
 
 use common::{
-    add_path, bulk_sql, model_json, one_i64, one_text, run_sync, spiff_grants, sqlstate, start_app,
-    wait_for, write, Cluster,
+    add_path, bulk_sql, git, model_json, no_worker_left, one_i64, one_text, run_sync, spiff_grants,
+    sqlstate, start_app, wait_for, write, Cluster,
 };
 use postgres::Client;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const BULK: &str = "bulk/model";
@@ -405,17 +404,6 @@ fn a_role_that_can_only_connect_cannot_hold_a_job_back() {
     assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
 }
 
-/// Waits until no backfill worker is connected to any database.
-fn no_worker_left(db: &mut Client) {
-    wait_for("the workers to leave", Duration::from_secs(60), || {
-        (one_i64(
-            db,
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
-        ) == 0)
-            .then_some(())
-    });
-}
-
 /// DROP DATABASE app, which fails while any session (a worker) is connected to it.
 fn drop_app(cluster: &Cluster) {
     let mut admin = cluster.connect("postgres");
@@ -662,21 +650,6 @@ fn an_attachment_records_the_role_that_made_it() {
     assert_eq!(sqlstate(&e), "42501", "{e}");
     let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
     assert_eq!(hint, "They were attached by spiff.");
-}
-
-fn git(repo: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn mode(path: &Path) -> u32 {

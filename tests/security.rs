@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{add_path, bulk_sql, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster};
+use common::{
+    add_path, bulk_sql, no_worker_left, one_i64, one_text, start_app, wait_for, wrong_rows, Cluster,
+};
 use postgres::Client;
 use std::time::Duration;
 
@@ -537,13 +539,7 @@ fn an_error_outside_a_batch_fails_the_job_and_the_worker_goes_on() {
     });
     // It does not stay connected (DROP DATABASE would wait for it) while the failure lasts.
     let mut db = cluster.connect("app");
-    wait_for("the worker to leave", Duration::from_secs(60), || {
-        (one_i64(
-            &mut db,
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
-        ) == 0)
-            .then_some(())
-    });
+    no_worker_left(&mut db);
     assert!(cluster
         .log()
         .contains("backfill worker: leaving after 3 failures in a row"));

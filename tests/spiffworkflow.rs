@@ -946,20 +946,7 @@ fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
     assert_eq!(out, "inserted  bad-paths\ninserted  broken\n");
 
     // The git hook: a commit that adds a path queues the job.
-    let git = |args: &[&str]| {
-        let status = Command::new("git")
-            .arg("-C")
-            .arg(&spec)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-    };
+    let git = |args: &[&str]| common::git(&spec, args);
     git(&["init", "-q"]);
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "models"]);

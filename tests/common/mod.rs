@@ -625,3 +625,30 @@ pub fn model_json(name: &str, paths: &[(&str, &str)]) -> String {
         paths_json(paths)
     )
 }
+
+/// Waits until no backfill worker is connected to any database.
+pub fn no_worker_left(db: &mut Client) {
+    wait_for("the workers to leave", Duration::from_secs(60), || {
+        (one_i64(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'backfill worker'",
+        ) == 0)
+            .then_some(())
+    });
+}
+
+/// Runs git in `repo` (with a committer name for commits); panics with its error output.
+pub fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
