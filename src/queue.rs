@@ -145,10 +145,11 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
 
 /// Warns, without failing the statement that queued it (an application's model update), when
 /// the tables the job `id` will use are unusable or refused to `role` (`Tables::reader`): the
-/// job will fail at its start, saying the same.
+/// job will fail at its start, saying the same. (What this process remembers of the tables
+/// is enough for a warning, and spares each model update a look at the catalogs.)
 fn warn_if_refused(id: i64, role: Oid) {
     let problem = in_subtransaction(|| {
-        Tables::of_schema(tables::current_schema()).and_then(|tables| tables.reader(role))
+        Tables::remembered(tables::current_schema()).and_then(|tables| tables.reader(role))
     });
     // A look at the catalogs that failed says nothing about the job.
     if let Ok(Err(unusable)) = problem {
