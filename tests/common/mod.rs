@@ -109,6 +109,11 @@ impl Cluster {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        {
+            // A data directory must not be open to others.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
         if is_root() {
             check(
                 "chown",
@@ -204,6 +209,75 @@ impl Cluster {
 
     pub fn connect(&self, db: &str) -> Client {
         self.connect_as("postgres", db)
+    }
+
+    /// Runs PostgreSQL's program `name` (pg_dump, pg_restore, ...) as the cluster's owner;
+    /// its output, whatever its exit status.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        run_as_owner(&self.bindir.join(name), args)
+    }
+
+    /// A hot standby of this cluster (pg_basebackup, streaming), started on a port of its
+    /// own, with the same settings (the extension preloaded).
+    pub fn standby(&self, name: &str) -> Cluster {
+        let root = self.dir.parent().unwrap();
+        let dir = root.join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        {
+            // A data directory must not be open to others.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        if is_root() {
+            check(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&dir)
+                    .output()
+                    .unwrap(),
+            );
+        }
+        let port = self.port.to_string();
+        let dir_text = dir.to_str().unwrap().to_owned();
+        check(
+            "pg_basebackup",
+            self.tool(
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-D",
+                    &dir_text,
+                    "-R",
+                    "-X",
+                    "stream",
+                ],
+            ),
+        );
+        let port = free_port();
+        let conf_path = dir.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&format!("\n# standby\nport = {port}\n"));
+        fs::write(&conf_path, text).unwrap();
+        let _ = fs::remove_file(dir.join("server.log"));
+        let mut standby = Cluster {
+            dir,
+            port,
+            bindir: self.bindir.clone(),
+            running: false,
+        };
+        standby.pg_start();
+        standby
     }
 
     /// kill -9 of a server process, then waits until the postmaster has reset every

@@ -1,0 +1,334 @@
+//! Faults an operator meets, each reproduced: a database restored from a dump taken mid-job,
+//! the launcher terminated, a long lock on the metadata table, two parts of a job ending at
+//! the same moment, calls on a hot standby, and too few background worker processes. Each of
+//! these tests failed on 0.6.0 before the fix it comes with.
+
+mod common;
+
+use common::{add_path, bulk_sql, one_i64, one_text, sqlstate, start_app, wait_for, wrong_rows};
+use postgres::Client;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BULK: &str = "bulk/model";
+
+/// Polls `job` over `db` until it is neither queued nor running; its state.
+fn ended(db: &mut Client, job: i64, within: Duration) -> String {
+    wait_for(&format!("job {job} to end"), within, || {
+        let state: String = db
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .unwrap()
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
+fn processed(db: &mut Client, job: i64) -> i64 {
+    one_i64(
+        db,
+        &format!("SELECT coalesce(processed, 0) FROM backfill.progress WHERE id = {job}"),
+    )
+}
+
+fn launcher_pid(db: &mut Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'backfill launcher'",
+        &[],
+    )
+    .unwrap()
+    .map(|row| row.get(0))
+}
+
+#[test]
+fn a_restored_job_resumes_by_itself_and_its_dump_warns_of_nothing() {
+    let (cluster, mut db) = start_app(
+        "fault-restore",
+        true,
+        &["backfill.batch_delay = '30ms'"],
+        &bulk_sql(4_000),
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the job to be under way", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 500).then_some(())
+    });
+    let dump = cluster.dir.join("app.dump");
+    let port = cluster.port.to_string();
+    let out = cluster.tool(
+        "pg_dump",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            dump.to_str().unwrap(),
+            "app",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "pg_dump warned");
+    // The job was caught half done, as the dump shows it.
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE restored")
+        .unwrap();
+    let out = cluster.tool(
+        "pg_restore",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "restored",
+            dump.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut restored = cluster.connect("restored");
+    assert_eq!(
+        ended(&mut restored, job, Duration::from_secs(60)),
+        "succeeded"
+    );
+    assert_eq!(
+        wrong_rows(&mut restored, BULK, "number", "invoice.number"),
+        0
+    );
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+}
+
+#[test]
+fn a_terminated_launcher_comes_back() {
+    let (cluster, mut db) = start_app("fault-launcher", true, &[], &bulk_sql(500));
+    let first = wait_for("the launcher", Duration::from_secs(30), || {
+        launcher_pid(&mut db)
+    });
+    db.execute("SELECT pg_terminate_backend($1)", &[&first])
+        .unwrap();
+    let second = wait_for(
+        "the launcher to start again",
+        Duration::from_secs(30),
+        || launcher_pid(&mut db).filter(|&pid| pid != first),
+    );
+    assert_ne!(first, second);
+    assert_eq!(
+        one_text(&mut db, "SELECT backfill.check_worker()::text"),
+        "true"
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
+    assert!(cluster
+        .log()
+        .contains("backfill launcher exiting on shutdown request"));
+}
+
+#[test]
+fn a_job_waits_out_a_long_lock_and_says_on_what() {
+    const HELD: Duration = Duration::from_secs(60);
+    let (cluster, mut db) = start_app(
+        "fault-lock",
+        true,
+        &["backfill.batch_delay = '20ms'"],
+        &bulk_sql(3_000),
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the job to be under way", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 300).then_some(())
+    });
+    // A table rewrite's lock (VACUUM FULL, ALTER TABLE) held for a minute.
+    let mut blocker = cluster.connect("app");
+    blocker
+        .batch_execute(
+            "BEGIN; LOCK TABLE backfill.process_instance_metadata IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    let locked_at = Instant::now();
+    let holder: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let said = format!("held by process {holder}");
+    wait_for("the worker to say what it waits for", HELD, || {
+        cluster
+            .log()
+            .lines()
+            .any(|line| {
+                line.contains(&format!("job {job}"))
+                    && line.contains("waits for a lock")
+                    && line.contains(&said)
+            })
+            .then_some(())
+    });
+    // The job waits for as long as the lock is held; it does not fail.
+    while locked_at.elapsed() < HELD {
+        let state = one_text(
+            &mut db,
+            &format!("SELECT state FROM backfill.job WHERE id = {job}"),
+        );
+        assert_eq!(state, "running", "after {:?}", locked_at.elapsed());
+        thread::sleep(Duration::from_secs(1));
+    }
+    blocker.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    assert_eq!(wrong_rows(&mut db, BULK, "number", "invoice.number"), 0);
+    assert_eq!(
+        one_i64(
+            &mut db,
+            &format!("SELECT errors FROM backfill.progress WHERE id = {job}")
+        ),
+        0
+    );
+}
+
+#[test]
+fn two_parts_ending_together_take_turns_without_a_deadlock() {
+    let (cluster, mut db) = start_app("fault-settle", false, &[], &bulk_sql(400));
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    // The job split into two parts by hand (as a worker splits it), each then run to its
+    // last batch by a session of its own: its cursor advanced and the part finished in one
+    // transaction, and the job settled in the same one, as the engine does.
+    db.batch_execute(&format!(
+        "SELECT backfill.job_split({job}, 400, 500, ARRAY[250, 500]::bigint[], ARRAY[200, 200]::bigint[])"
+    ))
+    .unwrap();
+    let parts: Vec<i64> = db
+        .query(
+            "SELECT id FROM backfill.job WHERE parent_id = $1 ORDER BY id",
+            &[&job],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(parts.len(), 2);
+    let mut sessions: Vec<Client> = parts.iter().map(|_| cluster.connect("app")).collect();
+    for (session, part) in sessions.iter_mut().zip(&parts) {
+        session
+            .batch_execute(&format!(
+                "BEGIN;
+                 UPDATE backfill.job SET state = 'running', last_instance_id = max_instance_id,
+                        instances_processed = instances_total
+                  WHERE id = {part};
+                 SELECT backfill.job_finish({part});"
+            ))
+            .unwrap();
+    }
+    let settled: Vec<_> = sessions
+        .into_iter()
+        .zip(parts.clone())
+        .map(|(mut session, part)| {
+            let handle = thread::spawn(move || {
+                let settled: bool = session
+                    .query_one("SELECT backfill.job_settle($1)", &[&part])?
+                    .get(0);
+                session.batch_execute("COMMIT")?;
+                Ok::<bool, postgres::Error>(settled)
+            });
+            // The second part settles while the first one's transaction is still open.
+            thread::sleep(Duration::from_millis(200));
+            handle
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .collect();
+    for result in &settled {
+        if let Err(e) = result {
+            panic!("a part could not settle: {} ({e})", sqlstate(e));
+        }
+    }
+    let settled: Vec<bool> = settled.into_iter().map(Result::unwrap).collect();
+    assert_eq!(settled.iter().filter(|&&s| s).count(), 1, "{settled:?}");
+    assert_eq!(
+        one_text(
+            &mut db,
+            &format!("SELECT state FROM backfill.job WHERE id = {job}")
+        ),
+        "succeeded"
+    );
+}
+
+#[test]
+fn on_a_hot_standby_the_functions_say_it_is_read_only() {
+    let (cluster, mut db) = start_app("fault-standby", true, &[], &bulk_sql(300));
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
+    let standby = cluster.standby("fault-standby-replica");
+    let mut replica = standby.connect("app");
+    wait_for(
+        "the standby to replay the job",
+        Duration::from_secs(60),
+        || (one_i64(&mut replica, "SELECT count(*) FROM backfill.job") > 0).then_some(()),
+    );
+    for call in [
+        "SELECT backfill.enqueue('bulk/model')".to_owned(),
+        format!("CALL backfill.run({job})"),
+        format!("SELECT backfill.cancel({job})"),
+        "SELECT backfill.count_coverage()".to_owned(),
+        "SELECT backfill.attach('backfill')".to_owned(),
+        "SELECT backfill.detach()".to_owned(),
+    ] {
+        let e = replica.batch_execute(&call).unwrap_err();
+        assert_eq!(sqlstate(&e), "25006", "{call}: {e}");
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(hint.contains("primary"), "{call}: {hint}");
+    }
+    // What only reads works there.
+    assert_eq!(
+        one_text(&mut replica, &format!("SELECT backfill.wait({job}, '1 s')")),
+        "succeeded"
+    );
+    assert_eq!(
+        one_i64(
+            &mut replica,
+            "SELECT count(*) FROM backfill.latest_task_data(1) AS d"
+        ),
+        1
+    );
+    let log = standby.log();
+    assert!(
+        !log.contains("backtrace") && !log.contains("panicked") && !log.contains("XX000"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_database_that_waits_for_a_worker_process_is_named() {
+    // The launcher takes the only background worker process: none is left for workers.
+    let (cluster, mut db) = start_app(
+        "fault-processes",
+        true,
+        &["max_worker_processes = 1"],
+        &bulk_sql(200),
+    );
+    let (mut db2, said) = cluster.connect_with_notices("app");
+    assert_eq!(
+        one_text(&mut db2, "SELECT backfill.check_worker()::text"),
+        "false"
+    );
+    assert!(
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("WARNING") && n.contains("max_worker_processes")),
+        "{:?}",
+        said.lock().unwrap()
+    );
+    add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for(
+        "the launcher to say which database waits",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .log()
+                .contains("no free background worker process (max_worker_processes); database \"app\" waits for one")
+                .then_some(())
+        },
+    );
+}
