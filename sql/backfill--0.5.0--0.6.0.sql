@@ -6,6 +6,23 @@
 -- running; one queued by a role that may not use its attached tables now fails at its next
 -- batch, saying why.
 
+-- job.parent_id loses its foreign key: two parts ending at once deadlocked on the lock its
+-- check takes, and pg_dump warned of a table referencing itself. A trigger removes a job's
+-- parts with it, as the key's ON DELETE CASCADE did.
+ALTER TABLE @extschema@.job DROP CONSTRAINT job_parent_id_fkey;
+CREATE FUNCTION @extschema@.job_delete_parts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM @extschema@.job j USING deleted d WHERE j.parent_id = d.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER delete_parts AFTER DELETE ON @extschema@.job REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.job_delete_parts();
+REVOKE ALL ON FUNCTION @extschema@.job_delete_parts() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.job_delete_parts() IS 'Trigger: deletes the parts of the jobs a statement deleted.';
+
 -- latest_task_data is written in Rust now: it reads as a job of the caller's would read.
 CREATE OR REPLACE FUNCTION @extschema@."latest_task_data"(
 	"process_instance_id" bigint /* Option < i64 > */

@@ -58,6 +58,18 @@ SELECT j.id,
               AS r(processed, updated, errors, last_error, id)) AS c
  WHERE j.parent_id IS NULL;
 
+-- A job's parts go with it (job.parent_id has no foreign key: see sql/schema.sql).
+CREATE FUNCTION job_delete_parts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM @extschema@.job j USING deleted d WHERE j.parent_id = d.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER delete_parts AFTER DELETE ON job REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION job_delete_parts();
+
 -- A queued job; it will run as `queued_by`, on the tables attached now.
 CREATE FUNCTION job_insert(model text, paths jsonb, overwrite boolean, origin text, queued_by regrole)
 RETURNS bigint
@@ -274,7 +286,7 @@ REVOKE ALL ON FUNCTION job_hold(bigint, timestamptz),
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
                        job_split(bigint, bigint, bigint, bigint[], bigint[]), job_settle(bigint),
-                       job_stop_part(bigint),
+                       job_stop_part(bigint), job_delete_parts(),
                        job_cancel(bigint), job_summary(bigint),
                        attachment_set(regnamespace, regrole), attachment_clear()
     FROM PUBLIC;
@@ -291,6 +303,7 @@ COMMENT ON FUNCTION job_split(bigint, bigint, bigint, bigint[], bigint[]) IS
     'Internal: starts a job split across workers: fixes its bounds and inserts its parts.';
 COMMENT ON FUNCTION job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded when no other part is left.';
 COMMENT ON FUNCTION job_stop_part(bigint) IS 'Internal: stops a part of a job that failed or was cancelled.';
+COMMENT ON FUNCTION job_delete_parts() IS 'Trigger: deletes the parts of the jobs a statement deleted.';
 COMMENT ON FUNCTION job_finish(bigint) IS 'Internal: marks a job succeeded and returns its totals.';
 COMMENT ON FUNCTION job_fail(bigint, text) IS 'Internal: marks a queued or running job (a part: and its job) failed with its last error.';
 COMMENT ON FUNCTION job_cancel(bigint) IS 'Internal: marks a queued or running job (a part: its whole job) cancelled; false when it had ended.';

@@ -91,8 +91,11 @@ CREATE TABLE job (
     -- many, and each part is a row of its own with `parent_id` set, the job's paths, role and
     -- tables, its share of the id range (from its initial cursor, exclusive, to its
     -- max_instance_id) and its own counters. The job's progress is the sum of its parts'.
-    -- (Last: an upgrade from 0.3.0 adds them there.)
-    parent_id bigint REFERENCES job ON DELETE CASCADE,
+    -- (Last: an upgrade from 0.3.0 adds them there.) No foreign key: its check locked the job
+    -- row when a part's row changed twice in a transaction, against the lock a part's end then
+    -- takes on it (two parts ending at once deadlocked), and pg_dump warns of a table that
+    -- references itself; the trigger delete_parts (sql/jobs.sql) removes a job's parts with it.
+    parent_id bigint,
     parts integer CHECK (parts > 1),
     -- No worker starts the job before this (enqueue's not_before). (Last: an upgrade from
     -- 0.4.0 adds it there.)

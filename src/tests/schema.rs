@@ -137,6 +137,15 @@ task.end_in_seconds numeric";
             "23514",
             "job_origin_check",
         );
+        // A split job's parts go with it (a trigger: parent_id has no foreign key).
+        Spi::run(
+            "SELECT backfill.job_split(max(id), 2, 2, ARRAY[1, 2]::bigint[], ARRAY[1, 1]::bigint[])
+               FROM backfill.job",
+        )
+        .unwrap();
+        assert_eq!(one::<i64>("SELECT count(*) FROM backfill.job"), 3);
+        Spi::run("DELETE FROM backfill.job WHERE parent_id IS NULL").unwrap();
+        assert_eq!(one::<i64>("SELECT count(*) FROM backfill.job"), 0);
     }
 
     #[pg_test]
