@@ -23,6 +23,20 @@ CREATE TRIGGER delete_parts AFTER DELETE ON @extschema@.job REFERENCING OLD TABL
 REVOKE ALL ON FUNCTION @extschema@.job_delete_parts() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.job_delete_parts() IS 'Trigger: deletes the parts of the jobs a statement deleted.';
 
+-- Job rows, however they got there (queued, split, restored from a dump taken while a job
+-- ran), get a worker when their transaction commits.
+CREATE FUNCTION @extschema@."wake_for_new_jobs"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'wake_for_new_jobs_wrapper';
+ALTER FUNCTION @extschema@.wake_for_new_jobs() SET search_path = pg_catalog, pg_temp;
+CREATE TRIGGER wake_for_new_jobs
+    AFTER INSERT ON @extschema@.job
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION @extschema@.wake_for_new_jobs();
+COMMENT ON FUNCTION @extschema@.wake_for_new_jobs() IS
+    'Trigger: asks for a worker when the transaction that inserted job rows (queued, split, restored) commits.';
+
 -- latest_task_data is written in Rust now: it reads as a job of the caller's would read.
 CREATE OR REPLACE FUNCTION @extschema@."latest_task_data"(
 	"process_instance_id" bigint /* Option < i64 > */

@@ -10,6 +10,12 @@ CREATE TRIGGER enqueue_backfill_on_model_update
     WHEN (OLD.metadata_extraction_paths IS DISTINCT FROM NEW.metadata_extraction_paths)
     EXECUTE FUNCTION enqueue_backfill_on_model_update();
 
+-- Job rows, however they got there (queued, split, restored from a dump), get a worker.
+CREATE TRIGGER wake_for_new_jobs
+    AFTER INSERT ON job
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION wake_for_new_jobs();
+
 -- Runs a job to its end in this session, one transaction per batch, so it works on a server
 -- without the worker. A second runner of the same job is refused; a failed, cancelled or
 -- interrupted job continues from its cursor. An interrupt at any point lets the job go at once
@@ -57,6 +63,7 @@ ALTER FUNCTION preview(text, jsonb, integer) SET search_path = pg_catalog, pg_te
 ALTER FUNCTION preview_summary(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION validate_metadata_extraction_paths() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION wake_for_new_jobs() SET search_path = pg_catalog, pg_temp;
 
 -- Queuing, running, cancelling and watching jobs is granted, not open to every role (README,
 -- "Privileges"). A job runs with the privileges of the role that queued it, and job rows are
@@ -134,6 +141,8 @@ COMMENT ON FUNCTION @extschema@.validate_metadata_extraction_paths() IS
     'Trigger: rejects a malformed metadata_extraction_paths with 22023 naming the element.';
 COMMENT ON FUNCTION @extschema@.enqueue_backfill_on_model_update() IS
     'Trigger: queues one job for the keys an UPDATE added (fill) or re-pointed (overwrite).';
+COMMENT ON FUNCTION @extschema@.wake_for_new_jobs() IS
+    'Trigger: asks for a worker when the transaction that inserted job rows (queued, split, restored) commits.';
 COMMENT ON PROCEDURE @extschema@.run(bigint) IS
     'Runs a job to its end in this session, committing after every batch; continues a failed, cancelled or interrupted job from its cursor.';
 

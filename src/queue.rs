@@ -138,7 +138,7 @@ pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     })
     .unwrap_or_else(|e| error!("backfill: could not insert a job: {e}"))
     .unwrap_or_else(|| error!("backfill: job_insert returned no id"));
-    crate::wake::wake_at_commit();
+    // (The insert asks for a worker at commit: the trigger wake_for_new_jobs.)
     warn_if_refused(id, role);
     id
 }

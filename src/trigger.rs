@@ -1,10 +1,10 @@
-//! Triggers on `backfill.process_model`.
+//! Triggers on `backfill.process_model` and `backfill.job`.
 
 use crate::jsonb::JsonbArg;
 use crate::paths::parse_paths_lenient;
 use crate::queue::{self, JobPath, Origin};
 use crate::settings;
-use crate::wake::warn_if_no_worker;
+use crate::wake::{self, warn_if_no_worker};
 use pgrx::prelude::*;
 use serde_json::Value;
 use std::fmt;
@@ -83,5 +83,17 @@ fn enqueue_backfill_on_model_update<'a>(
     let job_id = queue::insert_job(&model, &changes, Origin::ModelUpdate);
     notice!("backfill job {job_id} queued for {model}: {keys}");
     warn_if_no_worker(job_id);
+    Ok(None)
+}
+
+/// AFTER INSERT on `backfill.job`, once a statement: whatever inserted job rows (a queued job,
+/// a worker splitting one, pg_restore reloading a dump taken while a job ran), a worker is
+/// asked for when the transaction commits, so that they run, or resume, without waiting for
+/// anything else to ask.
+#[pg_trigger]
+fn wake_for_new_jobs<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    wake::wake_at_commit();
     Ok(None)
 }

@@ -165,6 +165,9 @@ fn work_left() -> Work {
     if unfinished.unwrap_or(0) == 0 {
         return Work::None;
     }
+    if wake::restore_in_progress() {
+        return Work::Later(RESTORE_LOOK_AGAIN);
+    }
     let window = queue::window_closed_for();
     match (runnable.unwrap_or(false), window) {
         (true, None) => Work::Now,
@@ -358,6 +361,30 @@ const JOB_ATTEMPTS: u32 = 3;
 thread_local! {
     /// The log has said that jobs wait for backfill.active_hours (said once until it opens).
     static WINDOW_NOTED: Cell<bool> = const { Cell::new(false) };
+    /// The log has said that jobs wait for a pg_restore (said once until it is gone).
+    static RESTORE_NOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How soon a worker that left a database pg_restore is restoring looks again.
+const RESTORE_LOOK_AGAIN: u64 = 5;
+
+/// Whether pg_restore is restoring this database (`wake::restore_in_progress`): its jobs
+/// must not read tables that are half loaded (`stopping`: the job this process would run a
+/// batch of next). The first time, the log says so.
+fn held_by_restore(stopping: Option<i64>) -> bool {
+    if !wake::restore_in_progress() {
+        RESTORE_NOTED.set(false);
+        return false;
+    }
+    match stopping {
+        Some(job_id) => log!("{BACKEND_TYPE}: job {job_id} stops at a batch boundary: pg_restore is restoring this database"),
+        None if !RESTORE_NOTED.get() => log!(
+            "{BACKEND_TYPE}: jobs wait while pg_restore is restoring this database (its tables may be half loaded)"
+        ),
+        None => {}
+    }
+    RESTORE_NOTED.set(true);
+    true
 }
 
 /// Whether backfill.active_hours keeps batches from starting now (`stopping`: the job this
@@ -395,6 +422,9 @@ fn window_closed_now(stopping: Option<i64>) -> bool {
 
 /// Runs the oldest runnable job (or part of a split job) to its end (or until shutdown).
 fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
+    if held_by_restore(None) {
+        return Drained::Idle;
+    }
     match outside_active_hours(None) {
         Ok(false) => {}
         Ok(true) => return Drained::Idle,
@@ -430,7 +460,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             return Drained::Ran;
         }
         reload_config_if_asked();
-        if outside_active_hours(Some(job_id)).unwrap_or(false) {
+        if outside_active_hours(Some(job_id)).unwrap_or(false) || held_by_restore(Some(job_id)) {
             release(slot, job_id, &throttle);
             return Drained::Ran;
         }
