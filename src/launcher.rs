@@ -1,20 +1,26 @@
 //! The launcher: one process, `backend_type = 'backfill launcher'`, connected to no database.
 //! It starts a worker (src/worker.rs) for a database when one is asked for there (a committed
-//! enqueue or model update, CREATE EXTENSION), at most `backfill.max_workers` at a time, and
-//! at its own start once for every database, so that jobs a restart interrupted resume. A
-//! worker exits when its database has nothing left to run; no setting names a database.
+//! enqueue or model update, job rows restored), at most `backfill.max_workers` at a time, at
+//! its own start once for every database, so that jobs a restart interrupted resume, and once
+//! a minute for each database in turn, so that no job is left without a runner whatever
+//! happened to it. A worker exits when its database has nothing left to run; no setting names
+//! a database. Terminated, the launcher exits with status 1, and the postmaster starts it
+//! again (unless the server is shutting down).
 
 use crate::settings;
-use crate::wake::{self, Serving, LAUNCHER_TYPE, WORKER_TYPE};
+use crate::wake::{self, Purpose, Serving, LAUNCHER_TYPE, WORKER_TYPE};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
     DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the postmaster waits before starting the launcher again after it exits.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How often the launcher looks at every database (as autovacuum's launcher does): a worker
+/// connects to each in turn, runs whatever it finds without a runner and leaves.
+const LOOK_EVERY: Duration = Duration::from_secs(60);
 
 pub fn init() {
     // SAFETY: reading a postmaster global set while shared_preload_libraries are loaded.
@@ -35,6 +41,7 @@ pub fn init() {
 struct Started {
     slot: usize,
     generation: u32,
+    purpose: Purpose,
     handle: DynamicBackgroundWorker,
 }
 
@@ -64,7 +71,15 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
     let mut pending: Vec<pg_sys::Oid> = databases().iter().map(|d| d.oid).collect();
     let mut said_closed: Vec<pg_sys::Oid> = Vec::new();
     let mut started: Vec<Started> = Vec::new();
-    let mut said_busy = false;
+    // The databases that asked for a worker (a job queued there, a hold lifted), and those of
+    // them the log has named as waiting for one: the pass over every database at the start
+    // (and a look) may find no worker process for a database that has nothing to run, which
+    // is not worth a line.
+    let mut asked: Vec<pg_sys::Oid> = Vec::new();
+    let mut said_waiting: Vec<pg_sys::Oid> = Vec::new();
+    // The databases of this minute's look not looked at yet, and when the next look begins.
+    let mut to_look: Vec<pg_sys::Oid> = Vec::new();
+    let mut next_look = Instant::now() + LOOK_EVERY;
     while !wake::shutdown_requested() {
         let reloaded = BackgroundWorker::sighup_received();
         if reloaded {
@@ -74,10 +89,12 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         if wake::take_look_everywhere() {
             pending.extend(databases().iter().map(|d| d.oid));
         }
-        pending.extend(wake::take_requests());
+        let requests = wake::take_requests();
         // Held jobs whose time has come; after a reload all of them, since the window may
         // have moved (a worker with nothing to run yet asks again and leaves).
-        pending.extend(wake::take_due(reloaded));
+        let due = wake::take_due(reloaded);
+        asked.extend(requests.iter().chain(&due));
+        pending.extend(requests.into_iter().chain(due));
         pending.sort_unstable_by_key(|db| db.to_u32());
         pending.dedup();
         started.retain(still_running);
@@ -86,6 +103,8 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
             // connections waits, without a worker trying to connect.
             let known = databases();
             pending.retain(|db| known.iter().any(|d| d.oid == *db));
+            asked.retain(|db| pending.contains(db));
+            said_waiting.retain(|db| pending.contains(db));
             let mut waiting = Vec::new();
             for database in pending.drain(..) {
                 let open = known
@@ -119,16 +138,20 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
                 if max_workers == 0 {
                     continue;
                 }
-                if let Err(why) = launch(database, &mut started) {
-                    if !said_busy {
-                        why.log(database, max_workers);
-                        said_busy = true;
+                match launch(database, Purpose::Asked, &mut started) {
+                    Ok(()) => said_waiting.retain(|d| *d != database),
+                    Err(why) => {
+                        if asked.contains(&database) && !said_waiting.contains(&database) {
+                            let name = known
+                                .iter()
+                                .find(|d| d.oid == database)
+                                .map_or("?", |d| d.name.as_str());
+                            why.log(name, max_workers);
+                            said_waiting.push(database);
+                        }
+                        waiting.push(database);
                     }
-                    waiting.push(database);
                 }
-            }
-            if waiting.is_empty() {
-                said_busy = false;
             }
             pending = waiting;
         }
@@ -137,14 +160,37 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         // its job's workers to finish.
         for database in wake::take_helper_requests() {
             if !wake::starting_in(database) {
-                let _ = launch(database, &mut started);
+                let _ = launch(database, Purpose::Asked, &mut started);
+            }
+        }
+        if Instant::now() >= next_look {
+            to_look = databases()
+                .into_iter()
+                .filter(|d| d.allows_connections)
+                .map(|d| d.oid)
+                .collect();
+            next_look = Instant::now() + LOOK_EVERY;
+        }
+        // One look at a time, and only while no database waits for a worker: a look never
+        // keeps a job waiting. A database with a worker needs none.
+        if pending.is_empty() && !started.iter().any(|w| w.purpose == Purpose::Look) {
+            while let Some(database) = to_look.pop() {
+                if matches!(wake::served(database), Serving::No) {
+                    let _ = launch(database, Purpose::Look, &mut started);
+                    break;
+                }
             }
         }
         // Until a request, a worker's exit (both set the latch) or the naptime.
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
     wake::launcher_gone();
-    log!("{LAUNCHER_TYPE} exiting on shutdown request");
+    log!("{LAUNCHER_TYPE} exiting on shutdown request (it starts again unless the server is shutting down)");
+    // Exit status 1, not 0 (which would unregister it): terminated on its own (say by
+    // pg_terminate_backend), the launcher is started again after RESTART_DELAY; in a server
+    // shutting down, the postmaster starts nothing.
+    // SAFETY: ends the process, running its exit callbacks, as any background worker may.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 /// Why no worker could be started.
@@ -156,30 +202,35 @@ enum NoWorker {
 }
 
 impl NoWorker {
-    fn log(&self, database: pg_sys::Oid, max_workers: usize) {
+    fn log(&self, database: &str, max_workers: usize) {
         match self {
             NoWorker::AllBusy => log!(
                 "{LAUNCHER_TYPE}: all {max_workers} workers are busy (backfill.max_workers); \
-                 database {} waits for one",
-                database.to_u32()
+                 database \"{database}\" waits for one"
             ),
             NoWorker::NoProcess => warning!(
                 "{LAUNCHER_TYPE}: could not start a worker: no free background worker \
-                 process (max_worker_processes); database {} waits for one",
-                database.to_u32()
+                 process (max_worker_processes); database \"{database}\" waits for one"
             ),
         }
     }
 }
 
 /// Starts a worker for `database` in a free slot.
-fn launch(database: pg_sys::Oid, started: &mut Vec<Started>) -> Result<(), NoWorker> {
-    let (slot, generation) = wake::reserve_slot(database).ok_or(NoWorker::AllBusy)?;
-    match start_worker(slot) {
+fn launch(
+    database: pg_sys::Oid,
+    purpose: Purpose,
+    started: &mut Vec<Started>,
+) -> Result<(), NoWorker> {
+    let (slot, generation) = wake::reserve_slot(database, purpose).ok_or(NoWorker::AllBusy)?;
+    let attempt = start_worker(slot);
+    wake::found_process(attempt.is_ok());
+    match attempt {
         Ok(handle) => {
             started.push(Started {
                 slot,
                 generation,
+                purpose,
                 handle,
             });
             Ok(())

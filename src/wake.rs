@@ -43,6 +43,19 @@ struct Slot {
     wants_helper: AtomicBool,
     /// Set while the worker runs a job (for the throttles of all workers).
     running_job: AtomicBool,
+    /// The worker was started for the launcher's periodic look (`Purpose::Look`).
+    looks: AtomicBool,
+}
+
+/// Why the launcher starts a worker for a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A job was queued there, a split job wants a helper, or the server (re)started: the
+    /// worker stays a moment once idle, for what is queued next.
+    Asked,
+    /// The launcher's periodic look: the worker runs whatever it finds without a runner (a
+    /// job restored from a dump, say) and otherwise leaves at once.
+    Look,
 }
 
 pub struct Registry {
@@ -64,6 +77,8 @@ pub struct Registry {
     /// The earliest the next batch taking the turn may start (microseconds since the Unix
     /// epoch): the gap the last one left after itself.
     turn_free_at: AtomicI64,
+    /// The launcher's last try to start a worker found no free background worker process.
+    no_process: AtomicBool,
 }
 
 impl Default for Registry {
@@ -78,6 +93,7 @@ impl Default for Registry {
             later_at: std::array::from_fn(|_| AtomicI64::new(0)),
             batch_turn: AtomicU32::new(0),
             turn_free_at: AtomicI64::new(0),
+            no_process: AtomicBool::new(false),
         }
     }
 }
@@ -306,7 +322,7 @@ pub fn workers_in_use() -> usize {
 
 /// Reserves a free slot for a worker in `database`, within backfill.max_workers: the slot's
 /// index and generation.
-pub fn reserve_slot(database: pg_sys::Oid) -> Option<(usize, u32)> {
+pub fn reserve_slot(database: pg_sys::Oid, purpose: Purpose) -> Option<(usize, u32)> {
     if workers_in_use() >= settings::max_workers() {
         return None;
     }
@@ -325,6 +341,7 @@ pub fn reserve_slot(database: pg_sys::Oid) -> Option<(usize, u32)> {
             slot.latch.store(0, Ordering::SeqCst);
             slot.wants_helper.store(false, Ordering::SeqCst);
             slot.running_job.store(false, Ordering::SeqCst);
+            slot.looks.store(purpose == Purpose::Look, Ordering::SeqCst);
             slot.database.store(database.to_u32(), Ordering::SeqCst);
             return Some((index, generation));
         }
@@ -349,6 +366,12 @@ pub fn release_slot(index: usize, generation: u32) {
     set_latch(registry.launcher_latch.load(Ordering::SeqCst));
 }
 
+/// Whether the launcher's last try to start a worker found a background worker process for
+/// it (what `problem` reports when not).
+pub fn found_process(found: bool) {
+    REGISTRY.get().no_process.store(!found, Ordering::SeqCst);
+}
+
 // ---- a worker
 
 /// The database slot `index` was reserved for, and the reservation's generation.
@@ -360,6 +383,15 @@ pub fn slot_reservation(index: usize) -> Option<(pg_sys::Oid, u32)> {
             slot.generation.load(Ordering::SeqCst),
         )
     })
+}
+
+/// Why the worker of slot `index` was started.
+pub fn purpose(index: usize) -> Purpose {
+    if REGISTRY.get().workers[index].looks.load(Ordering::SeqCst) {
+        Purpose::Look
+    } else {
+        Purpose::Asked
+    }
 }
 
 /// The worker of slot `index`, connected: enqueues in its database now wake it.
@@ -491,6 +523,14 @@ pub fn serving_pid() -> Option<i32> {
 /// Why no worker will run jobs queued in this database, as (message, hint); `None` when one
 /// will. `live` also asks whether the launcher is running right now, not only configured.
 pub fn problem(live: bool) -> Option<(String, String)> {
+    // SAFETY: reads a flag in shared memory, as any backend may.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Some((
+            "this server is a hot standby: backfill jobs run on the primary".into(),
+            "Queue and run jobs on the primary; here backfill.progress shows them as the primary's progress replays."
+                .into(),
+        ));
+    }
     if !preloaded() {
         return Some((
             "backfill is not in shared_preload_libraries, so no background worker runs backfill jobs".into(),
@@ -504,6 +544,17 @@ pub fn problem(live: bool) -> Option<(String, String)> {
             "backfill.max_workers is 0, so no background worker runs backfill jobs".into(),
             "Set backfill.max_workers in postgresql.conf and restart PostgreSQL, \
              or run jobs with CALL backfill.run(job_id)."
+                .into(),
+        ));
+    }
+    if live && REGISTRY.get().no_process.load(Ordering::SeqCst) {
+        // SAFETY: a postmaster setting's variable.
+        let processes = unsafe { pg_sys::max_worker_processes };
+        return Some((
+            format!(
+                "the backfill launcher could not start a worker: no free background worker process (max_worker_processes = {processes})"
+            ),
+            "Raise max_worker_processes to leave room for the launcher and backfill.max_workers workers, plus what parallel queries and other extensions use, and restart PostgreSQL; jobs wait until a process is free."
                 .into(),
         ));
     }

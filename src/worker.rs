@@ -10,7 +10,7 @@ use crate::query;
 use crate::queue;
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
-use crate::wake::{self, WORKER_TYPE as BACKEND_TYPE};
+use crate::wake::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -54,6 +54,8 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     let pid = unsafe { pg_sys::MyProcPid };
     wake::worker_serving(slot, pid);
     let name = BackgroundWorker::transaction(database_name);
+    // Started for the launcher's periodic look: nothing to wait for once idle.
+    let looks = wake::purpose(slot) == Purpose::Look;
 
     let mut announced = false;
     let mut trouble = Trouble::default();
@@ -62,7 +64,12 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
         reload_config_if_asked();
         match guarded(extension_installed) {
             Ok(true) if !announced => {
-                log!("{BACKEND_TYPE} started for database \"{name}\"");
+                // A look, once a minute, says nothing unless it finds something to run.
+                if looks {
+                    debug1!("{BACKEND_TYPE} looking at database \"{name}\"");
+                } else {
+                    log!("{BACKEND_TYPE} started for database \"{name}\"");
+                }
                 announced = true;
             }
             Ok(true) => {}
@@ -93,7 +100,11 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
         // SAFETY: called between transactions, as backends do before going idle.
         unsafe { pg_sys::pgstat_report_stat(true) };
         let since = *idle_since.get_or_insert_with(Instant::now);
-        let linger = settings::idle_linger();
+        let linger = if looks {
+            Duration::ZERO
+        } else {
+            settings::idle_linger()
+        };
         if since.elapsed() >= linger {
             // From here on an enqueue asks the launcher, which starts a new worker once this
             // one is gone; a last look finds whatever committed before.
@@ -103,6 +114,9 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
                 // Not connected until then (DROP DATABASE would wait for it): the launcher
                 // starts a worker when the hold lifts.
                 Ok(Work::Later(seconds)) if wake::request_later(database, seconds) => break,
+                // What a look could not run now has a runner, or gets one when the next
+                // look comes.
+                _ if looks => break,
                 Ok(_) | Err(_) => {
                     // Jobs someone else runs (CALL backfill.run) or that were just queued:
                     // stay, to take them when they are free.

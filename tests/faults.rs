@@ -300,25 +300,13 @@ fn on_a_hot_standby_the_functions_say_it_is_read_only() {
 
 #[test]
 fn a_database_that_waits_for_a_worker_process_is_named() {
-    // The launcher takes the only background worker process: none is left for workers.
+    // PostgreSQL's logical replication launcher and backfill's take both processes: none is
+    // left for a worker.
     let (cluster, mut db) = start_app(
         "fault-processes",
         true,
-        &["max_worker_processes = 1"],
+        &["max_worker_processes = 2"],
         &bulk_sql(200),
-    );
-    let (mut db2, said) = cluster.connect_with_notices("app");
-    assert_eq!(
-        one_text(&mut db2, "SELECT backfill.check_worker()::text"),
-        "false"
-    );
-    assert!(
-        said.lock()
-            .unwrap()
-            .iter()
-            .any(|n| n.starts_with("WARNING") && n.contains("max_worker_processes")),
-        "{:?}",
-        said.lock().unwrap()
     );
     add_path(&mut db, BULK, "number", "invoice.number");
     wait_for(
@@ -330,5 +318,18 @@ fn a_database_that_waits_for_a_worker_process_is_named() {
                 .contains("no free background worker process (max_worker_processes); database \"app\" waits for one")
                 .then_some(())
         },
+    );
+    let (mut session, said) = cluster.connect_with_notices("app");
+    assert_eq!(
+        one_text(&mut session, "SELECT backfill.check_worker()::text"),
+        "false"
+    );
+    assert!(
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("WARNING") && n.contains("max_worker_processes")),
+        "{:?}",
+        said.lock().unwrap()
     );
 }
