@@ -2,7 +2,7 @@
 
 use crate::coverage;
 use crate::engine::{self, latest_task_data_join, Batch, Begin, Runner};
-use crate::error::{self, invalid_parameter, report_with_hint, required};
+use crate::error::{self, invalid_parameter, report_with_hint, require_primary, required};
 use crate::extract::extract;
 use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep, JSONPATH_MAX_DEPTH};
 use crate::jsontext::{self, TextError};
@@ -187,6 +187,7 @@ fn enqueue(
     not_before: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> i64 {
     const ENQUEUE: &str = "backfill.enqueue";
+    require_primary(ENQUEUE);
     let process_model_identifier = required(
         process_model_identifier,
         ENQUEUE,
@@ -259,11 +260,10 @@ fn enqueue(
 pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
     let seconds = queue::window_closed_for()?;
     // Windows open on the minute; the time of day was read to the second.
-    Spi::get_one_with_args::<TimestampWithTimeZone>(
+    query::optional_value::<TimestampWithTimeZone>(
         "SELECT date_trunc('minute', now() + make_interval(secs => $1) + interval '30 s')",
         &[f64::from(seconds).into()],
     )
-    .unwrap_or_else(|e| error!("backfill: could not compute when the window opens: {e}"))
 }
 
 /// Counts, exactly and now, the coverage of the current keys of `process_model_identifier`
@@ -271,6 +271,7 @@ pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
 /// coverage view; the number of keys counted.
 #[pg_extern(volatile)]
 fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i64 {
+    require_primary("backfill.count_coverage");
     let models = Spi::connect(|client| {
         client
             .select(
@@ -313,7 +314,7 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    match wake::problem(false) {
+    match wake::problem(true) {
         None => true,
         Some((message, hint)) => {
             report_with_hint(
@@ -336,6 +337,7 @@ fn worker_pid() -> Option<i32> {
 /// Stops a queued or running job at its next batch boundary. False when it had already ended.
 #[pg_extern(volatile)]
 fn cancel(job_id: Option<i64>) -> bool {
+    require_primary("backfill.cancel");
     queue::cancel(required(job_id, "backfill.cancel", "job_id"))
 }
 
@@ -393,6 +395,7 @@ fn held_for(job_id: i64) -> i64 {
 /// why not.
 #[pg_extern(volatile)]
 fn run_begin(job_id: Option<i64>) -> bool {
+    require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
     queue::check_acts_for(job_id, "run");
     RAN_A_BATCH_OF.set(None);
@@ -458,6 +461,7 @@ fn begin_for_session(job_id: i64, held: i64, say_why: bool) -> bool {
 /// that succeeded is followed by the job's next part.
 #[pg_extern(volatile)]
 fn run_batch(job_id: Option<i64>) -> bool {
+    require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
     if RAN_A_BATCH_OF.get() == Some(job_id) {
         wake::sleep(settings::batch_delay());
@@ -479,6 +483,7 @@ fn run_batch(job_id: Option<i64>) -> bool {
 /// Last step of `CALL backfill.run`: lets other runners take the job and says how it ended.
 #[pg_extern(volatile)]
 fn run_end(job_id: Option<i64>) {
+    require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
     // After run_begin found nothing to run, its NOTICE said so: no summary.
     let held = held_for(job_id);
@@ -505,6 +510,7 @@ fn run_end(job_id: Option<i64>) {
 /// lookups want when none serves them.
 #[pg_extern(volatile)]
 fn attach(schema_name: Option<&str>) {
+    require_primary("backfill.attach");
     let name = required(schema_name, "backfill.attach", "schema_name");
     let c_name = std::ffi::CString::new(name).unwrap_or_default();
     // SAFETY: a catalog-cache lookup inside a transaction.
@@ -568,6 +574,7 @@ fn attach(schema_name: Option<&str>) {
 /// Allowed to whoever attached the tables, their owner, or a superuser.
 #[pg_extern(volatile)]
 fn detach() {
+    require_primary("backfill.detach");
     let attached = query::optional_value::<pg_sys::Oid>(
         "SELECT attached_by::oid FROM backfill.attachment",
         &[],

@@ -41,3 +41,17 @@ pub fn required<T>(value: Option<T>, function: &str, argument: &str) -> T {
         )
     })
 }
+
+/// Raises 25006 (read_only_sql_transaction) on a hot standby: `function` changes backfill's
+/// jobs or counts, which only the primary can (PostgreSQL would fail it deeper down, as an
+/// internal error).
+pub fn require_primary(function: &str) {
+    // SAFETY: reads a flag in shared memory, as any backend may.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        raise(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("{function} cannot run on a hot standby: jobs are queued and run on the primary"),
+            "Call it on the primary; here backfill.progress, backfill.wait and backfill.latest_task_data show what the primary's jobs did, as it replays.",
+        );
+    }
+}

@@ -255,9 +255,7 @@ fn sample_ids(tables: &Tables, model: &str, sample: i32) -> Vec<i64> {
                             AND i.id >= r.lo + ((r.hi - r.lo + 1)::numeric * k / $2)::bigint
                           ORDER BY i.id LIMIT 1) AS s"
     );
-    Spi::get_one_with_args::<Vec<i64>>(&sql, &[model.into(), sample.into()])
-        .unwrap_or_else(|e| error!("backfill: could not sample the instances: {e}"))
-        .unwrap_or_default()
+    query::optional_value::<Vec<i64>>(&sql, &[model.into(), sample.into()]).unwrap_or_default()
 }
 
 struct Read {

@@ -5,18 +5,29 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-/// The first column of the first row of `sql`, or `None` when it returns no row (or NULL).
-/// (pgrx's `Spi::get_one` reports an empty result as an error.)
+/// The first column of the first row of `sql`, a read, or `None` when it returns no row (or
+/// NULL). (pgrx's `Spi::get_one` reports an empty result as an error.) It sees what a
+/// statement starting now would see, as read-write SPI does, so that a loop (backfill.wait)
+/// sees each commit; but it runs read-only, and so takes no transaction id, which read-write
+/// SPI takes at once and a hot standby has none to give.
 pub fn optional_value<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    Spi::connect_mut(|client| {
-        let table = client.update(sql, Some(1), args)?;
-        if table.is_empty() {
-            Ok(None)
-        } else {
-            table.first().get_one::<T>()
-        }
-    })
-    .unwrap_or_else(|e| error!("backfill: query failed: {e}: {sql}"))
+    // SAFETY: a snapshot for the transaction, pushed for the query and popped after it
+    // however it ends (an ERROR's abort would pop it as well).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        Spi::connect(|client| {
+            let table = client.select(sql, Some(1), args)?;
+            if table.is_empty() {
+                Ok(None)
+            } else {
+                table.first().get_one::<T>()
+            }
+        })
+    }))
+    // SAFETY: pops what was pushed above.
+    .finally(|| unsafe { pg_sys::PopActiveSnapshot() })
+    .execute()
+    .unwrap_or_else(|e: pgrx::spi::Error| error!("backfill: query failed: {e}: {sql}"))
 }
 
 /// The jsonb in the first column of the first row of `sql`, converted while the row is at hand

@@ -204,8 +204,9 @@ pub fn check_acts_for(job_id: i64, what: &str) {
 pub fn cancel(job_id: i64) -> bool {
     check_acts_for(job_id, "cancel");
     let cancelled = as_job_table_owner(|| {
-        optional_value::<bool>("SELECT backfill.job_cancel($1)", &[job_id.into()])
+        Spi::get_one_with_args::<bool>("SELECT backfill.job_cancel($1)", &[job_id.into()])
     })
+    .unwrap_or_else(|e| error!("backfill: could not cancel job {job_id}: {e}"))
     .unwrap_or(false);
     if cancelled {
         log!("backfill: job {job_id} cancelled");
