@@ -438,6 +438,12 @@ fn begin_for_session(job_id: i64, held: i64, say_why: bool) -> bool {
             }
             false
         }
+        // (A session's runner does not wait out locks: its lock_timeout is its caller's.)
+        Begin::Blocked(why) => error::raise(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!("backfill job {held} could not start: {why}"),
+            "Run it again once the lock is released.",
+        ),
         Begin::Busy(pid) => {
             let who = pid.map_or("another session".to_owned(), |p| format!("process {p}"));
             let what = if held == job_id {
@@ -477,6 +483,8 @@ fn run_batch(job_id: Option<i64>) -> bool {
             begin_next_part(job_id, &queue::unfinished_parts(job_id))
         }
         Batch::Finished(_) => false,
+        // Nothing was done: the next call tries the batch again.
+        Batch::Blocked(_) => true,
     }
 }
 

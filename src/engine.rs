@@ -61,6 +61,10 @@ pub struct Runner {
     /// Into how many parts a job that starts may be split (1: never), for other runners to
     /// run at the same time.
     pub split_into: usize,
+    /// A lock someone holds is waited out, however long: a batch (or a job's start) whose
+    /// lock wait times out gives the job back as blocked (`Batch::Blocked`, `Begin::Blocked`)
+    /// instead of counting a failure, and the runner tries it again later.
+    pub wait_out_locks: bool,
 }
 
 impl Runner {
@@ -69,6 +73,9 @@ impl Runner {
         skip_locked_jobs: false,
         foreign_key_fast_path: false,
         split_into: 1,
+        // The session's lock_timeout is its caller's: a batch that meets it is retried, then
+        // fails the job, as any failing batch.
+        wait_out_locks: false,
     };
 }
 
@@ -206,6 +213,8 @@ pub enum Begin {
     /// The job is split into this many parts, each a job row of its own to begin (it was split
     /// just now, or before).
     Split(i32),
+    /// Its start timed out waiting for a lock (the runner waits out locks): what it waits for.
+    Blocked(String),
 }
 
 /// Takes a job for this process and marks it running. A job that starts for the first time
@@ -264,6 +273,9 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             warning!("backfill: job {job_id} failed: {failure}");
             return failed_at_start(job_id, &failure.with_hint());
         }
+        Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
+            return Begin::Blocked(waiting_for(&job, &failure));
+        }
         Err(failure) => failure.rethrow(),
     };
     let keys = JobPath::describe(&job.paths);
@@ -279,6 +291,9 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             Err(failure) if is_permanent(&failure) => {
                 warning!("backfill: job {job_id} failed: {failure}");
                 return failed_at_start(job_id, &failure.with_hint());
+            }
+            Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
+                return Begin::Blocked(waiting_for(&job, &failure));
             }
             Err(failure) => failure.rethrow(),
         };
@@ -454,6 +469,9 @@ pub enum Batch {
     /// The job is finished: its state is now this (succeeded or failed), or it was found
     /// stopped (cancelled).
     Finished(String),
+    /// The batch timed out waiting for a lock (the runner waits out locks): nothing was done,
+    /// nothing is counted; what it waits for.
+    Blocked(String),
 }
 
 thread_local! {
@@ -513,6 +531,9 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
         match tried {
             Ok(done) => break done,
             Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),
+            Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
+                return Batch::Blocked(waiting_for(&job, &failure));
+            }
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
             Err(failure) => {
                 let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
@@ -1145,6 +1166,61 @@ pub(crate) fn is_instance_failure(failure: &Failure) -> bool {
 /// column or schema the job needs is gone (class 42, 3F000). The job fails at once, saying why.
 fn is_permanent(failure: &Failure) -> bool {
     failure.sqlstate.starts_with("42") || failure.sqlstate.starts_with("3F")
+}
+
+/// A lock wait that timed out (lock_timeout, or the worker's bound on it).
+fn is_lock_timeout(failure: &Failure) -> bool {
+    failure.sqlstate == "55P03"
+}
+
+/// "job 7 waits for a lock: ..." after `failure` (a lock wait of the job's that timed out),
+/// with what is in the way on the job's four tables: the sessions holding a lock that
+/// conflicts with one a batch takes (ROW EXCLUSIVE on the metadata table, ROW SHARE or
+/// ACCESS SHARE on the others), and those whose request for one is queued ahead (a queued
+/// ACCESS EXCLUSIVE, say of a VACUUM FULL waiting for the batch in flight, stops every later
+/// lock). Without either, a row someone holds locked is in the way (pg_locks shows no row
+/// locks): the sessions other than backfill's workers that hold the table locks a row lock
+/// comes with, the oldest transaction first.
+fn waiting_for(job: &Job, failure: &Failure) -> String {
+    const IN_THE_WAY: &str = "
+WITH locks AS (
+    SELECT l.pid, l.mode, l.granted, l.relation::regclass::text AS relation, a.xact_start,
+           a.backend_type,
+           l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+               AS conflicting
+      FROM pg_catalog.pg_locks l
+      JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+       AND l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c
+                           WHERE c.relnamespace = $1
+                             AND c.relname IN ('process_instance', 'task', 'json_data',
+                                               'process_instance_metadata'))),
+named AS (
+    SELECT *, pg_catalog.format('process %s (%s on %s)', pid, mode, relation) AS name
+      FROM locks
+     WHERE conflicting
+        OR (NOT EXISTS (SELECT FROM locks WHERE conflicting)
+            AND granted AND mode IN ('RowShareLock', 'RowExclusiveLock')
+            AND backend_type IS DISTINCT FROM 'backfill worker'))
+SELECT pg_catalog.concat_ws('; ',
+           'held by ' || pg_catalog.string_agg(name, ', ' ORDER BY xact_start, pid, relation)
+                             FILTER (WHERE granted),
+           'requested first by ' || pg_catalog.string_agg(name, ', ' ORDER BY xact_start, pid, relation)
+                                         FILTER (WHERE NOT granted))
+  FROM named";
+    // pg_stat_activity reads a copy of the backend status array kept to the end of the
+    // transaction, and the worker may have copied it before this transaction began (outside
+    // any, it lasts until the next one ends): without a fresh copy a session that connected
+    // since (the one holding the lock) would be missing.
+    // SAFETY: drops this backend's copies of the statistics, as pg_stat_clear_snapshot() does.
+    unsafe { pg_sys::pgstat_clear_snapshot() };
+    let in_the_way =
+        guarded(|| crate::query::optional_value::<String>(IN_THE_WAY, &[job.tables_schema.into()]))
+            .ok()
+            .flatten()
+            .filter(|found| !found.is_empty())
+            .map_or(String::new(), |found| format!("; {found}"));
+    format!("{} waits for a lock: {failure}{in_the_way}", job.label())
 }
 
 /// `in_subtransaction`, except that a cancel or shutdown request is never swallowed.

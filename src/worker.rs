@@ -14,6 +14,7 @@ use crate::wake::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
@@ -54,8 +55,10 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     let pid = unsafe { pg_sys::MyProcPid };
     wake::worker_serving(slot, pid);
     let name = BackgroundWorker::transaction(database_name);
-    // Started for the launcher's periodic look: nothing to wait for once idle.
-    let looks = wake::purpose(slot) == Purpose::Look;
+    // Started for the launcher's periodic look: nothing to wait for once idle (unless it
+    // found something to run: then it serves the database as any worker).
+    let mut looks = wake::purpose(slot) == Purpose::Look;
+    let mut lock_waits = LockWaits::default();
 
     let mut announced = false;
     let mut trouble = Trouble::default();
@@ -86,10 +89,11 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
                 continue;
             }
         }
-        match drain_one_job(slot, &mut trouble) {
+        match drain_one_job(slot, &mut trouble, &mut lock_waits) {
             Drained::Ran => {
                 trouble.clear();
                 idle_since = None;
+                looks = false;
                 continue;
             }
             Drained::Idle => trouble.clear(),
@@ -217,14 +221,15 @@ const LOCK_WAIT: &CStr = c"10s";
 const TURN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
-/// cancel) instead of waiting, may use the foreign-key fast path, and splits a job that starts
-/// across backfill.workers_per_job workers. (Its lock waits are bounded by `guarded`, for
-/// every transaction.)
+/// cancel) instead of waiting, may use the foreign-key fast path, splits a job that starts
+/// across backfill.workers_per_job workers, and waits out locks (`LockWaits`). (Its lock
+/// waits are bounded by `guarded`, for every transaction.)
 fn worker_runner() -> Runner {
     Runner {
         skip_locked_jobs: true,
         foreign_key_fast_path: true,
         split_into: settings::workers_per_job(),
+        wait_out_locks: true,
     }
 }
 
@@ -434,8 +439,67 @@ fn window_closed_now(stopping: Option<i64>) -> bool {
     true
 }
 
+/// Jobs waiting out a lock someone holds (`Batch::Blocked`, `Begin::Blocked`): the worker goes
+/// on with other jobs, tries each again LOCK_RETRY later (each try waits for the lock for as
+/// long as the worker's lock waits are bounded, 10 s unless lock_timeout says), and the log
+/// says what it waits for once a minute.
+#[derive(Default)]
+struct LockWaits {
+    jobs: HashMap<i64, LockWait>,
+}
+
+struct LockWait {
+    since: Instant,
+    retry_at: Instant,
+    said_at: Option<Instant>,
+}
+
+/// How soon a job found waiting for a lock is tried again (other jobs go first).
+const LOCK_RETRY: Duration = Duration::from_secs(1);
+/// How often the log says again that a job waits for a lock.
+const LOCK_SAY_EVERY: Duration = Duration::from_secs(60);
+
+impl LockWaits {
+    /// `job_id` waits for a lock (`why`, from the engine): tried again later.
+    fn blocked(&mut self, job_id: i64, why: &str) {
+        let now = Instant::now();
+        let wait = self.jobs.entry(job_id).or_insert(LockWait {
+            since: now,
+            retry_at: now,
+            said_at: None,
+        });
+        wait.retry_at = now + LOCK_RETRY;
+        if wait.said_at.is_none_or(|at| at.elapsed() >= LOCK_SAY_EVERY) {
+            log!("{BACKEND_TYPE}: {why} (it goes on once the lock is released)");
+            wait.said_at = Some(now);
+        }
+    }
+
+    /// The jobs not to try before their time.
+    fn waiting(&self) -> Vec<i64> {
+        let now = Instant::now();
+        self.jobs
+            .iter()
+            .filter(|(_, wait)| wait.retry_at > now)
+            .map(|(&job_id, _)| job_id)
+            .collect()
+    }
+
+    /// `job_id` ran a batch (or ended): it waits no more.
+    fn went_on(&mut self, job_id: i64) {
+        if let Some(wait) = self.jobs.remove(&job_id) {
+            if wait.said_at.is_some() {
+                log!(
+                    "{BACKEND_TYPE}: job {job_id} goes on after waiting {} s for a lock",
+                    wait.since.elapsed().as_secs()
+                );
+            }
+        }
+    }
+}
+
 /// Runs the oldest runnable job (or part of a split job) to its end (or until shutdown).
-fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
+fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits) -> Drained {
     if held_by_restore(None) {
         return Drained::Idle;
     }
@@ -447,7 +511,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
             return Drained::Failed;
         }
     }
-    let job_id = match guarded(claim_next_job) {
+    let job_id = match guarded(|| claim_next_job(lock_waits)) {
         Ok(Some(Claimed { job_id, parts_left })) => {
             // After the commit: the split and the part's start are visible to the helper.
             if parts_left {
@@ -508,7 +572,14 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
         match batch {
             Ok(Batch::More) => {
                 failures = 0;
+                lock_waits.went_on(job_id);
                 wake::sleep(settings::batch_delay() + throttle.pause(took));
+            }
+            Ok(Batch::Blocked(why)) => {
+                // Nothing done, nothing counted: other jobs go first, this one comes back.
+                lock_waits.blocked(job_id, &why);
+                release(slot, job_id, &throttle);
+                return Drained::Ran;
             }
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs
@@ -517,6 +588,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble) -> Drained {
                 return Drained::Ran;
             }
             Ok(Batch::Finished(_)) => {
+                lock_waits.went_on(job_id);
                 release(slot, job_id, &throttle);
                 if let Err(failure) = guarded(engine::count_due_coverage) {
                     warning!("{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}");
@@ -668,9 +740,11 @@ struct Claimed {
 
 /// The oldest queued or running job that no one else runs, now held by this process. A
 /// split job's parts come where the job does, in id order; a job split just now is looked at
-/// again for its first part.
-fn claim_next_job() -> Option<Claimed> {
+/// again for its first part. Jobs waiting out a lock are skipped until their time
+/// (`lock_waits`), and a start that meets a lock makes the job one of them.
+fn claim_next_job(lock_waits: &mut LockWaits) -> Option<Claimed> {
     let runner = worker_runner();
+    let waiting = lock_waits.waiting();
     let mut looked_again = false;
     'look: loop {
         let unfinished = query::ids(
@@ -680,7 +754,7 @@ fn claim_next_job() -> Option<Claimed> {
               ORDER BY coalesce(parent_id, id), id",
             &[],
         );
-        for job_id in unfinished {
+        for job_id in unfinished.into_iter().filter(|id| !waiting.contains(id)) {
             match engine::begin(job_id, false, runner) {
                 Begin::Started => {
                     return Some(Claimed {
@@ -692,6 +766,7 @@ fn claim_next_job() -> Option<Claimed> {
                     looked_again = true;
                     continue 'look;
                 }
+                Begin::Blocked(why) => lock_waits.blocked(job_id, &why),
                 _ => {}
             }
         }
