@@ -333,3 +333,82 @@ fn a_database_that_waits_for_a_worker_process_is_named() {
         said.lock().unwrap()
     );
 }
+
+#[test]
+fn a_promoted_standby_finishes_the_running_job_exactly() {
+    let (mut cluster, mut db) = start_app(
+        "fault-failover",
+        true,
+        &["backfill.batch_delay = '300ms'"],
+        &bulk_sql(4_000),
+    );
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the job to be under way", Duration::from_secs(60), || {
+        (processed(&mut db, job) >= 300).then_some(())
+    });
+    // A standby made while the job runs, caught up with some more of its batches; then the
+    // primary fails and the standby takes over.
+    let standby = cluster.standby("fault-failover-replica");
+    let mut replica = standby.connect("app");
+    let seen = processed(&mut db, job);
+    wait_for(
+        "the standby to replay more batches",
+        Duration::from_secs(60),
+        || (processed(&mut replica, job) > seen).then_some(()),
+    );
+    drop((db, replica));
+    cluster.pg_stop("immediate");
+    standby.promote();
+    let mut promoted = standby.connect("app");
+    assert_eq!(
+        ended(&mut promoted, job, Duration::from_secs(120)),
+        "succeeded"
+    );
+    assert_eq!(
+        wrong_rows(&mut promoted, BULK, "number", "invoice.number"),
+        0
+    );
+    assert_eq!(
+        one_i64(
+            &mut promoted,
+            &format!("SELECT processed - total FROM backfill.progress WHERE id = {job}")
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_job_runs_while_every_connection_slot_is_taken() {
+    let (cluster, db) = start_app(
+        "fault-slots",
+        true,
+        &["backfill.batch_delay = '20ms'", "max_connections = 10"],
+        &bulk_sql(2_000),
+    );
+    // Every client slot taken (superusers' reserved ones too), the last by the session that
+    // queues the job and watches it.
+    let mut held = Vec::new();
+    while let Ok(client) = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app",
+            cluster.port
+        ),
+        postgres::NoTls,
+    ) {
+        held.push(client);
+    }
+    let refused = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app",
+            cluster.port
+        ),
+        postgres::NoTls,
+    );
+    assert!(refused.is_err(), "a slot was left");
+    let watcher = held.last_mut().unwrap();
+    let job = add_path(watcher, BULK, "number", "invoice.number");
+    assert_eq!(ended(watcher, job, Duration::from_secs(60)), "succeeded");
+    assert_eq!(wrong_rows(watcher, BULK, "number", "invoice.number"), 0);
+    drop(held);
+    drop(db);
+}

@@ -194,6 +194,15 @@ impl Cluster {
         self.running = true;
     }
 
+    /// Promotes a standby to a primary, waiting until it is one.
+    pub fn promote(&self) {
+        let dir = self.dir.to_str().unwrap().to_owned();
+        check(
+            "pg_ctl promote",
+            run_as_owner(&self.bindir.join("pg_ctl"), &["-D", &dir, "-w", "promote"]),
+        );
+    }
+
     /// Stops the server: "fast" (clean) or "immediate" (as after a crash, with recovery on start).
     pub fn pg_stop(&mut self, mode: &str) {
         let dir = self.dir.to_str().unwrap().to_owned();
@@ -261,6 +270,8 @@ impl Cluster {
                     "-R",
                     "-X",
                     "stream",
+                    // Not a checkpoint spread over minutes before the copy starts.
+                    "--checkpoint=fast",
                 ],
             ),
         );
