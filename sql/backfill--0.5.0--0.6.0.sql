@@ -1,10 +1,12 @@
--- backfill 0.5.0 -> 0.6.0: the second security round. Reading the tables of a job (and
--- latest_task_data, preview, count_coverage) locks them first and runs with the privileges of
--- the queuing role or of the tables' owner, never a superuser's on tables another role
--- controls (src/tables.rs, Tables::reader); coverage is counted and shown per role; a sync
--- rejects a model for any error of its data. Jobs queued or half-done before the upgrade keep
--- running; one queued by a role that may not use its attached tables now fails at its next
--- batch, saying why.
+-- backfill 0.5.0 -> 0.6.0: the second security round and the faults an operator meets.
+-- Reading the tables of a job (and latest_task_data, preview, count_coverage) locks them
+-- first and runs with the privileges of the queuing role or of the tables' owner, never a
+-- superuser's on tables another role controls (src/tables.rs, Tables::reader); coverage is
+-- counted and shown per role; a sync rejects a model for any error of its data; job rows get
+-- a worker however they got there (a restore), and a split job's parts no longer deadlock
+-- when they end together. Jobs queued or half-done before the upgrade keep running; one
+-- queued by a role that may not use its attached tables now fails at its next batch, saying
+-- why.
 
 -- job.parent_id loses its foreign key: two parts ending at once deadlocked on the lock its
 -- check takes, and pg_dump warned of a table referencing itself. A trigger removes a job's
