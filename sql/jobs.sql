@@ -63,7 +63,10 @@ CREATE FUNCTION job_delete_parts() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM @extschema@.job j USING deleted d WHERE j.parent_id = d.id;
+    -- Only a split job has parts (and the delete below fires this trigger again, on them).
+    IF EXISTS (SELECT FROM deleted d WHERE d.parts IS NOT NULL) THEN
+        DELETE FROM @extschema@.job j USING deleted d WHERE j.parent_id = d.id;
+    END IF;
     RETURN NULL;
 END
 $$;
