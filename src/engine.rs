@@ -269,14 +269,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     // The start reads only the instances (to count them).
     let (tables, role) = match usable_tables(job.tables_schema, job.role, &[Table::Instances]) {
         Ok(usable) => usable,
-        Err(failure) if is_permanent(&failure) => {
-            warning!("backfill: job {job_id} failed: {failure}");
-            return failed_at_start(job_id, &failure.with_hint());
-        }
-        Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
-            return Begin::Blocked(waiting_for(&job, &failure));
-        }
-        Err(failure) => failure.rethrow(),
+        Err(failure) => return not_started(&job, runner, failure),
     };
     let keys = JobPath::describe(&job.paths);
     if job.total.is_none() {
@@ -288,14 +281,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
                 error!("backfill: could not count instances of job {job_id}: {e}")
             }),
             // The role may not read the instances at all: nothing to retry.
-            Err(failure) if is_permanent(&failure) => {
-                warning!("backfill: job {job_id} failed: {failure}");
-                return failed_at_start(job_id, &failure.with_hint());
-            }
-            Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
-                return Begin::Blocked(waiting_for(&job, &failure));
-            }
-            Err(failure) => failure.rethrow(),
+            Err(failure) => return not_started(&job, runner, failure),
         };
         let Counted { total, max_id, .. } = counted;
         let parts = counted.parts();
@@ -374,6 +360,19 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
 
 /// A job that cannot start (its role is gone, or may not read the instances): failed, with
 /// the reason, and nothing to run.
+/// A start that failed: a failure no retry mends (the role may not read the tables) fails
+/// the job, a worker waits out a lock, and anything else is raised again.
+fn not_started(job: &Job, runner: Runner, failure: Failure) -> Begin {
+    if is_permanent(&failure) {
+        warning!("backfill: job {} failed: {failure}", job.id);
+        return failed_at_start(job.id, &failure.with_hint());
+    }
+    if runner.wait_out_locks && is_lock_timeout(&failure) {
+        return Begin::Blocked(waiting_for(job, &failure));
+    }
+    failure.rethrow()
+}
+
 fn failed_at_start(job_id: i64, message: &str) -> Begin {
     fail_job(job_id, message);
     Begin::NotRunnable("failed".to_owned())

@@ -81,6 +81,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// An empty directory of its own below `root` for a cluster's data, closed to others and
+/// owned by the account the cluster runs as.
+fn new_data_dir(root: &Path, name: &str) -> PathBuf {
+    let dir = root.join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    {
+        // A data directory must not be open to others.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    if is_root() {
+        check(
+            "chown",
+            Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .output()
+                .unwrap(),
+        );
+    }
+    dir
+}
+
 impl Cluster {
     /// initdb + start, with `extra_conf` lines appended to postgresql.conf.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
@@ -102,28 +130,7 @@ impl Cluster {
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
             }
         }
-        let dir = root.join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        {
-            // A data directory must not be open to others.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        }
-        if is_root() {
-            check(
-                "chown",
-                Command::new("chown")
-                    .arg("postgres:")
-                    .arg(&dir)
-                    .output()
-                    .unwrap(),
-            );
-        }
+        let dir = new_data_dir(&root, name);
         let bindir = pg_config("--bindir");
         let dir_text = dir.to_str().unwrap().to_owned();
         check(
@@ -230,28 +237,7 @@ impl Cluster {
     /// own, with the same settings (the extension preloaded).
     pub fn standby(&self, name: &str) -> Cluster {
         let root = self.dir.parent().unwrap();
-        let dir = root.join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        {
-            // A data directory must not be open to others.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        }
-        if is_root() {
-            check(
-                "chown",
-                Command::new("chown")
-                    .arg("postgres:")
-                    .arg(&dir)
-                    .output()
-                    .unwrap(),
-            );
-        }
+        let dir = new_data_dir(root, name);
         let port = self.port.to_string();
         let dir_text = dir.to_str().unwrap().to_owned();
         check(
