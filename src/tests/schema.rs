@@ -164,6 +164,24 @@ task.end_in_seconds numeric";
         }
     }
 
+    /// Whether a Sort node of an EXPLAIN (FORMAT JSON) plan sorts rows read from `table`.
+    fn sorts_a_table(plan: &serde_json::Value, table: &str) -> bool {
+        fn reads(node: &serde_json::Value, table: &str) -> bool {
+            node["Relation Name"] == table
+                || node["Plans"]
+                    .as_array()
+                    .is_some_and(|plans| plans.iter().any(|p| reads(p, table)))
+        }
+        fn walk(node: &serde_json::Value, table: &str) -> bool {
+            (node["Node Type"] == "Sort" && reads(node, table))
+                || node["Plans"]
+                    .as_array()
+                    .is_some_and(|plans| plans.iter().any(|p| walk(p, table)))
+        }
+        plan.as_array()
+            .is_some_and(|plans| plans.iter().any(|p| walk(&p["Plan"], table)))
+    }
+
     #[pg_test]
     fn latest_completed_task_lookup_uses_its_index() {
         Spi::run(
@@ -209,8 +227,10 @@ task.end_in_seconds numeric";
                 "EXECUTE batch_{n}(ARRAY[4242, 4243], ARRAY['k'], ARRAY['n'], ARRAY['k'], 0)"
             ));
             assert!(plan.contains("task_latest_completed_idx"), "{plan}");
+            // (From PostgreSQL 16 the count(DISTINCT …) of the written rows has a Sort node of
+            // its own, which sorts the batch's few rows, not tasks.)
             assert!(
-                !plan.contains("\"Sort\""),
+                !sorts_a_table(&serde_json::from_str(&plan).unwrap(), "task"),
                 "the index gives the order: {plan}"
             );
             assert!(!plan.contains("Memoize"), "{insert:?}: {plan}");

@@ -49,12 +49,19 @@ extern "C" {
 
 /// Runs a PostgreSQL program as the cluster's (non-root) owner.
 fn run_as_owner(program: &Path, args: &[&str]) -> Output {
+    // The server's own libpq first: the relocatable servers the tests use for 16 to 18 load
+    // libpqwalreceiver.so with a run path that does not exist here, which would find Debian's
+    // libpq 15 and refuse a newer pg_basebackup's primary_conninfo (sslnegotiation).
+    let library_path = format!("LD_LIBRARY_PATH={}", pg_config("--libdir").display());
     let mut cmd = if is_root() {
         let mut c = Command::new("sudo");
-        c.args(["-n", "-u", "postgres", "--"]).arg(program);
+        c.args(["-n", "-u", "postgres", "--", "env", &library_path])
+            .arg(program);
         c
     } else {
-        Command::new(program)
+        let mut c = Command::new("env");
+        c.arg(&library_path).arg(program);
+        c
     };
     // From /: the account may not be allowed into the test's current directory.
     cmd.current_dir("/")
