@@ -41,7 +41,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1).collect()) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|arg| arg == "-h" || arg == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match parse_args(raw) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("backfill-sync-models: {message}\n\n{USAGE}");
@@ -75,7 +80,6 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
                 dsn_file = Some(PathBuf::from(&arg["--dsn-file=".len()..]))
             }
             "--install-git-hook" => install_hook = true,
-            "-h" | "--help" => return Err("help".into()),
             _ if arg.starts_with('-') => return Err(format!("unknown option {arg}")),
             _ if spec_dir.is_none() => spec_dir = Some(PathBuf::from(arg)),
             _ => return Err(format!("unexpected argument {arg}")),
