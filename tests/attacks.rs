@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    add_path, bulk_sql, git, model_json, no_worker_left, one_i64, one_text, run_sync, spiff_grants,
-    sqlstate, start_app, wait_for, write, Cluster,
+    add_path, bulk_sql, ended, git, model_json, no_worker_left, one_i64, one_text, run_sync,
+    spiff_grants, sqlstate, start_app, wait_for, write, Cluster,
 };
 use postgres::Client;
 use std::os::unix::fs::PermissionsExt;
@@ -81,18 +81,6 @@ fn rows_in(db: &mut Client, schema: &str, key: &str) -> i64 {
     )
     .unwrap()
     .get(0)
-}
-
-/// Polls `job` over `db` until it is neither queued nor running; its state. (Over one
-/// connection: a new one may be what the attack changes.)
-fn ended(db: &mut Client, job: i64, within: Duration) -> String {
-    wait_for(&format!("job {job} to end"), within, || {
-        let state: String = db
-            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
-            .unwrap()
-            .get(0);
-        (state != "queued" && state != "running").then_some(state)
-    })
 }
 
 fn is_superuser(db: &mut Client, role: &str) -> bool {

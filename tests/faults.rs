@@ -5,23 +5,14 @@
 
 mod common;
 
-use common::{add_path, bulk_sql, one_i64, one_text, sqlstate, start_app, wait_for, wrong_rows};
+use common::{
+    add_path, bulk_sql, ended, one_i64, one_text, sqlstate, start_app, wait_for, wrong_rows,
+};
 use postgres::Client;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const BULK: &str = "bulk/model";
-
-/// Polls `job` over `db` until it is neither queued nor running; its state.
-fn ended(db: &mut Client, job: i64, within: Duration) -> String {
-    wait_for(&format!("job {job} to end"), within, || {
-        let state: String = db
-            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
-            .unwrap()
-            .get(0);
-        (state != "queued" && state != "running").then_some(state)
-    })
-}
 
 fn processed(db: &mut Client, job: i64) -> i64 {
     one_i64(

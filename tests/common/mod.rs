@@ -567,6 +567,18 @@ pub fn wrong_rows_where(db: &mut Client, model: &str, key: &str, path: &str, fil
     .get(0)
 }
 
+/// Polls `job` over `db` until it is neither queued nor running; its state. (Over one
+/// connection: a new one may be what a test changes; `wait_ended` connects anew each look.)
+pub fn ended(db: &mut Client, job: i64, within: Duration) -> String {
+    wait_for(&format!("job {job} to end"), within, || {
+        let state: String = db
+            .query_one("SELECT state FROM backfill.job WHERE id = $1", &[&job])
+            .unwrap()
+            .get(0);
+        (state != "queued" && state != "running").then_some(state)
+    })
+}
+
 /// Waits until job `job` of `database` is neither queued nor running, each look over a new
 /// connection (the server may be restarting); its state.
 pub fn wait_ended(cluster: &Cluster, database: &str, job: i64) -> String {
