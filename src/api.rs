@@ -3,16 +3,18 @@
 use crate::coverage;
 use crate::engine::{self, latest_task_data_join, Batch, Begin, Runner};
 use crate::error::{self, invalid_parameter, report_with_hint, require_primary, required};
-use crate::extract::extract;
-use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep, JSONPATH_MAX_DEPTH};
-use crate::jsontext::{self, TextError};
+use crate::extract::jsonpath_values;
+use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep};
+use crate::jsontext::{self, TextError, MAX_INT_DIGITS};
 use crate::paths::{MetadataPath, PathExpr};
 use crate::privilege;
+use crate::python::PythonVersion;
 use crate::query;
 use crate::queue::{self, JobPath, Origin};
-use crate::render::render;
+use crate::render::{render, Style, Unstorable};
 use crate::settings;
 use crate::tables::{Table, Tables};
+use crate::value::Value as PyValue;
 use crate::wake;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -23,16 +25,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// `{key: rendered value or null}` for each element of `paths`, read from `task_data`.
-/// STABLE, not IMMUTABLE: the rendering follows backfill.value_format, so the same arguments
-/// can give another result after a reload (an index or a folded constant would keep the old).
+/// STABLE, not IMMUTABLE: the rendering follows backfill.value_format and
+/// backfill.python_version, so the same arguments can give another result after a reload (an
+/// index or a folded constant would keep the old).
 #[pg_extern(stable, parallel_safe, strict)]
 fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
-    let paths = queue::valid_paths(&paths.to_value_capped());
-    let mut document: Option<Value> = None;
+    let paths = queue::valid_paths(&paths.to_serde_capped());
+    let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(&path.path)).collect();
+    let texts: Vec<&str> = paths.iter().map(|path| path.path.as_str()).collect();
+    let values = jsonb_values(&task_data, &exprs, &texts);
     let mut result = Map::with_capacity(paths.len());
-    for path in paths {
-        let expr = compiled_path(&path.path);
-        let value = value_at(&task_data, &expr, &mut document);
+    for (path, value) in paths.into_iter().zip(values) {
         result.insert(path.key, value.map_or(Value::Null, Value::String));
     }
     JsonB(Value::Object(result))
@@ -41,7 +44,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
 /// The text `process_instance_metadata.value` gets for a JSON value; NULL for JSON null.
 #[pg_extern(stable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
-    render(&value.to_value_capped(), settings::value_format())
+    stored(&value.to_value(), "the value", settings::style())
 }
 
 /// The data of the instance's latest completed task (latest by end_in_seconds, then guid; a
@@ -73,17 +76,15 @@ fn latest_task_data(process_instance_id: Option<i64>) -> JsonbResult {
 /// the order given. The batch engine calls this once per instance.
 #[pg_extern(stable, parallel_safe, strict)]
 fn extract_values(task_data: JsonbArg, paths: Vec<String>) -> Vec<Option<String>> {
-    let mut document: Option<Value> = None;
-    paths
-        .iter()
-        .map(|path| value_at(&task_data, &compiled_path(path), &mut document))
-        .collect()
+    let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(path)).collect();
+    let texts: Vec<&str> = paths.iter().map(String::as_str).collect();
+    jsonb_values(&task_data, &exprs, &texts)
 }
 
 /// The rendered values of `paths` in task data of type json, read from its text as Python's
 /// `json.loads` reads it (see `jsontext`), never through jsonb: `1e+16`, `-0.0`, key order as
-/// written, `\u0000`. The batch engine calls this once per instance on attached tables whose
-/// `data` is json.
+/// written, `\u0000`, lone surrogates, Python's limits. The batch engine calls this once per
+/// instance on attached tables whose `data` is json.
 #[pg_extern(stable, parallel_safe, strict, name = "extract_values")]
 fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<Option<String>> {
     let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(path)).collect();
@@ -94,59 +95,115 @@ fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<O
             "task data is not UTF-8; backfill reads json text in a UTF-8 database only".to_owned(),
         )
     });
-    let values = jsontext::values_at(text, &refs).unwrap_or_else(|e| match e {
-        TextError::TooDeep => error::raise(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            "a value in the task data is nested more than 128 levels deep".to_owned(),
-            "Only the value a path leads to is built; paths to values less deep work.",
-        ),
-        TextError::Invalid(why) => error::raise_plain(
-            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-            format!("task data cannot be read as JSON: {why}"),
-        ),
+    let style = settings::style();
+    let values = jsontext::values_at(text, &refs, style.python).unwrap_or_else(|e| {
+        let python = style.python.name();
+        match e {
+            TextError::TooDeep { limit } => error::raise(
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "task data is nested more than {limit} levels deep, deeper than json.loads \
+                     reads in Python {python} (RecursionError)"
+                ),
+                "SpiffWorkflow cannot read this instance's data either; it gets no rows.",
+            ),
+            TextError::IntTooLong { digits } => error::raise(
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "task data holds an integer of {digits} digits; json.loads reads at most \
+                     {MAX_INT_DIGITS} (sys.get_int_max_str_digits, ValueError)"
+                ),
+                "SpiffWorkflow cannot read this instance's data either; it gets no rows.",
+            ),
+            TextError::Invalid { at, why } => error::raise_plain(
+                PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                format!("task data cannot be read as JSON: {why} at byte {at}"),
+            ),
+        }
     });
-    let format = settings::value_format();
     values
         .iter()
         .zip(&paths)
-        .map(|(value, path)| {
-            let text = render(value.as_ref()?, format)?;
-            if text.contains('\0') {
-                // What SpiffWorkflow's own write of that value would also fail on.
-                error::raise(
-                    PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-                    format!(
-                        "the value of path \"{path}\" contains \\u0000, which text cannot hold"
-                    ),
-                    "The instance gets no row for this key; fix the task data or the path.",
-                );
-            }
-            Some(text)
-        })
+        .map(|(value, path)| stored(value.as_ref()?, &format!("path \"{path}\""), style))
         .collect()
 }
 
-/// One path's rendered value. `document` caches the whole document once a JSONPath needs it.
-fn value_at(task_data: &JsonbArg, expr: &PathExpr, document: &mut Option<Value>) -> Option<String> {
-    let format = settings::value_format();
-    match expr {
-        PathExpr::Dotted(segments) => render(&task_data.lookup_dotted(segments)?, format),
-        PathExpr::JsonPath(_) => {
-            if document.is_none() {
-                *document = Some(task_data.to_value().unwrap_or_else(|TooDeep| too_deep()));
-            }
-            render(extract(document.as_ref()?, expr)?, format)
+/// The rendered value of each of `exprs` (written `texts`) in a jsonb document.
+fn jsonb_values(
+    task_data: &JsonbArg,
+    exprs: &[Rc<PathExpr>],
+    texts: &[&str],
+) -> Vec<Option<String>> {
+    let style = settings::style();
+    let mut values: Vec<Option<PyValue>> = exprs
+        .iter()
+        .map(|expr| match &**expr {
+            PathExpr::Dotted(segments) => task_data.lookup_dotted(segments),
+            PathExpr::JsonPath(_) => None,
+        })
+        .collect();
+    let queries: Vec<(usize, &PathExpr)> = exprs
+        .iter()
+        .enumerate()
+        .filter(|(_, expr)| matches!(&***expr, PathExpr::JsonPath(_)))
+        .map(|(i, expr)| (i, &**expr))
+        .collect();
+    if !queries.is_empty() {
+        // A document Python would not read is not searched either.
+        let (document, depth) = task_data
+            .to_serde_within(style.python.load_depth())
+            .unwrap_or_else(|TooDeep { limit }| too_deep(limit, style.python));
+        let only: Vec<&PathExpr> = queries.iter().map(|(_, expr)| *expr).collect();
+        for ((i, _), value) in queries.iter().zip(jsonpath_values(document, depth, &only)) {
+            values[*i] = value;
         }
     }
+    values
+        .iter()
+        .zip(texts)
+        .map(|(value, path)| stored(value.as_ref()?, &format!("path \"{path}\""), style))
+        .collect()
 }
 
-/// A document JSONPath evaluation will not go into: an error of this instance's data, which
-/// the batch engine counts and skips.
-fn too_deep() -> ! {
+/// The text stored for a value, or the instance's error when it has none (what `what` names
+/// would fail SpiffWorkflow's own write too).
+fn stored(value: &PyValue, what: &str, style: Style) -> Option<String> {
+    render(value, style).unwrap_or_else(|unstorable| match unstorable {
+        Unstorable::Nul => error::raise(
+            PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+            format!("the value of {what} contains \\u0000, which text cannot hold"),
+            "The instance gets no row for this key; fix the task data or the path.",
+        ),
+        Unstorable::LoneSurrogate => error::raise(
+            PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+            format!(
+                "the value of {what} is a string holding a lone surrogate (an unpaired \\ud800 to \\udfff escape), which UTF-8 text cannot hold"
+            ),
+            "SpiffWorkflow's own write of this value fails too; fix the task data or the path.",
+        ),
+        Unstorable::TooDeep { levels, limit } => error::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the value of {what} is nested {levels} levels deep; str() in Python {} stops \
+                 at {limit} (RecursionError)",
+                style.python.name()
+            ),
+            "SpiffWorkflow's own backfill fails on this instance too.",
+        ),
+    })
+}
+
+/// A jsonb document JSONPath evaluation will not go into: an error of this instance's data,
+/// which the batch engine counts and skips.
+fn too_deep(limit: usize, python: PythonVersion) -> ! {
     error::raise(
         PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        format!("task data is nested more than {JSONPATH_MAX_DEPTH} levels deep; JSONPath paths cannot be evaluated on it"),
-        "Dotted paths (a.b.c) work at any depth.",
+        format!(
+            "task data is nested more than {limit} levels deep, deeper than json.loads reads in \
+             Python {}; JSONPath paths are not evaluated on it",
+            python.name()
+        ),
+        "Dotted paths (a.b.c) work at any depth on jsonb task data.",
     )
 }
 

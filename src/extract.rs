@@ -8,6 +8,35 @@ use crate::paths::PathExpr;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
 
+/// Documents nested at most this deep are searched on the backend's own stack.
+const SHALLOW: usize = 100;
+/// The stack a deeper document is searched (and dropped) on: JSONPath evaluation and
+/// serde_json's drop recurse once per level, and Python reads documents thousands of levels
+/// deep. Only the pages used are ever touched.
+const DEEP_STACK_BYTES: usize = 256 << 20;
+
+/// The first match of each JSONPath of `queries` in `document` (nested `depth` containers
+/// deep), as values to render. A deep document is searched and dropped on a stack of its own.
+pub fn jsonpath_values(
+    document: Value,
+    depth: usize,
+    queries: &[&PathExpr],
+) -> Vec<Option<crate::value::Value>> {
+    let search = move || {
+        let values = queries
+            .iter()
+            .map(|query| extract(&document, query).map(crate::value::Value::from_serde))
+            .collect();
+        drop(document);
+        values
+    };
+    if depth <= SHALLOW {
+        search()
+    } else {
+        stacker::grow(DEEP_STACK_BYTES, search)
+    }
+}
+
 /// The value at `path`, or `None` when nothing is there. JSON `null` is returned as found;
 /// rendering turns it into SQL NULL.
 pub fn extract<'d>(doc: &'d Value, path: &PathExpr) -> Option<&'d Value> {

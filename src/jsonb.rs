@@ -5,12 +5,13 @@
 //! binary jsonb with PostgreSQL's own lookup, and only the value found is converted. A json
 //! argument is lent as its text, for `jsontext` to read.
 
+use crate::value::{PyStr, Value as PyValue};
+use indexmap::IndexMap;
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::UnboxDatum;
 use pgrx::nullable::Nullable;
 use pgrx::prelude::*;
 use pgrx::{direct_function_call, impl_sql_translatable};
-use serde_json::{Map, Value};
 use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
@@ -177,17 +178,13 @@ borrowed_argument!(JsonTextArg, "json");
 
 /// A document nested deeper than JSONPath evaluation is allowed to go.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooDeep;
+pub struct TooDeep {
+    pub limit: usize,
+}
 
-/// How deep JSONPath evaluation may go into a document. Evaluation and the value tree recurse
-/// once per level; this keeps them far from the end of the stack.
-pub const JSONPATH_MAX_DEPTH: usize = 1000;
-
-/// Containers nested deeper than this are not converted for rendering. Every level of a
-/// rendered container adds at least one character before anything nested in it ("[" or "{"),
-/// so whatever sits below this depth starts after character 256 of the rendering, which is cut
-/// at 255 (MAX_VALUE_CHARS): the stored value is the same as if it had been converted.
-const RENDER_DEPTH: usize = crate::render::MAX_VALUE_CHARS + 1;
+/// Containers nested deeper than this are not converted where only a bounded copy is wanted
+/// (`to_serde_capped`): metadata_extraction_paths are read two levels down.
+const CAPPED_DEPTH: usize = crate::render::MAX_VALUE_CHARS + 1;
 
 impl JsonbArg {
     fn root(&self) -> *mut pg_sys::JsonbContainer {
@@ -195,10 +192,10 @@ impl JsonbArg {
         unsafe { &raw mut (*self.jsonb.as_ptr()).root }
     }
 
-    /// The value at a dotted path (objects only), or `None` when nothing is there; a container
-    /// found there is converted as deep as its rendering needs. Any depth of document works:
-    /// the walk follows the path in place, without converting what it passes.
-    pub fn lookup_dotted(&self, segments: &[String]) -> Option<Value> {
+    /// The value at a dotted path (objects only), or `None` when nothing is there. Any depth
+    /// of document works: the walk follows the path in place, without converting what it
+    /// passes, and converts what it finds without recursion.
+    pub fn lookup_dotted(&self, segments: &[String]) -> Option<PyValue> {
         let mut container = self.root();
         let (last, parents) = segments.split_last()?;
         for segment in parents {
@@ -211,53 +208,61 @@ impl JsonbArg {
         }
         object_member(container, last).map(|found| match found.type_ {
             // SAFETY: a jbvBinary value carries a container.
-            pg_sys::jbvType::jbvBinary => capped(unsafe { found.val.binary.data }),
-            _ => scalar_to_serde(&found),
+            pg_sys::jbvType::jbvBinary => {
+                convert(unsafe { found.val.binary.data }, Deeper::Keep).unwrap_or(PyValue::Null)
+            }
+            _ => scalar(&found),
         })
     }
 
-    /// The whole document, containers below RENDER_DEPTH levels replaced by empty arrays:
-    /// exact for rendering, and for reading metadata_extraction_paths (whose keys and paths
-    /// are two levels down), however deep a hostile value goes.
-    pub fn to_value_capped(&self) -> Value {
-        capped(self.root())
+    /// The whole document.
+    pub fn to_value(&self) -> PyValue {
+        convert(self.root(), Deeper::Keep).unwrap_or(PyValue::Null)
     }
 
-    /// The whole document, for JSONPath evaluation; `TooDeep` beyond JSONPATH_MAX_DEPTH.
-    pub fn to_value(&self) -> Result<Value, TooDeep> {
-        convert(self.root(), Depth::Limit)
+    /// The whole document as serde_json's value, containers below CAPPED_DEPTH levels replaced
+    /// by empty arrays: enough to read metadata_extraction_paths (two levels down) however
+    /// deep a hostile value goes.
+    pub fn to_serde_capped(&self) -> serde_json::Value {
+        convert(self.root(), Deeper::Empty(CAPPED_DEPTH))
+            .unwrap_or(PyValue::Null)
+            .to_serde()
+    }
+
+    /// The whole document for JSONPath evaluation, and how deep it is nested; `TooDeep` when
+    /// more than `limit` containers are nested in one another.
+    pub fn to_serde_within(&self, limit: usize) -> Result<(serde_json::Value, usize), TooDeep> {
+        let value = convert(self.root(), Deeper::Refuse(limit))?;
+        let depth = value.str_levels();
+        Ok((value.to_serde(), depth))
     }
 }
 
+/// What `convert` does with containers nested deeper than a limit.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Depth {
-    /// Containers below RENDER_DEPTH become empty arrays (never seen in a rendered value).
-    Cap,
-    /// Containers below JSONPATH_MAX_DEPTH are an error.
-    Limit,
+enum Deeper {
+    /// No limit.
+    Keep,
+    /// Below this many levels, a container becomes an empty array.
+    Empty(usize),
+    /// More than this many levels is an error.
+    Refuse(usize),
 }
 
-/// The container as deep as its rendering needs (Depth::Cap never fails).
-fn capped(container: *mut pg_sys::JsonbContainer) -> Value {
-    convert(container, Depth::Cap).unwrap_or(Value::Null)
-}
-
-/// An open container while converting: its value so far and, for an object, the key whose
-/// value comes next.
-struct Open {
-    value: Value,
-    key: Option<String>,
-    raw_scalar: bool,
+/// An open container while converting: its items or members so far and, for an object, the
+/// key whose value comes next.
+enum Open {
+    List {
+        items: Vec<PyValue>,
+        raw_scalar: bool,
+    },
+    Dict(IndexMap<PyStr, PyValue>, PyStr),
 }
 
 /// Converts a container with jsonb's iterator and a stack of its own: no recursion, however
 /// deep the document. Objects keep jsonb's key order.
-fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value, TooDeep> {
+fn convert(container: *mut pg_sys::JsonbContainer, deeper: Deeper) -> Result<PyValue, TooDeep> {
     use pg_sys::JsonbIteratorToken as T;
-    let max = match depth {
-        Depth::Cap => RENDER_DEPTH,
-        Depth::Limit => JSONPATH_MAX_DEPTH,
-    };
     let mut stack: Vec<Open> = Vec::new();
     // SAFETY: the container lives for the whole call; the iterator and its values point into
     // it, and each value is read only for the type tag that selects its union member.
@@ -265,50 +270,46 @@ fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value
         let mut iterator = pg_sys::JsonbIteratorInit(container);
         let mut slot = MaybeUninit::<pg_sys::JsonbValue>::zeroed();
         loop {
-            // At the deepest allowed level, nested containers come back whole (jbvBinary)
+            // At the deepest level kept, nested containers come back whole (jbvBinary)
             // instead of being entered.
-            let skip_nested = stack.len() >= max;
+            let skip_nested = match deeper {
+                Deeper::Keep => false,
+                Deeper::Empty(max) | Deeper::Refuse(max) => stack.len() >= max,
+            };
             let token = pg_sys::JsonbIteratorNext(&mut iterator, slot.as_mut_ptr(), skip_nested);
             let value = slot.assume_init_ref();
             match token {
-                T::WJB_DONE => return Ok(Value::Null),
-                T::WJB_BEGIN_ARRAY => stack.push(Open {
-                    value: Value::Array(Vec::new()),
-                    key: None,
+                T::WJB_DONE => return Ok(PyValue::Null),
+                T::WJB_BEGIN_ARRAY => stack.push(Open::List {
+                    items: Vec::new(),
                     raw_scalar: value.val.array.rawScalar,
                 }),
-                T::WJB_BEGIN_OBJECT => stack.push(Open {
-                    value: Value::Object(Map::new()),
-                    key: None,
-                    raw_scalar: false,
-                }),
+                T::WJB_BEGIN_OBJECT => stack.push(Open::Dict(IndexMap::new(), PyStr::default())),
                 T::WJB_KEY => {
-                    if let Some(open) = stack.last_mut() {
-                        open.key = Some(string_of(value));
+                    if let Some(Open::Dict(_, key)) = stack.last_mut() {
+                        *key = PyStr::from(string_of(value).as_str());
                     }
                 }
                 T::WJB_VALUE | T::WJB_ELEM => {
                     let item = if value.type_ == pg_sys::jbvType::jbvBinary {
-                        match depth {
-                            Depth::Cap => Value::Array(Vec::new()),
-                            Depth::Limit => return Err(TooDeep),
+                        match deeper {
+                            Deeper::Refuse(limit) => return Err(TooDeep { limit }),
+                            _ => PyValue::List(Vec::new()),
                         }
                     } else {
-                        scalar_to_serde(value)
+                        scalar(value)
                     };
                     add(&mut stack, item);
                 }
                 T::WJB_END_ARRAY | T::WJB_END_OBJECT => {
-                    let Some(done) = stack.pop() else {
-                        return Ok(Value::Null);
-                    };
-                    let done = match done {
-                        Open {
+                    let done = match stack.pop() {
+                        None => return Ok(PyValue::Null),
+                        Some(Open::List {
+                            mut items,
                             raw_scalar: true,
-                            value: Value::Array(mut items),
-                            ..
-                        } => items.pop().unwrap_or(Value::Null),
-                        open => open.value,
+                        }) => items.pop().unwrap_or(PyValue::Null),
+                        Some(Open::List { items, .. }) => PyValue::List(items),
+                        Some(Open::Dict(members, _)) => PyValue::Dict(members),
                     };
                     if stack.is_empty() {
                         return Ok(done);
@@ -321,14 +322,13 @@ fn convert(container: *mut pg_sys::JsonbContainer, depth: Depth) -> Result<Value
     }
 }
 
-fn add(stack: &mut [Open], item: Value) {
-    let Some(open) = stack.last_mut() else { return };
-    match &mut open.value {
-        Value::Array(items) => items.push(item),
-        Value::Object(members) => {
-            members.insert(open.key.take().unwrap_or_default(), item);
+fn add(stack: &mut [Open], item: PyValue) {
+    match stack.last_mut() {
+        Some(Open::List { items, .. }) => items.push(item),
+        Some(Open::Dict(members, key)) => {
+            members.insert(std::mem::take(key), item);
         }
-        _ => {}
+        None => {}
     }
 }
 
@@ -368,12 +368,12 @@ fn object_member(container: *mut pg_sys::JsonbContainer, key: &str) -> Option<pg
 }
 
 /// A scalar jsonb value (null, boolean, string or number).
-fn scalar_to_serde(value: &pg_sys::JsonbValue) -> Value {
+fn scalar(value: &pg_sys::JsonbValue) -> PyValue {
     // SAFETY: each union member is read only for the type tag that selects it.
     unsafe {
         match value.type_ {
-            pg_sys::jbvType::jbvBool => Value::Bool(value.val.boolean),
-            pg_sys::jbvType::jbvString => Value::String(string_of(value)),
+            pg_sys::jbvType::jbvBool => PyValue::Bool(value.val.boolean),
+            pg_sys::jbvType::jbvString => PyValue::Str(PyStr::from(string_of(value).as_str())),
             pg_sys::jbvType::jbvNumeric => {
                 let text = direct_function_call::<&CStr>(
                     pg_sys::numeric_out,
@@ -381,11 +381,10 @@ fn scalar_to_serde(value: &pg_sys::JsonbValue) -> Value {
                 );
                 // numeric_out prints a valid JSON number for every numeric jsonb can hold.
                 text.and_then(|t| t.to_str().ok())
-                    .and_then(|t| t.parse::<serde_json::Number>().ok())
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
+                    .map(|t| PyValue::Number(t.into()))
+                    .unwrap_or(PyValue::Null)
             }
-            _ => Value::Null,
+            _ => PyValue::Null,
         }
     }
 }

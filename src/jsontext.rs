@@ -1,75 +1,79 @@
 //! Finding paths' values in task data held as `json` text (SpiffWorkflow's `json_data.data`),
 //! read the way Python's `json.loads` reads it: numbers as written (so `1e+16` stays a float
 //! and `100000000000000000000` an exact integer), object members in the order written (the
-//! last of duplicate keys wins, in the place of the first), `\u0000` accepted. Pure, no
-//! PostgreSQL.
+//! last of duplicate keys wins, in the place of the first), `\u0000` and lone surrogates
+//! (`"\ud800"`) kept, and the same limits: a document nested deeper than that Python reads
+//! (`PythonVersion::load_depth`) or holding an integer of more than 4300 digits is refused as
+//! a whole, whatever the paths. Pure, no PostgreSQL.
 //!
-//! Dotted paths never build the document: one pass over the text descends only into the
-//! members the paths name, skips everything else without allocating (serde_json's skipping is
-//! iterative, so any depth is fine), and keeps the wanted values as slices of the text; only
-//! those are parsed. A JSONPath needs the whole document, which is then parsed once.
+//! Dotted paths never build the document: one pass over the text checks all of it, descends
+//! only into the members the paths name and notes where their values lie; only those are
+//! built. A JSONPath needs the whole document, which is then built once. Nothing recurses
+//! with the document's depth.
 
-use crate::extract::extract;
+use crate::extract::jsonpath_values;
 use crate::paths::PathExpr;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
-use serde_json::Value;
-use std::cell::RefCell;
-use std::fmt;
+use crate::python::PythonVersion;
+use crate::value::{PyStr, Value};
+use indexmap::IndexMap;
 
-/// Why a document could not be read.
+/// The most digits `int()` reads from text (`sys.get_int_max_str_digits()`, 3.11 and later):
+/// `json.loads` of a longer integer raises ValueError.
+pub const MAX_INT_DIGITS: usize = 4300;
+
+/// Why a document cannot be read, as Python's `json.loads` cannot either.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TextError {
-    /// Not JSON serde_json accepts (PostgreSQL's json type lets through a lone surrogate
-    /// escape, which no string can hold).
-    Invalid(String),
-    /// A value to build is nested deeper than serde_json builds (128 levels).
-    TooDeep,
-}
-
-impl From<serde_json::Error> for TextError {
-    fn from(e: serde_json::Error) -> TextError {
-        if e.to_string().starts_with("recursion limit exceeded") {
-            TextError::TooDeep
-        } else {
-            TextError::Invalid(e.to_string())
-        }
-    }
+    /// Not JSON; the byte offset and what was wrong there.
+    Invalid { at: usize, why: &'static str },
+    /// More containers nested in one another than `json.loads` reads (RecursionError).
+    TooDeep { limit: usize },
+    /// An integer longer than `int()` reads (ValueError).
+    IntTooLong { digits: usize },
 }
 
 /// The value at each path in `text`, in order; `None` where nothing is there (JSON `null` is
 /// returned as found).
-pub fn values_at(text: &str, paths: &[&PathExpr]) -> Result<Vec<Option<Value>>, TextError> {
-    if paths.iter().any(|p| matches!(p, PathExpr::JsonPath(_))) {
-        let document: Value = serde_json::from_str(text)?;
-        return Ok(paths
-            .iter()
-            .map(|path| extract(&document, path).cloned())
-            .collect());
-    }
+pub fn values_at(
+    text: &str,
+    paths: &[&PathExpr],
+    python: PythonVersion,
+) -> Result<Vec<Option<Value>>, TextError> {
     let mut root = Node::default();
     for (i, path) in paths.iter().enumerate() {
         if let PathExpr::Dotted(segments) = path {
             root.add(segments, i);
         }
     }
-    let found = RefCell::new(vec![None; paths.len()]);
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    Seek {
-        node: &root,
-        found: &found,
-    }
-    .deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    found
-        .into_inner()
+    let mut found = vec![None; paths.len()];
+    let scanned = scan(text, &root, python.load_depth(), &mut found)?;
+    let mut values: Vec<Option<Value>> = found
         .into_iter()
-        .map(|raw: Option<&RawValue>| {
-            raw.map(|raw| serde_json::from_str(raw.get()))
+        .map(|span| {
+            span.map(|(start, end)| build(&text[start..end]))
                 .transpose()
-                .map_err(TextError::from)
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let queries: Vec<(usize, &PathExpr)> = paths
+        .iter()
+        .enumerate()
+        .filter(|(_, path)| matches!(path, PathExpr::JsonPath(_)))
+        .map(|(i, path)| (i, *path))
+        .collect();
+    if !queries.is_empty() {
+        // serde_json builds the document directly when it can: it holds no lone surrogate and
+        // is within serde_json's own recursion limit (128).
+        let document = match serde_json::from_str(text) {
+            Ok(document) if !scanned.lone_surrogates => document,
+            _ => build(text)?.to_serde(),
+        };
+        let exprs: Vec<&PathExpr> = queries.iter().map(|(_, path)| *path).collect();
+        let matches = jsonpath_values(document, scanned.depth, &exprs);
+        for ((i, _), value) in queries.into_iter().zip(matches) {
+            values[i] = value;
+        }
+    }
+    Ok(values)
 }
 
 /// The paths as a tree of object member names: a node's `ends` are the paths that stop there.
@@ -82,153 +86,526 @@ struct Node {
 
 impl Node {
     fn add(&mut self, segments: &[String], path: usize) {
-        let Some((first, rest)) = segments.split_first() else {
-            self.ends.push(path);
-            return;
-        };
-        let child = match self.children.iter().position(|c| &c.key == first) {
-            Some(at) => &mut self.children[at],
-            None => {
-                self.children.push(Node {
-                    key: first.clone(),
-                    ..Node::default()
-                });
-                self.children.last_mut().expect("just pushed")
-            }
-        };
-        child.add(rest, path);
+        let mut node = self;
+        for segment in segments {
+            let at = match node.children.iter().position(|c| &c.key == segment) {
+                Some(at) => at,
+                None => {
+                    node.children.push(Node {
+                        key: segment.clone(),
+                        ..Node::default()
+                    });
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[at];
+        }
+        node.ends.push(path);
     }
 
     /// Forgets what this subtree found: a later duplicate of its key replaces the earlier.
-    fn clear(&self, found: &mut [Option<&RawValue>]) {
-        for &end in &self.ends {
-            found[end] = None;
+    fn clear(&self, found: &mut [Option<(usize, usize)>]) {
+        let mut pending = vec![self];
+        while let Some(node) = pending.pop() {
+            for &end in &node.ends {
+                found[end] = None;
+            }
+            pending.extend(&node.children);
         }
-        for child in &self.children {
+    }
+}
+
+/// What a pass over the whole document learnt besides the paths' values.
+struct Scanned {
+    /// The most containers nested in one another.
+    depth: usize,
+    /// Whether a string holds a lone surrogate.
+    lone_surrogates: bool,
+}
+
+/// One pass over the whole text: checks it is JSON that Python reads within `limit` levels,
+/// and notes in `found` where each dotted path's value lies (the last of duplicate keys).
+fn scan(
+    text: &str,
+    root: &Node,
+    limit: usize,
+    found: &mut [Option<(usize, usize)>],
+) -> Result<Scanned, TextError> {
+    struct Open<'n> {
+        object: bool,
+        /// For an object the paths go through: their node.
+        node: Option<&'n Node>,
+    }
+    let mut lexer = Lexer::new(text);
+    let mut open: Vec<Open> = Vec::new();
+    // Values being noted: their node, where they start, and how many containers were open.
+    let mut noting: Vec<(&Node, usize, usize)> = Vec::new();
+    let mut next: Option<&Node> = Some(root);
+    let mut depth = 0;
+    loop {
+        lexer.whitespace();
+        if let Some(node) = next.filter(|node| !node.ends.is_empty()) {
+            noting.push((node, lexer.pos, open.len()));
+        }
+        let mut complete = match lexer.peek() {
+            Some(opening @ (b'{' | b'[')) => {
+                if open.len() == limit {
+                    return Err(TextError::TooDeep { limit });
+                }
+                lexer.pos += 1;
+                let object = opening == b'{';
+                let node = next.filter(|node| object && !node.children.is_empty());
+                open.push(Open { object, node });
+                depth = depth.max(open.len());
+                lexer.whitespace();
+                if lexer.eat(if object { b'}' } else { b']' }) {
+                    open.pop();
+                    true
+                } else {
+                    next = if object {
+                        lexer.key(node, found)?
+                    } else {
+                        None
+                    };
+                    false
+                }
+            }
+            _ => {
+                lexer.scalar()?;
+                true
+            }
+        };
+        while complete {
+            while let Some(&(node, start, at)) = noting.last() {
+                if at != open.len() {
+                    break;
+                }
+                for &end in &node.ends {
+                    found[end] = Some((start, lexer.pos));
+                }
+                noting.pop();
+            }
+            lexer.whitespace();
+            let Some(container) = open.last() else {
+                if lexer.pos != text.len() {
+                    return Err(lexer.invalid("extra data after the document"));
+                }
+                return Ok(Scanned {
+                    depth,
+                    lone_surrogates: lexer.lone_surrogates,
+                });
+            };
+            let object = container.object;
+            match lexer.next_byte() {
+                Some(b',') => {
+                    lexer.whitespace();
+                    next = if object {
+                        lexer.key(container.node, found)?
+                    } else {
+                        None
+                    };
+                    complete = false;
+                }
+                Some(b'}') if object => {
+                    open.pop();
+                }
+                Some(b']') if !object => {
+                    open.pop();
+                }
+                _ => return Err(lexer.invalid("expected ',' or the container's end")),
+            }
+        }
+    }
+}
+
+/// Builds the value of a text `scan` has checked, without recursion: Python's dict keeps the
+/// place of a key's first appearance and its last value, as IndexMap's insert does.
+fn build(text: &str) -> Result<Value, TextError> {
+    enum Open {
+        List(Vec<Value>),
+        Dict(IndexMap<PyStr, Value>, PyStr),
+    }
+    let mut lexer = Lexer::new(text);
+    let mut open: Vec<Open> = Vec::new();
+    loop {
+        lexer.whitespace();
+        let mut value = match lexer.peek() {
+            Some(b'[') => {
+                lexer.pos += 1;
+                lexer.whitespace();
+                if lexer.eat(b']') {
+                    Value::List(Vec::new())
+                } else {
+                    open.push(Open::List(Vec::new()));
+                    continue;
+                }
+            }
+            Some(b'{') => {
+                lexer.pos += 1;
+                lexer.whitespace();
+                if lexer.eat(b'}') {
+                    Value::Dict(IndexMap::new())
+                } else {
+                    let key = lexer.member_name()?;
+                    open.push(Open::Dict(IndexMap::new(), key));
+                    continue;
+                }
+            }
+            Some(b'"') => Value::Str(lexer.string()?),
+            _ => lexer.scalar_value()?,
+        };
+        loop {
+            match open.last_mut() {
+                None => return Ok(value),
+                Some(Open::List(items)) => items.push(value),
+                Some(Open::Dict(members, key)) => {
+                    members.insert(std::mem::take(key), value);
+                }
+            }
+            lexer.whitespace();
+            match (lexer.next_byte(), open.last_mut()) {
+                (Some(b','), Some(Open::List(_))) => break,
+                (Some(b','), Some(Open::Dict(_, key))) => {
+                    lexer.whitespace();
+                    *key = lexer.member_name()?;
+                    break;
+                }
+                (Some(b']'), Some(Open::List(_))) | (Some(b'}'), Some(Open::Dict(..))) => {
+                    value = match open.pop() {
+                        Some(Open::List(items)) => Value::List(items),
+                        Some(Open::Dict(members, _)) => Value::Dict(members),
+                        None => unreachable!("a container was just matched"),
+                    };
+                }
+                _ => return Err(lexer.invalid("expected ',' or the container's end")),
+            }
+        }
+    }
+}
+
+/// The tokens of JSON text, as Python's json module reads them.
+struct Lexer<'t> {
+    bytes: &'t [u8],
+    pos: usize,
+    /// Whether a string read so far held a lone surrogate.
+    lone_surrogates: bool,
+}
+
+impl<'t> Lexer<'t> {
+    fn new(text: &'t str) -> Lexer<'t> {
+        Lexer {
+            bytes: text.as_bytes(),
+            pos: 0,
+            lone_surrogates: false,
+        }
+    }
+
+    fn invalid(&self, why: &'static str) -> TextError {
+        TextError::Invalid { at: self.pos, why }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let here = self.peek() == Some(b);
+        self.pos += usize::from(here);
+        here
+    }
+
+    /// JSON's whitespace (Python's json accepts exactly these four).
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// A scalar other than a string's text, checked and skipped; a string is checked too.
+    fn scalar(&mut self) -> Result<(), TextError> {
+        match self.peek() {
+            Some(b'"') => self.skip_string(),
+            Some(b't') => self.word(b"true"),
+            Some(b'f') => self.word(b"false"),
+            Some(b'n') => self.word(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            _ => Err(self.invalid("expected a value")),
+        }
+    }
+
+    /// A scalar other than a string, as a value.
+    fn scalar_value(&mut self) -> Result<Value, TextError> {
+        match self.peek() {
+            Some(b't') => self.word(b"true").map(|()| Value::Bool(true)),
+            Some(b'f') => self.word(b"false").map(|()| Value::Bool(false)),
+            Some(b'n') => self.word(b"null").map(|()| Value::Null),
+            Some(b'-' | b'0'..=b'9') => Ok(Value::Number(self.number()?.into())),
+            _ => Err(self.invalid("expected a value")),
+        }
+    }
+
+    fn word(&mut self, word: &[u8]) -> Result<(), TextError> {
+        if self.bytes[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.invalid("expected a value"))
+        }
+    }
+
+    /// A number's text: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Result<&'t str, TextError> {
+        let start = self.pos;
+        self.eat(b'-');
+        let mut digits = self.digits();
+        if digits == 0 {
+            return Err(self.invalid("expected a digit"));
+        }
+        // A leading zero ends the integer part; what follows is then extra data.
+        if self.bytes[self.pos - digits] == b'0' && digits > 1 {
+            self.pos -= digits - 1;
+            digits = 1;
+        }
+        let mut integer = true;
+        if self.eat(b'.') {
+            integer = false;
+            if self.digits() == 0 {
+                return Err(self.invalid("expected a digit after '.'"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.invalid("expected a digit in the exponent"));
+            }
+        }
+        if integer && digits > MAX_INT_DIGITS {
+            return Err(TextError::IntTooLong { digits });
+        }
+        // ASCII bytes of a &str: always UTF-8.
+        Ok(std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or("0"))
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// The end of the plain run of a string's text: the next quote, backslash or control
+    /// character (which JSON forbids unescaped).
+    fn plain_run(&mut self) {
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                break;
+            }
+            self.pos += 1;
+        }
+    }
+
+    /// Checks and skips a string, noting a lone surrogate.
+    fn skip_string(&mut self) -> Result<(), TextError> {
+        self.pos += 1;
+        loop {
+            self.plain_run();
+            match self.next_byte() {
+                Some(b'"') => return Ok(()),
+                Some(b'\\') => {
+                    self.escape(|_| {})?;
+                }
+                _ => return Err(self.invalid("unterminated string or unescaped control character")),
+            }
+        }
+    }
+
+    /// A string's value.
+    fn string(&mut self) -> Result<PyStr, TextError> {
+        self.pos += 1;
+        let mut out = PyStr::with_capacity(0);
+        loop {
+            let start = self.pos;
+            self.plain_run();
+            // The run lies between ASCII bytes of a &str: whole characters.
+            out.push_str(std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or(""));
+            match self.next_byte() {
+                Some(b'"') => return Ok(out),
+                Some(b'\\') => {
+                    self.escape(|code| out.push_code_point(code))?;
+                }
+                _ => return Err(self.invalid("unterminated string or unescaped control character")),
+            }
+        }
+    }
+
+    /// An object member's name (the lexer is at its quote), then the colon.
+    fn member_name(&mut self) -> Result<PyStr, TextError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.invalid("expected a member name"));
+        }
+        let name = self.string()?;
+        self.colon()?;
+        Ok(name)
+    }
+
+    fn colon(&mut self) -> Result<(), TextError> {
+        self.whitespace();
+        if self.eat(b':') {
+            Ok(())
+        } else {
+            Err(self.invalid("expected ':'"))
+        }
+    }
+
+    /// An object member's name while scanning, then the colon: the child of `node` it names
+    /// (whose earlier findings a duplicate key replaces), if any.
+    fn key<'n>(
+        &mut self,
+        node: Option<&'n Node>,
+        found: &mut [Option<(usize, usize)>],
+    ) -> Result<Option<&'n Node>, TextError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.invalid("expected a member name"));
+        }
+        let Some(node) = node else {
+            self.skip_string()?;
+            self.colon()?;
+            return Ok(None);
+        };
+        let start = self.pos + 1;
+        self.skip_string()?;
+        let raw = &self.bytes[start..self.pos - 1];
+        // Most names have no escape and are compared as they are written.
+        let child = if raw.contains(&b'\\') {
+            self.pos = start - 1;
+            let name = self.string()?;
+            node.children
+                .iter()
+                .find(|c| c.key.as_bytes() == name.as_bytes())
+        } else {
+            node.children.iter().find(|c| c.key.as_bytes() == raw)
+        };
+        self.colon()?;
+        if let Some(child) = child {
             child.clear(found);
         }
-    }
-}
-
-/// Reads one value at `node`: kept whole for the paths ending here, searched for the deeper
-/// ones when it is an object, skipped otherwise.
-struct Seek<'n, 'de> {
-    node: &'n Node,
-    found: &'n RefCell<Vec<Option<&'de RawValue>>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Seek<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        if self.node.ends.is_empty() {
-            return deserializer.deserialize_any(self);
-        }
-        let raw: &'de RawValue = de::Deserialize::deserialize(deserializer)?;
-        {
-            let mut found = self.found.borrow_mut();
-            for &end in &self.node.ends {
-                found[end] = Some(raw);
-            }
-        }
-        if !self.node.children.is_empty() {
-            // Both `a` and `a.b` are wanted: search the slice kept for `a` once more.
-            let mut inner = serde_json::Deserializer::from_str(raw.get());
-            let children = Seek {
-                node: self.node,
-                found: self.found,
-            };
-            inner.deserialize_any(children).map_err(de::Error::custom)?;
-        }
-        Ok(())
-    }
-}
-
-impl<'de> Visitor<'de> for Seek<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
+        Ok(child)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(child) = map.next_key_seed(ChildKey(&self.node.children))? {
-            match child {
-                Some(child) => {
-                    child.clear(&mut self.found.borrow_mut());
-                    map.next_value_seed(Seek {
-                        node: child,
-                        found: self.found,
-                    })?;
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
+    /// An escape after its backslash; `push` gets the code point. A high surrogate followed by
+    /// the escape of a low one is one character; any other surrogate stays alone, as in Python.
+    fn escape(&mut self, mut push: impl FnMut(u32)) -> Result<(), TextError> {
+        let code = match self.next_byte() {
+            Some(b'"') => 0x22,
+            Some(b'\\') => 0x5c,
+            Some(b'/') => 0x2f,
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => 0x0a,
+            Some(b'r') => 0x0d,
+            Some(b't') => 0x09,
+            Some(b'u') => {
+                let code = self.hex4()?;
+                match code {
+                    0xd800..=0xdbff => {
+                        let low = self.bytes[self.pos..]
+                            .starts_with(b"\\u")
+                            .then(|| hex4_at(self.bytes, self.pos + 2))
+                            .flatten()
+                            .filter(|low| (0xdc00..=0xdfff).contains(low));
+                        match low {
+                            Some(low) => {
+                                self.pos += 6;
+                                0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00)
+                            }
+                            None => {
+                                self.lone_surrogates = true;
+                                code
+                            }
+                        }
+                    }
+                    0xdc00..=0xdfff => {
+                        self.lone_surrogates = true;
+                        code
+                    }
+                    _ => code,
                 }
             }
-        }
+            _ => return Err(self.invalid("invalid escape")),
+        };
+        push(code);
         Ok(())
     }
 
-    // Anything but an object has no members: nothing below it is found.
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+    fn hex4(&mut self) -> Result<u32, TextError> {
+        let code =
+            hex4_at(self.bytes, self.pos).ok_or_else(|| self.invalid("invalid \\u escape"))?;
+        self.pos += 4;
+        Ok(code)
     }
 }
 
-/// An object member's name, matched against the children without being copied.
-struct ChildKey<'n>(&'n [Node]);
-
-impl<'de, 'n> DeserializeSeed<'de> for ChildKey<'n> {
-    type Value = Option<&'n Node>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de, 'n> Visitor<'de> for ChildKey<'n> {
-    type Value = Option<&'n Node>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object member name")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().find(|child| child.key == key))
-    }
+/// The four hexadecimal digits at `at`, if they are.
+fn hex4_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    digits.iter().try_fold(0, |code, &b| {
+        let digit = char::from(b).to_digit(16)?;
+        Some(code << 4 | digit)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{render, ValueFormat};
+    use crate::render::{render, Style, Unstorable, ValueFormat};
 
-    fn rendered(text: &str, paths: &[&str]) -> Vec<Option<String>> {
-        let exprs: Vec<PathExpr> = paths.iter().map(|p| PathExpr::parse(p).unwrap()).collect();
+    const PY: PythonVersion = PythonVersion::V3_13;
+
+    fn exprs(paths: &[&str]) -> Vec<PathExpr> {
+        paths.iter().map(|p| PathExpr::parse(p).unwrap()).collect()
+    }
+
+    fn read(
+        text: &str,
+        paths: &[&str],
+        python: PythonVersion,
+    ) -> Result<Vec<Option<Value>>, TextError> {
+        let exprs = exprs(paths);
         let refs: Vec<&PathExpr> = exprs.iter().collect();
-        values_at(text, &refs)
+        values_at(text, &refs, python)
+    }
+
+    fn rendered_as(
+        text: &str,
+        paths: &[&str],
+        python: PythonVersion,
+    ) -> Vec<Result<Option<String>, Unstorable>> {
+        let style = Style {
+            format: ValueFormat::Python,
+            python,
+        };
+        read(text, paths, python)
             .unwrap()
             .into_iter()
-            .map(|v| v.and_then(|v| render(&v, ValueFormat::Python)))
+            .map(|v| v.map_or(Ok(None), |v| render(&v, style)))
+            .collect()
+    }
+
+    fn rendered(text: &str, paths: &[&str]) -> Vec<Option<String>> {
+        rendered_as(text, paths, PY)
+            .into_iter()
+            .map(Result::unwrap)
             .collect()
     }
 
@@ -282,7 +659,7 @@ mod tests {
     #[test]
     fn nul_and_escapes_are_read() {
         let doc = r#"{"s": "a\u0000b", "l": ["a\u0000b"], "t": "tab\there", "k\u002ey": 1}"#;
-        assert_eq!(one(doc, "s").as_deref(), Some("a\0b"));
+        assert_eq!(rendered_as(doc, &["s"], PY), [Err(Unstorable::Nul)]);
         assert_eq!(one(doc, "l").as_deref(), Some(r"['a\x00b']"));
         assert_eq!(one(doc, "t").as_deref(), Some("tab\there"));
         assert_eq!(one(r#"{"k\u0065y": 7}"#, "key").as_deref(), Some("7"));
@@ -319,7 +696,7 @@ mod tests {
             ]
         );
         // A JSON null is found (and renders as nothing); a missing key is not found.
-        let values = values_at(doc, &[&PathExpr::parse("n").unwrap()]).unwrap();
+        let values = read(doc, &["n"], PY).unwrap();
         assert_eq!(values, vec![Some(Value::Null)]);
         assert_eq!(rendered("[1, 2]", &["a"]), vec![None]);
         assert_eq!(rendered("\"scalar\"", &["a"]), vec![None]);
@@ -338,17 +715,151 @@ mod tests {
         );
     }
 
+    fn nested(levels: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "{\"a\": ".repeat(levels), "}".repeat(levels))
+    }
+
     #[test]
-    fn depth_is_no_obstacle_to_finding_a_value() {
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let doc = format!(r#"{{"skip": {deep}, "a": {{"b": "found"}}, "deep": {deep}}}"#);
-        assert_eq!(one(&doc, "a.b").as_deref(), Some("found"));
-        let paths = [&PathExpr::parse("deep").unwrap()];
-        assert_eq!(values_at(&doc, &paths), Err(TextError::TooDeep));
-        assert!(matches!(
-            values_at("{\"a\": 1", &paths),
-            Err(TextError::Invalid(_))
-        ));
+    fn documents_as_deep_as_python_reads_work_and_deeper_ones_fail_whatever_the_path() {
+        for python in [
+            PythonVersion::V3_11,
+            PythonVersion::V3_12,
+            PythonVersion::V3_13,
+        ] {
+            let limit = python.load_depth();
+            // `limit` objects around a scalar: read, and a path through all of them finds it.
+            let doc = nested(limit, "1");
+            let through = vec!["a"; limit].join(".");
+            assert_eq!(
+                rendered_as(&doc, &[&through, "b"], python),
+                [Ok(Some("1".into())), Ok(None)]
+            );
+            // One more level anywhere, even where no path goes, and nothing is read.
+            let deeper = format!("{{\"x\": 1, \"skip\": {}}}", nested(limit, "[]"));
+            for paths in [&["x"][..], &["x", "$.x"], &["skip.a"]] {
+                assert_eq!(
+                    read(&deeper, paths, python),
+                    Err(TextError::TooDeep { limit }),
+                    "{paths:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_deepest_value_a_document_can_hold_prints() {
+        // A path has a segment at least, so a value holds one container less than the document
+        // and str() of it stays within each version's limit.
+        for python in [
+            PythonVersion::V3_11,
+            PythonVersion::V3_12,
+            PythonVersion::V3_13,
+        ] {
+            let doc = nested(python.load_depth() - 1, "[]");
+            let got = rendered_as(&doc, &["a"], python);
+            assert!(got[0]
+                .as_ref()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .starts_with("{'a': {'a': "));
+        }
+    }
+
+    #[test]
+    fn a_paths_value_does_not_depend_on_the_other_paths() {
+        let deep = nested(5000, "\"leaf\"");
+        let doc = format!("{{\"deep\": {deep}, \"a\": {{\"b\": \"found\"}}}}");
+        let alone = rendered(&doc, &["a.b"]);
+        for others in [
+            &["deep"][..],
+            &["$.a.b"],
+            &["$..b", "deep.a.a"],
+            &["deep", "$.deep"],
+        ] {
+            let mut paths = vec!["a.b"];
+            paths.extend_from_slice(others);
+            assert_eq!(rendered(&doc, &paths)[0], alone[0], "{others:?}");
+        }
+        // A JSONPath sees the deep document too (on a stack of its own).
+        assert_eq!(rendered(&doc, &["$..b"])[0].as_deref(), Some("found"));
+        let repr = rendered(&doc, &["$.deep"])[0].clone().unwrap();
+        assert_eq!(repr, rendered(&doc, &["deep"])[0].clone().unwrap());
+        assert_eq!(repr.chars().count(), 255);
+    }
+
+    #[test]
+    fn lone_surrogates_are_kept_as_python_keeps_them() {
+        // Passed by in a key or a value: no matter.
+        assert_eq!(
+            rendered(r#"{"\ud800": 1, "a": 2, "b": "\udc00"}"#, &["a"]),
+            [Some("2".into())]
+        );
+        // Inside a list or dict, repr escapes it; a pair is one character.
+        assert_eq!(
+            rendered(
+                r#"{"l": ["\ud800", "x\udfffy", "\ud83c\udf89", "\udc00\ud800"], "d": {"\ud801": 1}}"#,
+                &["l", "d"]
+            ),
+            [
+                Some(r"['\ud800', 'x\udfffy', '🎉', '\udc00\ud800']".into()),
+                Some(r"{'\ud801': 1}".into())
+            ]
+        );
+        // A high surrogate before a non-surrogate escape stays alone.
+        assert_eq!(
+            rendered(r#"{"l": ["\ud800\u0041"]}"#, &["l"]),
+            [Some(r"['\ud800A']".into())]
+        );
+        // A string holding one cannot be stored; past the 255th character it is cut away.
+        let got = rendered_as(
+            r#"{"s": "a\ud800", "k": {"\ud800": 1}}"#,
+            &["s", "k.\u{fffd}"],
+            PY,
+        );
+        assert_eq!(got[0], Err(Unstorable::LoneSurrogate));
+        assert_eq!(got[1], Ok(None));
+        let long = format!(r#"{{"s": "{}\ud800"}}"#, "x".repeat(255));
+        assert_eq!(rendered(&long, &["s"]), [Some("x".repeat(255))]);
+    }
+
+    #[test]
+    fn integers_longer_than_python_reads_fail_the_document() {
+        let ok = format!(r#"{{"n": -{}, "a": 1}}"#, "9".repeat(MAX_INT_DIGITS));
+        assert_eq!(rendered(&ok, &["a"]), [Some("1".into())]);
+        let long = format!(r#"{{"n": {}, "a": 1}}"#, "9".repeat(MAX_INT_DIGITS + 1));
+        assert_eq!(
+            read(&long, &["a"], PY),
+            Err(TextError::IntTooLong {
+                digits: MAX_INT_DIGITS + 1
+            })
+        );
+        // A float of any length is read.
+        let float = format!(r#"{{"n": {}.5, "a": 1}}"#, "9".repeat(5000));
+        assert_eq!(rendered(&float, &["n"]), [Some("inf".into())]);
+    }
+
+    #[test]
+    fn what_python_refuses_is_refused() {
+        for bad in [
+            "{\"a\": 01}",
+            "[1,]",
+            "{\"a\" 1}",
+            "\"tab\there\"",
+            "[1] x",
+            "{\"a\": tru}",
+            "[\"\\x\"]",
+            "[\"\\u12g4\"]",
+            "[-]",
+            "[1.]",
+            "[1e]",
+            "",
+        ] {
+            assert!(
+                matches!(read(bad, &["a"], PY), Err(TextError::Invalid { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

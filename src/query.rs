@@ -31,7 +31,7 @@ pub fn optional_value<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]
 }
 
 /// The jsonb in the first column of the first row of `sql`, converted while the row is at hand
-/// with JsonbArg::to_value_capped (bounded work however deep the value); `None` when there is
+/// with JsonbArg::to_serde_capped (bounded work however deep the value); `None` when there is
 /// no row or it is NULL.
 pub fn optional_jsonb(sql: &str, args: &[DatumWithOid]) -> Option<Value> {
     Spi::connect(|client| {
@@ -42,7 +42,7 @@ pub fn optional_jsonb(sql: &str, args: &[DatumWithOid]) -> Option<Value> {
         Ok(table
             .first()
             .get::<JsonbArg>(1)?
-            .map(|value| value.to_value_capped()))
+            .map(|value| value.to_serde_capped()))
     })
     .unwrap_or_else(|e: pgrx::spi::Error| error!("backfill: query failed: {e}: {sql}"))
 }

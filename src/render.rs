@@ -1,15 +1,21 @@
-//! Turning an extracted JSON value into the text stored in `process_instance_metadata.value`.
+//! Turning an extracted value into the text stored in `process_instance_metadata.value`.
 //!
 //! Pure functions, no PostgreSQL: the default format reproduces what SpiffWorkflow stores,
-//! which is Python's `str()` of the value `json.loads` produced; the `json` format reproduces
-//! `jsonb #>> '{}'`. Numbers arrive as their decimal text (serde_json's `arbitrary_precision`),
-//! exactly as jsonb prints them, so integers of any size stay exact.
+//! which is Python's `str()` of the value `json.loads` produced, cut to 255 characters; the
+//! `json` format reproduces `jsonb #>> '{}'`. Numbers arrive as their decimal text, exactly as
+//! written (json) or as jsonb prints them, so integers of any size stay exact.
 
-use serde_json::Value;
-use unicode_general_category::{get_general_category, GeneralCategory};
+use crate::python::PythonVersion;
+use crate::value::{PyStr, Value};
+use std::fmt::Write;
 
 /// The longest value `process_instance_metadata.value` (varchar(255)) holds, in characters.
 pub const MAX_VALUE_CHARS: usize = 255;
+
+/// Rendering stops once it has written this many bytes: at least MAX_VALUE_CHARS + 1
+/// characters, so the cut is the same as if it had gone on. Every level of a container writes
+/// a character before anything nested in it, so this also bounds how deep rendering goes.
+const RENDER_BYTES: usize = 4 * (MAX_VALUE_CHARS + 1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueFormat {
@@ -19,24 +25,60 @@ pub enum ValueFormat {
     Json,
 }
 
+/// How to render: the format, and the Python whose `str()` the python format reproduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub format: ValueFormat,
+    pub python: PythonVersion,
+}
+
+/// A value that has no text to store: SpiffWorkflow's own write of it fails too.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unstorable {
+    /// The text holds U+0000, which PostgreSQL's text cannot.
+    Nul,
+    /// The text holds a lone surrogate (`"\ud800"` in the JSON), which UTF-8 cannot encode.
+    LoneSurrogate,
+    /// `str()` of the value nests deeper than Python's recursion limit allows.
+    TooDeep { levels: usize, limit: usize },
+}
+
 /// Renders a value, or `None` for JSON `null` (stored as SQL NULL), cut to 255 characters.
-pub fn render(value: &Value, format: ValueFormat) -> Option<String> {
-    let mut out = match (value, format) {
-        (Value::Null, _) => return None,
-        (Value::String(s), _) => s.clone(),
-        (_, ValueFormat::Python) => {
+pub fn render(value: &Value, style: Style) -> Result<Option<String>, Unstorable> {
+    let out = match value {
+        Value::Null => return Ok(None),
+        Value::Str(s) => {
             let mut out = String::new();
-            python_repr(value, &mut out);
+            for code in s.code_points().take(MAX_VALUE_CHARS) {
+                match char::from_u32(code) {
+                    Some('\0') => return Err(Unstorable::Nul),
+                    Some(c) => out.push(c),
+                    None => return Err(Unstorable::LoneSurrogate),
+                }
+            }
+            return Ok(Some(out));
+        }
+        Value::List(_) | Value::Dict(_) if style.format == ValueFormat::Python => {
+            let (levels, limit) = (value.str_levels(), style.python.str_depth());
+            if levels > limit {
+                return Err(Unstorable::TooDeep { levels, limit });
+            }
+            let mut out = String::new();
+            python_repr(value, style.python, &mut out);
             out
         }
-        (_, ValueFormat::Json) => {
+        _ => {
             let mut out = String::new();
-            jsonb_text(value, &mut out);
+            match style.format {
+                ValueFormat::Python => python_repr(value, style.python, &mut out),
+                ValueFormat::Json => jsonb_text(value, &mut out),
+            }
             out
         }
     };
+    let mut out = out;
     truncate_chars(&mut out, MAX_VALUE_CHARS);
-    Some(out)
+    Ok(Some(out))
 }
 
 /// Cuts `s` to at most `max` characters; a character is never split.
@@ -47,33 +89,42 @@ pub fn truncate_chars(s: &mut String, max: usize) {
 }
 
 /// Python's `repr()` of the value `json.loads` would give (for a top-level string `str()` is
-/// the string itself, which `render` handles before coming here).
-fn python_repr(value: &Value, out: &mut String) {
+/// the string itself, which `render` handles before coming here). Stops at RENDER_BYTES.
+fn python_repr(value: &Value, python: PythonVersion, out: &mut String) {
+    if out.len() >= RENDER_BYTES {
+        return;
+    }
     match value {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
         Value::Bool(false) => out.push_str("False"),
-        Value::Number(n) => python_number(&n.to_string(), out),
-        Value::String(s) => python_str_repr(s, out),
-        Value::Array(items) => {
+        Value::Number(n) => python_number(n, out),
+        Value::Str(s) => python_str_repr(s, python, out),
+        Value::List(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
+                if out.len() >= RENDER_BYTES {
+                    return;
+                }
                 if i > 0 {
                     out.push_str(", ");
                 }
-                python_repr(item, out);
+                python_repr(item, python, out);
             }
             out.push(']');
         }
-        Value::Object(map) => {
+        Value::Dict(members) => {
             out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
+            for (i, (k, v)) in members.iter().enumerate() {
+                if out.len() >= RENDER_BYTES {
+                    return;
+                }
                 if i > 0 {
                     out.push_str(", ");
                 }
-                python_str_repr(k, out);
+                python_str_repr(k, python, out);
                 out.push_str(": ");
-                python_repr(v, out);
+                python_repr(v, python, out);
             }
             out.push('}');
         }
@@ -94,8 +145,10 @@ fn python_number(text: &str, out: &mut String) {
     }
 }
 
-/// Python's `repr(float)`: the shortest digits that round-trip, in positional notation when
-/// the decimal exponent is in [-4, 16), scientific with a signed two-digit exponent otherwise.
+/// Python's `repr(float)`: the shortest digits that read back as the same double, the one
+/// nearest the double's exact value among them and, of two equally near, the one with the even
+/// last digit (David Gay's dtoa, mode 0); in positional notation when the decimal exponent is
+/// in [-4, 16), scientific with a signed two-digit exponent otherwise.
 pub fn python_float_repr(x: f64, out: &mut String) {
     if x.is_nan() {
         out.push_str("nan");
@@ -109,13 +162,11 @@ pub fn python_float_repr(x: f64, out: &mut String) {
         out.push_str(if x.is_sign_negative() { "-0.0" } else { "0.0" });
         return;
     }
-    // Rust's `{:e}` prints the same shortest round-trip digits as Python's repr, e.g. "1.5e-7".
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exponent) = sci.split_once('e').expect("{:e} always has an exponent");
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let exponent: i32 = exponent.parse().expect("{:e} exponent is an integer");
-    // Python's decpt: the value is 0.d1d2d3... * 10^decpt.
-    let decpt = exponent + 1;
+    // Ryū chooses the same digits as Gay's mode 0, ties to even included (Rust's own `{:e}`
+    // rounds a tie up); it only spells them its own way.
+    let mut buffer = ryu::Buffer::new();
+    let (digits, decpt) = digits_and_point(buffer.format_finite(x.abs()));
+    let digits = digits.as_str();
     if x < 0.0 {
         out.push('-');
     }
@@ -123,11 +174,11 @@ pub fn python_float_repr(x: f64, out: &mut String) {
         if decpt <= 0 {
             out.push_str("0.");
             out.extend(std::iter::repeat_n('0', (-decpt) as usize));
-            out.push_str(&digits);
+            out.push_str(digits);
         } else {
             let decpt = decpt as usize;
             if digits.len() <= decpt {
-                out.push_str(&digits);
+                out.push_str(digits);
                 out.extend(std::iter::repeat_n('0', decpt - digits.len()));
                 out.push_str(".0");
             } else {
@@ -143,79 +194,78 @@ pub fn python_float_repr(x: f64, out: &mut String) {
             out.push_str(&digits[1..]);
         }
         let e = decpt - 1;
-        out.push_str(&format!("e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs()));
+        let _ = write!(out, "e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
     }
+}
+
+/// The significant digits of a positive number Ryū printed ("123.0", "0.0001", "1.5e-7") and
+/// Python's `decpt`: the number is 0.DIGITS times 10 to the power decpt.
+fn digits_and_point(printed: &str) -> (String, i32) {
+    let (mantissa, exponent) = match printed.split_once('e') {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().unwrap_or(0)),
+        None => (printed, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = [whole, fraction].concat();
+    let leading_zeros = all.len() - all.trim_start_matches('0').len();
+    let point = whole.len() as i32 - leading_zeros as i32 + exponent;
+    (all.trim_matches('0').to_owned(), point)
 }
 
 /// Python's `repr(str)`: single quotes unless the text has a single quote and no double quote;
 /// backslash escapes for the quote, `\`, `\t`, `\n`, `\r`; `\xNN`, `\uNNNN`, `\UNNNNNNNN` for
-/// characters Python does not consider printable.
-pub fn python_str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') {
+/// the code points that version of Python does not consider printable (lone surrogates too).
+fn python_str_repr(s: &PyStr, python: PythonVersion, out: &mut String) {
+    let bytes = s.as_bytes();
+    let quote = if bytes.contains(&b'\'') && !bytes.contains(&b'"') {
         '"'
     } else {
         '\''
     };
     out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if c == quote => {
+    for code in s.code_points() {
+        if out.len() >= RENDER_BYTES {
+            return;
+        }
+        match char::from_u32(code) {
+            Some('\\') => out.push_str("\\\\"),
+            Some('\t') => out.push_str("\\t"),
+            Some('\n') => out.push_str("\\n"),
+            Some('\r') => out.push_str("\\r"),
+            Some(c) if c == quote => {
                 out.push('\\');
                 out.push(c);
             }
-            c if python_is_printable(c) => out.push(c),
-            c => {
-                let code = c as u32;
-                if code <= 0xff {
-                    out.push_str(&format!("\\x{code:02x}"));
-                } else if code <= 0xffff {
-                    out.push_str(&format!("\\u{code:04x}"));
-                } else {
-                    out.push_str(&format!("\\U{code:08x}"));
-                }
+            Some(c) if python.is_printable(code) => out.push(c),
+            _ => {
+                let _ = match code {
+                    0..=0xff => write!(out, "\\x{code:02x}"),
+                    0x100..=0xffff => write!(out, "\\u{code:04x}"),
+                    _ => write!(out, "\\U{code:08x}"),
+                };
             }
         }
     }
     out.push(quote);
 }
 
-/// Python's `str.isprintable()` for one character: everything but the categories Cc, Cf, Cs,
-/// Co, Cn, Zl, Zp and Zs, except that the ASCII space is printable.
-fn python_is_printable(c: char) -> bool {
-    if c == ' ' {
-        return true;
-    }
-    if c.is_ascii() {
-        return (' '..='~').contains(&c);
-    }
-    !matches!(
-        get_general_category(c),
-        GeneralCategory::Control
-            | GeneralCategory::Format
-            | GeneralCategory::Surrogate
-            | GeneralCategory::PrivateUse
-            | GeneralCategory::Unassigned
-            | GeneralCategory::LineSeparator
-            | GeneralCategory::ParagraphSeparator
-            | GeneralCategory::SpaceSeparator
-    )
-}
-
 /// The text `jsonb_out` prints for a value: `", "` and `": "` separators, strings escaped as
 /// PostgreSQL's `escape_json` does.
 fn jsonb_text(value: &Value, out: &mut String) {
+    if out.len() >= RENDER_BYTES {
+        return;
+    }
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => jsonb_escape(s, out),
-        Value::Array(items) => {
+        Value::Number(n) => out.push_str(n),
+        Value::Str(s) => jsonb_escape(s, out),
+        Value::List(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
+                if out.len() >= RENDER_BYTES {
+                    return;
+                }
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -223,9 +273,12 @@ fn jsonb_text(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
+        Value::Dict(members) => {
             out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
+            for (i, (k, v)) in members.iter().enumerate() {
+                if out.len() >= RENDER_BYTES {
+                    return;
+                }
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -238,19 +291,26 @@ fn jsonb_text(value: &Value, out: &mut String) {
     }
 }
 
-fn jsonb_escape(s: &str, out: &mut String) {
+/// A JSON string as `escape_json` writes it; a lone surrogate (only json text holds one) as
+/// the escape it was written with.
+fn jsonb_escape(s: &PyStr, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    for code in s.code_points() {
+        if out.len() >= RENDER_BYTES {
+            return;
+        }
+        match char::from_u32(code) {
+            Some('"') => out.push_str("\\\""),
+            Some('\\') => out.push_str("\\\\"),
+            Some('\u{8}') => out.push_str("\\b"),
+            Some('\u{c}') => out.push_str("\\f"),
+            Some('\n') => out.push_str("\\n"),
+            Some('\r') => out.push_str("\\r"),
+            Some('\t') => out.push_str("\\t"),
+            Some(c) if code >= 0x20 => out.push(c),
+            _ => {
+                let _ = write!(out, "\\u{code:04x}");
+            }
         }
     }
     out.push('"');
@@ -260,12 +320,18 @@ fn jsonb_escape(s: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    fn styled(json: &str, format: ValueFormat) -> Option<String> {
+        let value = Value::from_serde(&serde_json::from_str(json).unwrap());
+        let python = PythonVersion::V3_13;
+        render(&value, Style { format, python }).unwrap()
+    }
+
     fn py(json: &str) -> Option<String> {
-        render(&serde_json::from_str(json).unwrap(), ValueFormat::Python)
+        styled(json, ValueFormat::Python)
     }
 
     fn js(json: &str) -> Option<String> {
-        render(&serde_json::from_str(json).unwrap(), ValueFormat::Json)
+        styled(json, ValueFormat::Json)
     }
 
     /// (JSON input, Python's str() of json.loads(input)); every expectation was produced by
@@ -397,6 +463,70 @@ mod tests {
         // Exactly 255 is kept whole.
         let exact = "y".repeat(255);
         assert_eq!(py(&format!("\"{exact}\"")).unwrap(), exact);
+    }
+
+    #[test]
+    fn str_deeper_than_python_prints_is_refused() {
+        fn dicts(levels: usize) -> Value {
+            let mut value = Value::Number("1".into());
+            for _ in 0..levels {
+                value = Value::Dict([(PyStr::from("a"), value)].into_iter().collect());
+            }
+            value
+        }
+        let style = |python| Style {
+            format: ValueFormat::Python,
+            python,
+        };
+        // Python 3.12's str() makes at most 1497 nested calls: 1496 dicts and the scalar.
+        assert!(render(&dicts(1496), style(PythonVersion::V3_12)).is_ok());
+        assert_eq!(
+            render(&dicts(1497), style(PythonVersion::V3_12)),
+            Err(Unstorable::TooDeep {
+                levels: 1498,
+                limit: 1497
+            })
+        );
+        assert!(render(&dicts(1497), style(PythonVersion::V3_13)).is_ok());
+        // The json format has no such limit.
+        let json = Style {
+            format: ValueFormat::Json,
+            python: PythonVersion::V3_12,
+        };
+        assert!(render(&dicts(20_000), json)
+            .unwrap()
+            .unwrap()
+            .starts_with("{\"a\": {\"a\": "));
+    }
+
+    #[test]
+    fn printability_follows_the_python_version() {
+        let value = Value::List(vec![Value::Str(PyStr::from("\u{1c89}\u{1fae8}"))]);
+        let style = |python| Style {
+            format: ValueFormat::Python,
+            python,
+        };
+        let got = |python| render(&value, style(python)).unwrap().unwrap();
+        assert_eq!(got(PythonVersion::V3_11), r"['\u1c89\U0001fae8']");
+        assert_eq!(got(PythonVersion::V3_13), "['\\u1c89\u{1fae8}']");
+        assert_eq!(got(PythonVersion::V3_14), "['\u{1c89}\u{1fae8}']");
+    }
+
+    #[test]
+    fn float_ties_go_to_the_even_digit() {
+        // Both neighbours of each exact value read back as the same double and are equally
+        // near it; Python (and these expectations, from CPython 3.11) keeps the even one.
+        // The exact values, as text: Rust's own shortest formatting rounds them up (…63, …648.3).
+        let cases = [
+            ("68269225.228515625", "68269225.22851562"),
+            ("2019090039296648.25", "2019090039296648.2"),
+            ("0.000244140625", "0.000244140625"),
+        ];
+        for (exact, expected) in cases {
+            let mut out = String::new();
+            python_float_repr(exact.parse().unwrap(), &mut out);
+            assert_eq!(out, expected, "value {exact}");
+        }
     }
 
     #[test]

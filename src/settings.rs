@@ -1,6 +1,7 @@
 //! The `backfill.*` settings (GUCs).
 
-use crate::render::ValueFormat;
+use crate::python::PythonVersion;
+use crate::render::{Style, ValueFormat};
 use crate::window::{self, Window};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
@@ -15,6 +16,18 @@ pub enum ValueFormatSetting {
     Json,
 }
 
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PythonVersionSetting {
+    #[name = c"3.11"]
+    V3_11,
+    #[name = c"3.12"]
+    V3_12,
+    #[name = c"3.13"]
+    V3_13,
+    #[name = c"3.14"]
+    V3_14,
+}
+
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static WORKERS_PER_JOB: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -26,6 +39,9 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ADAPTIVE_THROTTLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static VALUE_FORMAT: GucSetting<ValueFormatSetting> =
     GucSetting::<ValueFormatSetting>::new(ValueFormatSetting::Python);
+/// SpiffWorkflow's backend image: `FROM python:3.13-alpine`.
+pub static PYTHON_VERSION: GucSetting<PythonVersionSetting> =
+    GucSetting::<PythonVersionSetting>::new(PythonVersionSetting::V3_13);
 /// backfill.active_hours, owned by PostgreSQL's GUC machinery (defined directly, for its check
 /// hook: a malformed window is refused by ALTER SYSTEM, SET and a reload, never guessed at).
 static mut ACTIVE_HOURS: *mut c_char = std::ptr::null_mut();
@@ -132,6 +148,17 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"backfill.python_version",
+        c"The Python whose str() the python value format reproduces: 3.11, 3.12, 3.13 or 3.14.",
+        c"Set it to the Python that runs SpiffWorkflow (its backend image runs 3.13). It selects \
+          the Unicode data deciding which characters repr() escapes inside lists and dicts \
+          (3.11: Unicode 14.0, 3.12: 15.0, 3.13: 15.1, 3.14: 16.0) and how deeply nested a \
+          document json.loads reads and str() prints.",
+        &PYTHON_VERSION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // SAFETY: defines a string setting whose variable PostgreSQL owns from here on.
     unsafe {
         pg_sys::DefineCustomStringVariable(
@@ -162,10 +189,24 @@ pub fn init() {
     };
 }
 
-pub fn value_format() -> ValueFormat {
-    match VALUE_FORMAT.get() {
+/// How values are rendered: backfill.value_format and backfill.python_version.
+pub fn style() -> Style {
+    let format = match VALUE_FORMAT.get() {
         ValueFormatSetting::Python => ValueFormat::Python,
         ValueFormatSetting::Json => ValueFormat::Json,
+    };
+    Style {
+        format,
+        python: python_version(),
+    }
+}
+
+pub fn python_version() -> PythonVersion {
+    match PYTHON_VERSION.get() {
+        PythonVersionSetting::V3_11 => PythonVersion::V3_11,
+        PythonVersionSetting::V3_12 => PythonVersion::V3_12,
+        PythonVersionSetting::V3_13 => PythonVersion::V3_13,
+        PythonVersionSetting::V3_14 => PythonVersion::V3_14,
     }
 }
 

@@ -29,10 +29,10 @@ impl fmt::Display for TriggerError {
 const PATHS_COLUMN: &str = "metadata_extraction_paths";
 
 /// The paths column, read in place: however deep a value someone stored, converting it is
-/// bounded (see JsonbArg::to_value_capped).
+/// bounded (see JsonbArg::to_serde_capped).
 fn paths_of(row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<Option<Value>, TriggerError> {
     row.get_by_name::<JsonbArg>(PATHS_COLUMN)
-        .map(|paths| paths.map(|p| p.to_value_capped()))
+        .map(|paths| paths.map(|p| p.to_serde_capped()))
         .map_err(|e| TriggerError::Column(e.to_string()))
 }
 

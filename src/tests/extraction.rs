@@ -2,8 +2,10 @@
 mod tests {
     use crate::extract::extract;
     use crate::paths::PathExpr;
-    use crate::render::{render, ValueFormat};
+    use crate::python::PythonVersion;
+    use crate::render::{render, Style, ValueFormat};
     use crate::tests::{assert_fails, lit};
+    use crate::value::Value as PyValue;
     use pgrx::prelude::*;
     use pgrx::JsonB;
     use serde_json::{json, Value};
@@ -224,8 +226,13 @@ mod tests {
             )
             .unwrap();
             for (i, path) in paths.iter().enumerate() {
-                let want = extract(&stored, &PathExpr::parse(path).unwrap())
-                    .and_then(|v| render(v, ValueFormat::Python));
+                let want = extract(&stored, &PathExpr::parse(path).unwrap()).and_then(|v| {
+                    let style = Style {
+                        format: ValueFormat::Python,
+                        python: PythonVersion::V3_13,
+                    };
+                    render(&PyValue::from_serde(v), style).unwrap()
+                });
                 assert_eq!(
                     got[format!("k{i}")].as_str(),
                     want.as_deref(),

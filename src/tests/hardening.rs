@@ -139,22 +139,33 @@ mod tests {
             python
         );
 
-        // Deeper than JSONPath evaluation goes: an error of the data (class 54), which the
-        // batch engine counts against the instance; dotted paths still work.
+        // JSONPath is evaluated on documents as deep as Python reads (on a stack of its own).
         let deeper = format!("{{\"deep\": {}, \"n\": 7}}", nested(1500));
+        assert_eq!(
+            one::<pgrx::JsonB>(&format!(
+                "SELECT backfill.extract_metadata('{deeper}'::jsonb,
+                   '[{{\"key\": \"n\", \"path\": \"$.n\"}}, {{\"key\": \"x\", \"path\": \"$..a.a.a.a\"}}]')"
+            ))
+            .0,
+            serde_json::json!({"n": "7", "x": "{'a': ".repeat(50)[..255]})
+        );
+        // Deeper than that (Python 3.13 reads 9998 levels): an error of the data (class 54),
+        // which the batch engine counts against the instance; dotted paths still work.
+        Spi::run("SET LOCAL max_stack_depth = '7MB'").unwrap();
+        let deepest = format!("{{\"deep\": {}, \"n\": 7}}", nested(10_000));
         let failure = error_of(&format!(
-            "SELECT backfill.extract_metadata('{deeper}'::jsonb, '[{{\"key\": \"n\", \"path\": \"$.n\"}}]')"
+            "SELECT backfill.extract_metadata('{deepest}'::jsonb, '[{{\"key\": \"n\", \"path\": \"$.n\"}}]')"
         ))
-        .expect("JSONPath on a 1500-level document fails");
+        .expect("JSONPath on a 10001-level document fails");
         assert_eq!(failure.sqlstate, "54000", "{}", failure.message);
         assert!(
-            failure.message.contains("nested more than 1000 levels"),
+            failure.message.contains("nested more than 9998 levels"),
             "{}",
             failure.message
         );
         assert_eq!(
             one::<String>(&format!(
-                "SELECT backfill.extract_metadata('{deeper}'::jsonb, '[{{\"key\": \"n\", \"path\": \"n\"}}]') ->> 'n'"
+                "SELECT backfill.extract_metadata('{deepest}'::jsonb, '[{{\"key\": \"n\", \"path\": \"n\"}}]') ->> 'n'"
             )),
             "7"
         );

@@ -5,8 +5,10 @@
 /// Bottom to top. Pure modules, then infrastructure, the job queue, the batch engine, and the
 /// three entry points (SQL API, trigger, worker loop), which never use each other.
 const LAYERS: &[&[&str]] = &[
-    &["paths", "render", "window"],
-    &["extract", "jsonb"],
+    &["paths", "window", "unicode_tables"],
+    &["python", "value"],
+    &["render", "extract"],
+    &["jsonb"],
     &["jsontext"],
     &["error", "subxact", "privilege", "settings"],
     &["query", "wake"],
