@@ -73,13 +73,21 @@ def unicode_source(version):
 
 def run_with_unicode(version, code, stdin=None):
     """Runs `code` in a Python whose module `ud` is `version`'s Unicode database."""
+    return run_with_unicode_args(version, code, [], stdin)
+
+
+def run_with_unicode_args(version, code, args, stdin=None):
+    """run_with_unicode, with `args` in the code's sys.argv[1:]."""
     python, path, module = unicode_source(version)
     env = dict(os.environ)
     if path:
         env["PYTHONPATH"] = path
     prologue = f"import {module} as ud\nassert ud.unidata_version == {UNICODE[version]!r}, ud.unidata_version\n"
-    return subprocess.run([python, "-c", prologue + code], input=stdin, capture_output=True,
-                          text=True, check=True, env=env).stdout
+    done = subprocess.run([python, "-c", prologue + code, *args], input=stdin,
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"Python {version} ({python}) failed:\n{done.stderr}")
+    return done.stdout
 
 
 # The code points whose str.isprintable() is true, as "start end" lines of inclusive ranges,
