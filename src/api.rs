@@ -117,7 +117,10 @@ fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<O
             ),
             TextError::Invalid { at, why } => error::raise_plain(
                 PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-                format!("task data cannot be read as JSON: {why} at byte {at}"),
+                format!(
+                    "task data cannot be read as JSON: {} at byte {at}",
+                    why.describe()
+                ),
             ),
         }
     });
