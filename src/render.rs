@@ -529,6 +529,29 @@ mod tests {
         }
     }
 
+    /// Not run by default: BACKFILL_FLOAT_REPRS names a file of lines "<bits in hex> <repr>"
+    /// written by Python (README, "Exact to the character", has the command), every one of
+    /// which must match.
+    #[test]
+    #[ignore]
+    fn float_repr_matches_a_file_python_wrote() {
+        let file = std::env::var("BACKFILL_FLOAT_REPRS").expect("BACKFILL_FLOAT_REPRS");
+        let text = std::fs::read_to_string(file).unwrap();
+        let (mut lines, mut differ) = (0, Vec::new());
+        for line in text.lines() {
+            let (bits, expected) = line.split_once(' ').unwrap();
+            let x = f64::from_bits(u64::from_str_radix(bits, 16).unwrap());
+            let mut out = String::new();
+            python_float_repr(x, &mut out);
+            if out != expected {
+                differ.push(format!("{bits}: Python {expected}, backfill {out}"));
+            }
+            lines += 1;
+        }
+        println!("{lines} doubles, {} differ", differ.len());
+        assert!(differ.is_empty(), "{:?}", &differ[..differ.len().min(10)]);
+    }
+
     #[test]
     fn float_repr_boundaries() {
         let cases: &[(f64, &str)] = &[
