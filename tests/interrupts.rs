@@ -165,22 +165,26 @@ fn a_null_job_id_is_refused_not_looped_on() {
 
 #[test]
 fn documents_of_any_depth_among_ordinary_ones() {
-    // 60 instances: every tenth one's task data 200 levels deep, instance 25's 1,500.
+    // 60 instances: every tenth one's task data 200 levels deep, instance 25's 1,500 (Python
+    // reads and prints it), instance 45's 10,001 (deeper than Python 3.13's json.loads goes).
     let nested =
         |depth: &str| format!("repeat('{{\"a\": ', {depth}) || '\"x\"' || repeat('}}', {depth})");
     let data = format!(
-        "INSERT INTO backfill.process_model (id, metadata_extraction_paths) VALUES ('deep/model', '[]');
+        "SET max_stack_depth = '7MB';
+         INSERT INTO backfill.process_model (id, metadata_extraction_paths) VALUES ('deep/model', '[]');
          INSERT INTO backfill.process_instance (id, process_model_identifier)
          SELECT i, 'deep/model' FROM generate_series(1, 60) i;
          INSERT INTO backfill.json_data (hash, data)
          SELECT 'h' || i, ('{{\"n\": ' || i || ', \"deep\": ' ||
                 CASE WHEN i = 25 THEN {}
+                     WHEN i = 45 THEN {}
                      WHEN i % 10 = 0 THEN {}
                      ELSE '{{\"a\": {{\"a\": \"shallow\"}}}}' END || '}}')::jsonb
            FROM generate_series(1, 60) i;
          INSERT INTO backfill.task (guid, process_instance_id, state, json_data_hash, end_in_seconds)
          SELECT md5('t' || i)::uuid, i, 'COMPLETED', 'h' || i, i FROM generate_series(1, 60) i;",
         nested("1500"),
+        nested("10000"),
         nested("200")
     );
     let (_cluster, mut db) = start_app("run-deep", false, &[], &data);
@@ -206,16 +210,18 @@ fn documents_of_any_depth_among_ordinary_ones() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "succeeded");
     assert_eq!(row.get::<_, i64>(1), 60);
-    // Only the document JSONPath cannot go into is an error, counted and skipped.
+    // Only the document deeper than Python reads is an error, counted and skipped.
     assert_eq!(row.get::<_, i64>(2), 1);
     let last_error: String = row.get(3);
     assert!(
-        last_error.starts_with("instance 25:") && last_error.contains("(54000)"),
+        last_error.starts_with("instance 45:")
+            && last_error.contains("nested more than 9998 levels")
+            && last_error.contains("(54000)"),
         "{last_error}"
     );
     for (key, path) in [("inner", "deep.a"), ("n", "$.n")] {
         assert_eq!(
-            wrong_rows_where(&mut db, "deep/model", key, path, "i.id <> 25"),
+            wrong_rows_where(&mut db, "deep/model", key, path, "i.id <> 45"),
             0,
             "{key}"
         );
@@ -228,5 +234,21 @@ fn documents_of_any_depth_among_ordinary_ones() {
             "SELECT value FROM backfill.process_instance_metadata WHERE process_instance_id = 30 AND key = 'inner'"
         ),
         python
+    );
+    // The 1,500-level document through JSONPath and the dotted path, as Python gives them.
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT string_agg(key || '=' || left(value, 11), ' ' ORDER BY key)
+               FROM backfill.process_instance_metadata WHERE process_instance_id = 25"
+        ),
+        "inner={'a': {'a': n=25"
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.process_instance_metadata WHERE process_instance_id = 45"
+        ),
+        0
     );
 }
