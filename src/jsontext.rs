@@ -121,12 +121,7 @@ fn through_serde(
     paths: &[&PathExpr],
     queries: &[(usize, &PathExpr)],
 ) -> Option<Vec<Option<Value>>> {
-    if text.len() > MAX_INT_DIGITS
-        && text
-            .as_bytes()
-            .split(|b| !b.is_ascii_digit())
-            .any(|run| run.len() > MAX_INT_DIGITS)
-    {
+    if has_digit_run_longer_than(text.as_bytes(), MAX_INT_DIGITS) {
         return None;
     }
     let document: serde_json::Value = serde_json::from_str(text).ok()?;
@@ -142,6 +137,26 @@ fn through_serde(
         values[*i] = value;
     }
     Some(values)
+}
+
+/// Whether `text` holds more than `limit` ASCII digits in a row (in a number or a string: a
+/// false alarm only sends the document the long way). Such a run covers a multiple of
+/// `limit`, so only the bytes there are looked at, and the runs through them measured: a few
+/// probes for a document of ordinary numbers, at most one pass over a document of digits.
+fn has_digit_run_longer_than(text: &[u8], limit: usize) -> bool {
+    text.iter()
+        .enumerate()
+        .step_by(limit.max(1))
+        .filter(|(_, b)| b.is_ascii_digit())
+        .any(|(at, _)| {
+            let before = text[..at]
+                .iter()
+                .rev()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let after = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+            before + after > limit
+        })
 }
 
 /// The paths as a tree of object member names: a node's `ends` are the paths that stop there.
@@ -924,6 +939,51 @@ mod tests {
         // A float of any length is read.
         let float = format!(r#"{{"n": {}.5, "a": 1}}"#, "9".repeat(5000));
         assert_eq!(rendered(&float, &["n"]), [Some("inf".into())]);
+    }
+
+    #[test]
+    fn a_long_integer_fails_a_jsonpath_document_wherever_it_stands() {
+        for pad in [
+            0,
+            1,
+            7,
+            MAX_INT_DIGITS - 9,
+            MAX_INT_DIGITS - 1,
+            MAX_INT_DIGITS,
+            9000,
+        ] {
+            for digits in [MAX_INT_DIGITS, MAX_INT_DIGITS + 1] {
+                let text = format!(
+                    r#"{{"p": "{}", "n": {}, "a": 1}}"#,
+                    "x".repeat(pad),
+                    "7".repeat(digits)
+                );
+                let expected = if digits > MAX_INT_DIGITS {
+                    Err(TextError::IntTooLong { digits })
+                } else {
+                    Ok(())
+                };
+                assert_eq!(read(&text, &["$.a"], PY).map(|_| ()), expected, "{pad}");
+            }
+        }
+    }
+
+    #[test]
+    fn digit_runs_are_measured_exactly_by_probes() {
+        // Every string of up to 12 bytes over {digit, other}, limit 3, against counting.
+        for len in 0..=12u32 {
+            for bits in 0..1u32 << len {
+                let text: Vec<u8> = (0..len)
+                    .map(|i| if bits >> i & 1 == 1 { b'5' } else { b',' })
+                    .collect();
+                let longest = text
+                    .split(|b| !b.is_ascii_digit())
+                    .map(<[u8]>::len)
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(has_digit_run_longer_than(&text, 3), longest > 3, "{text:?}");
+            }
+        }
     }
 
     #[test]
