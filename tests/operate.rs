@@ -13,14 +13,15 @@ use std::time::Duration;
 
 const BULK: &str = "bulk/model";
 const N: i64 = 3_000;
-/// status is read with JSONPath, which builds the whole document: the one deeper than 1,000
-/// levels (instance 1) is an error.
+/// status is read with JSONPath, which builds the whole document: the one deeper than Python's
+/// json.loads goes (instance 1) is an error.
 const PATHS: &str = r#"[{"key": "status", "path": "$.invoice.status"}, {"key": "number", "path": "invoice.number"}]"#;
 
 /// Bulk data with the three cases a backfill meets besides a plain value: instances without a
 /// completed task (every seventh: a NULL value), rows the application wrote already (every
-/// eleventh, key status), and one instance whose value cannot be rendered (instance 1: nested
-/// deeper than the 1,000 levels JSONPath reads, an instance error).
+/// eleventh, key status), and one instance whose document Python cannot read (instance 1:
+/// nested 10,002 levels, deeper than the 9,998 of Python 3.13's json.loads; an instance error).
+/// (Parsing it as jsonb needs more than PostgreSQL's default max_stack_depth.)
 fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
     let mut conf = vec!["backfill.workers_per_job = 1"];
     conf.extend_from_slice(extra);
@@ -31,8 +32,10 @@ fn start(name: &str, extra: &[&str]) -> (Cluster, Client) {
                   (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
            SELECT id, 'status', 'app-' || id, 1, 1 FROM backfill.process_instance
             WHERE process_model_identifier = 'bulk/model' AND id % 11 = 0;
+           SET max_stack_depth = '7MB';
            INSERT INTO backfill.json_data
-           SELECT 'deep', ('{"invoice": {"number": "deep", "status": ' || repeat('[', 1100) || repeat(']', 1100) || '}}')::jsonb;
+           SELECT 'deep', ('{"invoice": {"number": "deep", "status": ' || repeat('[', 10000) || repeat(']', 10000) || '}}')::jsonb;
+           RESET max_stack_depth;
            UPDATE backfill.task SET json_data_hash = 'deep' WHERE process_instance_id = 1;"#,
     )
     .unwrap();
