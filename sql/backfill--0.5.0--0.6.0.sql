@@ -3,10 +3,10 @@
 -- first and runs with the privileges of the queuing role or of the tables' owner, never a
 -- superuser's on tables another role controls (src/tables.rs, Tables::reader); coverage is
 -- counted and shown per role; a sync rejects a model for any error of its data; job rows get
--- a worker however they got there (a restore), and a split job's parts no longer deadlock
--- when they end together. Jobs queued or half-done before the upgrade keep running; one
--- queued by a role that may not use its attached tables now fails at its next batch, saying
--- why.
+-- a worker however they got there (a restore), a split job's parts no longer deadlock when
+-- they end together, and a split job's own row carries their totals when it succeeds. Jobs
+-- queued or half-done before the upgrade keep running; one queued by a role that may not use
+-- its attached tables now fails at its next batch, saying why.
 
 -- job.parent_id loses its foreign key: two parts ending at once deadlocked on the lock its
 -- check takes, and pg_dump warned of a table referencing itself. A trigger removes a job's
@@ -177,3 +177,33 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A split job's own row carries its parts' totals when it succeeds (it kept 0 processed and
+-- no cursor: only the progress view told the truth).
+CREATE OR REPLACE FUNCTION @extschema@.job_settle(part_id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parent bigint := (SELECT j.parent_id FROM @extschema@.job j WHERE j.id = part_id);
+BEGIN
+    PERFORM FROM @extschema@.job j WHERE j.id = parent AND j.state = 'running' FOR UPDATE;
+    IF NOT FOUND OR EXISTS (SELECT FROM @extschema@.job j
+                             WHERE j.parent_id = parent AND j.state <> 'succeeded') THEN
+        RETURN false;
+    END IF;
+    -- The job's own row carries its totals and a cursor at the end of its range, as a job
+    -- that was not split does (the progress view keeps summing the parts).
+    UPDATE @extschema@.job j
+       SET state = 'succeeded', finished_at = clock_timestamp(),
+           instances_processed = s.processed, instances_updated = s.updated, errors = s.errors,
+           last_instance_id = j.max_instance_id
+      FROM (SELECT coalesce(sum(part.instances_processed), 0) AS processed,
+                   coalesce(sum(part.instances_updated), 0) AS updated,
+                   coalesce(sum(part.errors), 0) AS errors
+              FROM @extschema@.job part
+             WHERE part.parent_id = parent) AS s
+     WHERE j.id = parent;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded, with its parts'' totals, when no other part is left.';

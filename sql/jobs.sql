@@ -213,8 +213,18 @@ BEGIN
                              WHERE j.parent_id = parent AND j.state <> 'succeeded') THEN
         RETURN false;
     END IF;
-    UPDATE @extschema@.job SET state = 'succeeded', finished_at = clock_timestamp()
-     WHERE id = parent;
+    -- The job's own row carries its totals and a cursor at the end of its range, as a job
+    -- that was not split does (the progress view keeps summing the parts).
+    UPDATE @extschema@.job j
+       SET state = 'succeeded', finished_at = clock_timestamp(),
+           instances_processed = s.processed, instances_updated = s.updated, errors = s.errors,
+           last_instance_id = j.max_instance_id
+      FROM (SELECT coalesce(sum(part.instances_processed), 0) AS processed,
+                   coalesce(sum(part.instances_updated), 0) AS updated,
+                   coalesce(sum(part.errors), 0) AS errors
+              FROM @extschema@.job part
+             WHERE part.parent_id = parent) AS s
+     WHERE j.id = parent;
     RETURN true;
 END
 $$;
@@ -304,7 +314,7 @@ COMMENT ON FUNCTION job_start(bigint, bigint, bigint) IS
 COMMENT ON FUNCTION job_resume(bigint) IS 'Internal: marks a stopped or interrupted job (or part, and its job) running again.';
 COMMENT ON FUNCTION job_split(bigint, bigint, bigint, bigint[], bigint[]) IS
     'Internal: starts a job split across workers: fixes its bounds and inserts its parts.';
-COMMENT ON FUNCTION job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded when no other part is left.';
+COMMENT ON FUNCTION job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded, with its parts'' totals, when no other part is left.';
 COMMENT ON FUNCTION job_stop_part(bigint) IS 'Internal: stops a part of a job that failed or was cancelled.';
 COMMENT ON FUNCTION job_delete_parts() IS 'Trigger: deletes the parts of the jobs a statement deleted.';
 COMMENT ON FUNCTION job_finish(bigint) IS 'Internal: marks a job succeeded and returns its totals.';

@@ -140,6 +140,26 @@ fn assert_complete(db: &mut Client, job: i64) {
             parts: Some(2),
         }
     );
+    // The job's own row says the same, as a job that was not split does, its cursor at the
+    // end of its range.
+    let row = db
+        .query_one(
+            "SELECT instances_processed, instances_updated, errors,
+                    last_instance_id IS NOT DISTINCT FROM max_instance_id AND last_instance_id IS NOT NULL
+               FROM backfill.job WHERE id = $1",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, bool>(3)
+        ),
+        (N, N, 0, true),
+        "backfill.job's own row of split job {job}"
+    );
     for (state, total, processed, updated) in parts(db, job) {
         assert_eq!(state, "succeeded");
         assert_eq!(total, N / 2);
