@@ -4,13 +4,13 @@ use crate::coverage;
 use crate::engine::{self, latest_task_data_join, Batch, Begin, Runner};
 use crate::error::{self, invalid_parameter, report_with_hint, require_primary, required};
 use crate::extract::jsonpath_values;
+use crate::job::{self, store, JobPath, JobState, Origin};
 use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep};
 use crate::jsontext::{self, TextError, MAX_INT_DIGITS};
 use crate::paths::{MetadataPath, PathExpr};
 use crate::privilege;
 use crate::python::PythonVersion;
 use crate::query;
-use crate::queue::{self, JobPath, Origin};
 use crate::render::{render, Style, Unstorable};
 use crate::settings;
 use crate::tables::{Table, Tables};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 /// index or a folded constant would keep the old).
 #[pg_extern(stable, parallel_safe, strict)]
 fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
-    let paths = queue::valid_paths(&paths.to_serde_capped());
+    let paths = job::valid_paths(&paths.to_serde_capped());
     let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(&path.path)).collect();
     let texts: Vec<&str> = paths.iter().map(|path| path.path.as_str()).collect();
     let values = jsonb_values(&task_data, &exprs, &texts);
@@ -268,7 +268,7 @@ fn enqueue(
             .map(|key| required(key, ENQUEUE, "an element of keys"))
             .collect()
     });
-    let paths = queue::valid_paths(&queue::paths_of_model(process_model_identifier));
+    let paths = job::valid_paths(&job::paths_of_model(process_model_identifier));
     let chosen: Vec<&MetadataPath> = match keys {
         None => paths.iter().collect(),
         Some(keys) => {
@@ -298,10 +298,10 @@ fn enqueue(
             "process model \"{process_model_identifier}\" has no metadata extraction paths to backfill"
         ));
     }
-    let job_id = queue::insert_job(process_model_identifier, &chosen, Origin::Manual);
+    let job_id = job::insert_job(process_model_identifier, &chosen, Origin::Manual);
     let held = match not_before {
         Some(not_before) => {
-            queue::hold_until(job_id, not_before);
+            store::hold(job_id, not_before);
             format!("; no worker starts it before {not_before}")
         }
         None => String::new(),
@@ -318,7 +318,7 @@ fn enqueue(
 /// empty). The progress view shows it for the jobs it holds back.
 #[pg_extern(stable)]
 pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
-    let seconds = queue::window_closed_for()?;
+    let seconds = job::window_closed_for()?;
     // Windows open on the minute; the time of day was read to the second.
     query::optional_value::<TimestampWithTimeZone>(
         "SELECT date_trunc('minute', now() + make_interval(secs => $1) + interval '30 s')",
@@ -398,7 +398,7 @@ fn worker_pid() -> Option<i32> {
 #[pg_extern(volatile)]
 fn cancel(job_id: Option<i64>) -> bool {
     require_primary("backfill.cancel");
-    queue::cancel(required(job_id, "backfill.cancel", "job_id"))
+    job::cancel(required(job_id, "backfill.cancel", "job_id"))
 }
 
 /// Waits until the job is no longer queued or running and returns its state; after `timeout`
@@ -418,9 +418,9 @@ fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> S
     let timeout = Duration::from_micros(timeout.as_micros().clamp(0, i64::MAX as i128) as u64);
     let deadline = Instant::now() + timeout;
     loop {
-        let state = queue::state_of(job_id).unwrap_or_else(|| queue::no_such_job(job_id));
-        if (state != "queued" && state != "running") || Instant::now() >= deadline {
-            return state;
+        let state = store::state_of(job_id).unwrap_or_else(|| job::no_such_job(job_id));
+        if !state.is_unfinished() || Instant::now() >= deadline {
+            return state.as_str().to_owned();
         }
         wake::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
@@ -457,10 +457,10 @@ fn held_for(job_id: i64) -> i64 {
 fn run_begin(job_id: Option<i64>) -> bool {
     require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
-    queue::check_acts_for(job_id, "run");
+    job::check_acts_for(job_id, "run");
     RAN_A_BATCH_OF.set(None);
     RUNNING.set(None);
-    let parts = queue::unfinished_parts(job_id);
+    let parts = store::unfinished_parts(job_id);
     if parts.is_empty() {
         return begin_for_session(job_id, job_id, true);
     }
@@ -538,9 +538,9 @@ fn run_batch(job_id: Option<i64>) -> bool {
         Batch::More => true,
         // A session waits for the job row; it is never skipped.
         Batch::Busy => true,
-        Batch::Finished(state) if held != job_id && state == "succeeded" => {
+        Batch::Finished(JobState::Succeeded) if held != job_id => {
             engine::end(held);
-            begin_next_part(job_id, &queue::unfinished_parts(job_id))
+            begin_next_part(job_id, &store::unfinished_parts(job_id))
         }
         Batch::Finished(_) => false,
         // Nothing was done: the next call tries the batch again.
@@ -564,10 +564,7 @@ fn run_end(job_id: Option<i64>) {
     if !ran {
         return;
     }
-    let summary = crate::privilege::as_job_table_owner(|| {
-        query::optional_value::<String>("SELECT backfill.job_summary($1)", &[job_id.into()])
-    });
-    if let Some(summary) = summary {
+    if let Ok(Some(summary)) = store::summary(job_id) {
         notice!("backfill job {job_id} {summary}");
     }
 }
@@ -622,14 +619,7 @@ fn attach(schema_name: Option<&str>) {
             format!("Create it while the application runs: {statement}"),
         );
     }
-    let unfinished = privilege::as_job_table_owner(|| {
-        query::optional_value::<i64>(
-            "SELECT count(*) FROM backfill.job
-              WHERE state IN ('queued', 'running') AND tables_schema <> $1",
-            &[schema.into()],
-        )
-    })
-    .unwrap_or(0);
+    let unfinished = store::unfinished_elsewhere(schema);
     if unfinished > 0 {
         notice!(
             "backfill: {unfinished} queued or running job(s) keep the tables they were queued for; jobs queued from now on use schema {}",

@@ -5,8 +5,9 @@
 
 use crate::coverage;
 use crate::error::raise;
+use crate::job::store::{self, LockedJob as Job};
+use crate::job::{self, Claim, JobPath, JobState};
 use crate::privilege::{self, as_job_table_owner, as_role};
-use crate::queue::{self, Claim, JobPath};
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
 use crate::tables::{Table, Tables};
@@ -14,7 +15,6 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiHeapTupleData};
-use pgrx::JsonB;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,29 +26,6 @@ const BATCH_ATTEMPTS: u32 = 5;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Least time between two progress lines in the server log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// A job as a runner sees it at the start of a batch.
-struct Job {
-    id: i64,
-    model: String,
-    state: String,
-    paths: Vec<JobPath>,
-    total: Option<i64>,
-    max_instance_id: Option<i64>,
-    cursor: Option<i64>,
-    processed: i64,
-    /// The role that queued the job: its batches run with this role's privileges.
-    role: Oid,
-    /// The schema of the tables the job reads and writes (backfill's own, or the one that was
-    /// attached when it was queued).
-    tables_schema: Oid,
-    /// A part of a split job: the job, and its state (a part stops when its job has).
-    parent: Option<(i64, String)>,
-    /// A split job: how many parts it has (it runs nothing itself).
-    parts: Option<i32>,
-    /// Where the row version read is: the batch updates exactly that one.
-    tid: pg_sys::ItemPointerData,
-}
 
 /// What the process running a job decides for its batches; the engine itself sniffs nothing.
 #[derive(Clone, Copy, Debug, Default)]
@@ -127,13 +104,10 @@ impl Job {
         let Some((parent, state)) = &self.parent else {
             return false;
         };
-        if matches!(state.as_str(), "queued" | "running") {
+        if state.is_unfinished() {
             return false;
         }
-        as_job_table_owner(|| {
-            Spi::run_with_args("SELECT backfill.job_stop_part($1)", &[self.id.into()])
-        })
-        .unwrap_or_else(|e| error!("backfill: could not stop job {}: {e}", self.id));
+        store::stop_part(self.id);
         log!(
             "backfill: {} stopped: job {parent} is {state}",
             self.label()
@@ -149,24 +123,8 @@ impl Job {
     /// Reads and row-locks the job: a `cancel` waits for the batch in flight, and the batch
     /// sees any cancel committed before it.
     fn lock(id: i64, runner: Runner) -> Lookup {
-        let read = |row: Option<SpiHeapTupleData>| {
-            let Some(row) = row else { return Ok(None) };
-            Ok(Some(Job {
-                id,
-                model: row.get(1)?.unwrap_or_default(),
-                state: row.get(2)?.unwrap_or_default(),
-                paths: JobPath::from_json(&row.get::<JsonB>(3)?.map(|j| j.0).unwrap_or_default()),
-                total: row.get(4)?,
-                max_instance_id: row.get(5)?,
-                cursor: row.get(6)?,
-                processed: row.get(7)?.unwrap_or(0),
-                role: row.get(10)?.unwrap_or(Oid::INVALID),
-                tables_schema: row.get(11)?.unwrap_or(Oid::INVALID),
-                parent: row.get::<i64>(12)?.zip(row.get::<String>(14)?),
-                parts: row.get(13)?,
-                tid: row.get(9)?.expect("ctid is never null"),
-            }))
-        };
+        let read =
+            |row: Option<SpiHeapTupleData>| row.map(|row| store::read_locked(id, row)).transpose();
         let skip_locked = runner.skip_locked_jobs;
         as_job_table_owner(|| {
             let by_tid = match LAST_TID.get() {
@@ -185,7 +143,7 @@ impl Job {
                 return Lookup::Found(job);
             }
             // Not returned: locked by someone (skipped) or not there at all.
-            if skip_locked && queue::state_of(id).is_some() {
+            if skip_locked && store::state_of(id).is_some() {
                 Lookup::Locked
             } else {
                 Lookup::Missing
@@ -207,7 +165,7 @@ pub enum Begin {
     /// The job is running and this process holds it.
     Started,
     /// Nothing to do: the job is in this state (succeeded, or stopped and not to be resumed).
-    NotRunnable(String),
+    NotRunnable(JobState),
     /// Another process runs it.
     Busy(Option<i32>),
     /// The job is split into this many parts, each a job row of its own to begin (it was split
@@ -222,13 +180,13 @@ pub enum Begin {
 /// lets a failed or cancelled job continue from its cursor (a deliberate `CALL run`); the
 /// worker never resumes those.
 pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
-    match queue::claim(job_id) {
+    match job::claim(job_id) {
         Claim::Acquired => {}
         Claim::HeldBy(pid) => return Begin::Busy(pid),
     }
     let begun = start_claimed(job_id, resume_stopped, runner);
     if begun != Begin::Started {
-        queue::release_claim(job_id);
+        job::release_claim(job_id);
     }
     begun
 }
@@ -239,15 +197,11 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         Lookup::Found(job) => job,
         Lookup::Locked => return Begin::Busy(None),
         Lookup::Missing => {
-            queue::release_claim(job_id);
-            queue::no_such_job(job_id);
+            job::release_claim(job_id);
+            job::no_such_job(job_id);
         }
     };
-    let runnable = match job.state.as_str() {
-        "queued" | "running" => true,
-        "failed" | "cancelled" => resume_stopped,
-        _ => false,
-    };
+    let runnable = job.state.is_unfinished() || (job.state.is_stopped() && resume_stopped);
     if !runnable {
         return Begin::NotRunnable(job.state);
     }
@@ -255,7 +209,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         return Begin::Split(parts);
     }
     if !resume_stopped && job.stopped_with_its_job() {
-        return Begin::NotRunnable("cancelled".to_owned());
+        return Begin::NotRunnable(JobState::Cancelled);
     }
     if !privilege::role_exists(job.role) {
         return failed_at_start(
@@ -295,19 +249,7 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
         if parts.len() > 1 {
             let uppers: Vec<i64> = parts.iter().map(|p| p.0).collect();
             let totals: Vec<i64> = parts.iter().map(|p| p.1).collect();
-            as_job_table_owner(|| {
-                Spi::run_with_args(
-                    "SELECT backfill.job_split($1, $2, $3, $4, $5)",
-                    &[
-                        job_id.into(),
-                        total.into(),
-                        max_id.into(),
-                        uppers.into(),
-                        totals.into(),
-                    ],
-                )
-            })
-            .unwrap_or_else(|e| error!("backfill: could not split job {job_id}: {e}"));
+            store::split(job_id, total, max_id, uppers, totals);
             log!(
                 "{started}; split into {} parts of {} instances",
                 parts.len(),
@@ -319,19 +261,10 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             );
             return Begin::Split(parts.len() as i32);
         }
-        as_job_table_owner(|| {
-            Spi::run_with_args(
-                "SELECT backfill.job_start($1, $2, $3)",
-                &[job_id.into(), total.into(), max_id.into()],
-            )
-        })
-        .unwrap_or_else(|e| error!("backfill: could not start job {job_id}: {e}"));
+        store::start(job_id, total, max_id);
         log!("{started}");
     } else {
-        as_job_table_owner(|| {
-            Spi::run_with_args("SELECT backfill.job_resume($1)", &[job_id.into()])
-        })
-        .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
+        store::resume(job_id);
         if job.parent.is_some() && job.processed == 0 {
             log!(
                 "backfill: {} started: {} instances {}up to id {}",
@@ -375,7 +308,7 @@ fn not_started(job: &Job, runner: Runner, failure: Failure) -> Begin {
 
 fn failed_at_start(job_id: i64, message: &str) -> Begin {
     fail_job(job_id, message);
-    Begin::NotRunnable("failed".to_owned())
+    Begin::NotRunnable(JobState::Failed)
 }
 
 /// What a job's first start found: its instances, the greatest id, and where to split it.
@@ -454,7 +387,7 @@ fn count_instances(
 
 /// Gives up this process's hold on the job (it stays in whatever state it is).
 pub fn end(job_id: i64) {
-    queue::release_claim(job_id);
+    job::release_claim(job_id);
 }
 
 /// What one call of `run_batch` did.
@@ -467,7 +400,7 @@ pub enum Batch {
     Busy,
     /// The job is finished: its state is now this (succeeded or failed), or it was found
     /// stopped (cancelled).
-    Finished(String),
+    Finished(JobState),
     /// The batch timed out waiting for a lock (the runner waits out locks): nothing was done,
     /// nothing is counted; what it waits for.
     Blocked(String),
@@ -480,7 +413,7 @@ thread_local! {
 /// Runs the next batch of the job in the current transaction. The caller must hold the job
 /// (`begin`) and commits afterwards.
 pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
-    if !queue::holds_claim(job_id) {
+    if !job::holds_claim(job_id) {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("this session does not run backfill job {job_id}"),
@@ -496,7 +429,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             "Nothing more is run for it.",
         ),
     };
-    if job.state != "running" || job.parts.is_some() {
+    if job.state != JobState::Running || job.parts.is_some() {
         log!(
             "backfill: {} stopped ({}) at cursor {:?}",
             job.label(),
@@ -506,7 +439,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
         return Batch::Finished(job.state);
     }
     if job.stopped_with_its_job() {
-        return Batch::Finished("cancelled".to_owned());
+        return Batch::Finished(JobState::Cancelled);
     }
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
@@ -910,28 +843,6 @@ pub(crate) fn latest_task_data_join(tables: &Tables, instance: &str) -> String {
     )
 }
 
-/// How a runner locks its job row: waiting for someone else's lock, or skipping the row.
-fn row_lock(skip_locked: bool) -> &'static str {
-    if skip_locked {
-        "FOR UPDATE SKIP LOCKED"
-    } else {
-        "FOR UPDATE"
-    }
-}
-
-/// The columns a runner reads of its job, the TID last. Each batch transaction commits
-/// asynchronously (synchronous_commit = off, for this transaction only). That is safe
-/// because a batch's rows and the job's cursor commit together: a crash that loses the last
-/// batches loses them whole, rows and cursor alike, and the job redoes them from the cursor
-/// that survived. Nothing is skipped or written twice; the cost of a crash is at most a few
-/// batches redone, and a batch no longer waits for its WAL flush.
-const LOCK_JOB: &str = "SELECT process_model_identifier, state, paths, instances_total,
-                               max_instance_id, last_instance_id, instances_processed,
-                               set_config('synchronous_commit', 'off', true), ctid, queued_by,
-                               tables_schema, parent_id, parts,
-                               (SELECT p.state FROM backfill.job p WHERE p.id = job.parent_id)
-                          FROM backfill.job";
-
 /// Whether `role` may lock rows of `instances` FOR SHARE: it needs UPDATE on the table or on
 /// some column of it.
 fn may_lock(role: Oid, instances: Oid) -> bool {
@@ -1041,22 +952,9 @@ enum Plan {
 impl Plan {
     fn sql(&self) -> String {
         match self {
-            Plan::LockJob { skip_locked } => {
-                format!("{LOCK_JOB} WHERE id = $1 {}", row_lock(*skip_locked))
-            }
-            Plan::LockJobAt { skip_locked } => format!(
-                "{LOCK_JOB} WHERE ctid = $2 AND id = $1 {}",
-                row_lock(*skip_locked)
-            ),
-            Plan::Advance => "UPDATE backfill.job
-                                 SET last_instance_id = coalesce($2, last_instance_id),
-                                     instances_processed = instances_processed + $3,
-                                     instances_updated = instances_updated + $4,
-                                     errors = errors + $5,
-                                     last_error = coalesce($6, last_error)
-                               WHERE ctid = $7 AND id = $1
-                           RETURNING ctid"
-                .to_owned(),
+            Plan::LockJob { skip_locked } => store::lock_sql(false, *skip_locked),
+            Plan::LockJobAt { skip_locked } => store::lock_sql(true, *skip_locked),
+            Plan::Advance => store::ADVANCE_SQL.to_owned(),
             Plan::LockInstances { tables, for_share } => format!(
                 "SELECT array_agg(id ORDER BY id) FROM (
                      SELECT i.id::bigint AS id FROM {} i
@@ -1233,24 +1131,12 @@ fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
 }
 
 fn finish(job: &Job) -> Batch {
-    let (processed, updated, errors, seconds) = as_job_table_owner(|| {
-        Spi::connect_mut(|client| {
-            let row = client
-                .update(
-                    "SELECT * FROM backfill.job_finish($1)",
-                    None,
-                    &[job.id.into()],
-                )?
-                .first();
-            Ok::<_, pgrx::spi::Error>((
-                row.get::<i64>(1)?.unwrap_or(0),
-                row.get::<i64>(2)?.unwrap_or(0),
-                row.get::<i64>(3)?.unwrap_or(0),
-                row.get::<f64>(4)?.unwrap_or(0.0),
-            ))
-        })
-    })
-    .unwrap_or_else(|e| error!("backfill: could not finish job {}: {e}", job.id));
+    let store::Totals {
+        processed,
+        updated,
+        errors,
+        seconds,
+    } = store::finish(job.id);
     log!(
         "backfill: {} succeeded for model {}: {processed} instances processed, {updated} updated, \
          {errors} errors in {seconds:.1} s",
@@ -1262,20 +1148,8 @@ fn finish(job: &Job) -> Batch {
     }
     if let Some((parent, _)) = &job.parent {
         // In this transaction, after the part's row: the last part to end ends the job.
-        let settled = as_job_table_owner(|| {
-            Spi::get_one_with_args::<bool>("SELECT backfill.job_settle($1)", &[job.id.into()])
-        })
-        .unwrap_or_else(|e| error!("backfill: could not end job {parent}: {e}"));
-        if settled == Some(true) {
-            let summary = as_job_table_owner(|| {
-                Spi::get_one_with_args::<String>(
-                    "SELECT backfill.job_summary($1)",
-                    &[(*parent).into()],
-                )
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        if store::settle(job.id, *parent) {
+            let summary = store::summary(*parent).ok().flatten().unwrap_or_default();
             log!(
                 "backfill: job {parent} {summary} (model {}, its last part ended)",
                 job.model
@@ -1283,7 +1157,7 @@ fn finish(job: &Job) -> Batch {
             coverage_due(job, *parent);
         }
     }
-    Batch::Finished("succeeded".to_owned())
+    Batch::Finished(JobState::Succeeded)
 }
 
 /// The coverage a job that succeeded in this transaction leaves to count after its commit.
@@ -1321,13 +1195,7 @@ pub fn count_due_coverage() {
     let job_id = due.job_id;
     // Only for a success that committed: a transaction that finished a job and then failed
     // leaves this set for nothing.
-    let succeeded = as_job_table_owner(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT state = 'succeeded' FROM backfill.job WHERE id = $1",
-            &[job_id.into()],
-        )
-    });
-    if !matches!(succeeded, Ok(Some(true))) {
+    if !store::succeeded(job_id) {
         return;
     }
     let counted = usable_tables(
@@ -1354,19 +1222,13 @@ fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
         job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
     );
     fail_job(job.id, &message);
-    Batch::Finished("failed".to_owned())
+    Batch::Finished(JobState::Failed)
 }
 
 /// Marks a job failed with `message` as its last error (also used by the worker when a job
 /// keeps failing outside its batches).
 pub fn fail_job(job_id: i64, message: &str) {
-    as_job_table_owner(|| {
-        Spi::run_with_args(
-            "SELECT backfill.job_fail($1, $2)",
-            &[job_id.into(), message.into()],
-        )
-    })
-    .unwrap_or_else(|e| error!("backfill: could not mark job {job_id} failed: {e}"));
+    store::fail(job_id, message);
 }
 
 fn log_progress(job_id: i64) {
@@ -1377,9 +1239,7 @@ fn log_progress(job_id: i64) {
         return;
     }
     LAST_PROGRESS_LOG.set(Some(Instant::now()));
-    let line = as_job_table_owner(|| {
-        Spi::get_one_with_args::<String>("SELECT backfill.job_summary($1)", &[job_id.into()])
-    });
+    let line = store::summary(job_id);
     // A progress line is not worth failing the batch over.
     match line {
         Ok(Some(line)) => log!("backfill: job {job_id} {line}"),

@@ -5,9 +5,9 @@
 
 use crate::engine::{is_instance_failure, latest_task_data_join};
 use crate::error::{invalid_parameter, required};
+use crate::job::{self, JobPath};
 use crate::privilege::as_role;
 use crate::query;
-use crate::queue::{self, JobPath};
 use crate::subxact::in_subtransaction;
 use crate::tables::{Table, Tables};
 use pgrx::prelude::*;
@@ -162,10 +162,10 @@ fn previewed(
             "sample must be between 1 and {MAX_SAMPLE}, not {sample}"
         ));
     }
-    let paths = queue::valid_paths(&required(paths, function, "paths").0);
+    let paths = job::valid_paths(&required(paths, function, "paths").0);
     // A key whose path differs from the model's current one would be overwritten, as a model
     // update to these paths would do; any other key is filled where it has no row.
-    let current = crate::paths::parse_paths_lenient(&queue::paths_of_model(model));
+    let current = crate::paths::parse_paths_lenient(&job::paths_of_model(model));
     let overwritten: Vec<String> = JobPath::changes(&current, &paths)
         .into_iter()
         .filter(|p| p.overwrite)

@@ -1,8 +1,8 @@
 //! Triggers on `backfill.process_model` and `backfill.job`.
 
+use crate::job::{self, JobPath, Origin};
 use crate::jsonb::JsonbArg;
 use crate::paths::parse_paths_lenient;
-use crate::queue::{self, JobPath, Origin};
 use crate::settings;
 use crate::wake::{self, warn_if_no_worker};
 use pgrx::prelude::*;
@@ -45,7 +45,7 @@ fn validate_metadata_extraction_paths<'a>(
     let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
     // NULL is left to the NOT NULL constraint, which reports it in its own words.
     if let Some(paths) = paths_of(&new)? {
-        queue::valid_paths(&paths);
+        job::valid_paths(&paths);
     }
     Ok(Some(new))
 }
@@ -66,7 +66,7 @@ fn enqueue_backfill_on_model_update<'a>(
         .map(|paths| parse_paths_lenient(&paths))
         .unwrap_or_default();
     let new_paths = paths_of(&new)?
-        .map(|paths| queue::valid_paths(&paths))
+        .map(|paths| job::valid_paths(&paths))
         .unwrap_or_default();
     let changes = JobPath::changes(&old_paths, &new_paths);
     if changes.is_empty() {
@@ -80,7 +80,7 @@ fn enqueue_backfill_on_model_update<'a>(
         );
         return Ok(None);
     }
-    let job_id = queue::insert_job(&model, &changes, Origin::ModelUpdate);
+    let job_id = job::insert_job(&model, &changes, Origin::ModelUpdate);
     notice!("backfill job {job_id} queued for {model}: {keys}");
     warn_if_no_worker(job_id);
     Ok(None)

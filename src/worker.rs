@@ -6,8 +6,8 @@
 //! connected to a database, so DROP DATABASE and DROP EXTENSION never wait for one.
 
 use crate::engine::{self, Batch, Begin, Runner};
+use crate::job::{self, store};
 use crate::query;
-use crate::queue;
 use crate::settings;
 use crate::subxact::{in_subtransaction, Failure};
 use crate::wake::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
@@ -138,7 +138,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     if wake::shutdown_requested() {
         // A job stopped at a batch boundary (SIGTERM to this worker alone) goes on in a new
         // worker; in a server shutting down, the launcher is stopping too and starts none.
-        if matches!(guarded(unfinished_jobs), Ok(true)) {
+        if matches!(guarded(store::any_unfinished), Ok(true)) {
             wake::worker_leaving(slot);
             // SAFETY: the database this process is connected to.
             wake::request(unsafe { pg_sys::MyDatabaseId });
@@ -165,29 +165,19 @@ enum Work {
 }
 
 fn work_left() -> Work {
-    // A hold further off than a day (infinity, which 0.5.0 let enqueue store) is looked at
-    // again in a day.
-    let (unfinished, runnable, held_for) = Spi::get_three::<i64, bool, i64>(
-        "WITH jobs AS (
-             SELECT count(*) AS unfinished,
-                    coalesce(bool_or(not_before IS NULL OR not_before <= now()), false) AS runnable,
-                    min(not_before) FILTER (WHERE not_before > now()) AS held_until
-               FROM backfill.job WHERE state IN ('queued', 'running'))
-         SELECT unfinished, runnable,
-                CASE WHEN held_until IS NOT NULL THEN
-                     ceil(extract(epoch FROM least(held_until, now() + interval '1 day') - now()))::bigint
-                END
-           FROM jobs",
-    )
-    .unwrap_or_else(|e| error!("backfill: could not look at the jobs: {e}"));
-    if unfinished.unwrap_or(0) == 0 {
+    let store::Outlook {
+        unfinished,
+        runnable,
+        held_for,
+    } = store::outlook();
+    if unfinished == 0 {
         return Work::None;
     }
     if wake::restore_in_progress() {
         return Work::Later(RESTORE_LOOK_AGAIN);
     }
-    let window = queue::window_closed_for();
-    match (runnable.unwrap_or(false), window) {
+    let window = job::window_closed_for();
+    match (runnable, window) {
         (true, None) => Work::Now,
         // The earliest a job may become runnable; a worker started then that finds another
         // hold asks again.
@@ -203,15 +193,6 @@ fn work_left() -> Work {
                 .map_or(Work::Now, Work::Later)
         }
     }
-}
-
-/// Whether any job is queued or running (whoever runs it).
-fn unfinished_jobs() -> bool {
-    query::optional_value::<i32>(
-        "SELECT 1 FROM backfill.job WHERE state IN ('queued', 'running') LIMIT 1",
-        &[],
-    )
-    .is_some()
 }
 
 /// The longest the worker waits for a lock unless lock_timeout is configured.
@@ -419,7 +400,7 @@ fn outside_active_hours(stopping: Option<i64>) -> Result<bool, Failure> {
 /// `outside_active_hours` in a transaction; the first time the window holds jobs back, the
 /// log says until when.
 fn window_closed_now(stopping: Option<i64>) -> bool {
-    let Some(seconds) = queue::window_closed_for() else {
+    let Some(seconds) = job::window_closed_for() else {
         WINDOW_NOTED.set(false);
         return false;
     };
@@ -430,7 +411,7 @@ fn window_closed_now(stopping: Option<i64>) -> bool {
             log!("{BACKEND_TYPE}: job {job_id} stops at a batch boundary outside backfill.active_hours '{hours}'; {opens}");
             WINDOW_NOTED.set(true);
         }
-        None if !WINDOW_NOTED.get() && unfinished_jobs() => {
+        None if !WINDOW_NOTED.get() && store::any_unfinished() => {
             log!("{BACKEND_TYPE}: jobs wait for backfill.active_hours '{hours}'; {opens}");
             WINDOW_NOTED.set(true);
         }
@@ -631,9 +612,9 @@ const ASIDE_LOOK: Duration = Duration::from_millis(100);
 /// after a longer pause and in another place of the tables, and runs a tenth to a fifth
 /// longer in front of the application's saves. A part whose runner is gone is not waited for.
 fn lower_part_running(job_id: i64) -> bool {
-    unfinished_other_parts(job_id)
+    store::unfinished_other_parts(job_id)
         .into_iter()
-        .any(|part| part < job_id && !queue::is_free(part))
+        .any(|part| part < job_id && !job::is_free(part))
 }
 
 /// The adaptive throttle (backfill.adaptive_throttle): a pause after each batch in proportion
@@ -747,13 +728,7 @@ fn claim_next_job(lock_waits: &mut LockWaits) -> Option<Claimed> {
     let waiting = lock_waits.waiting();
     let mut looked_again = false;
     'look: loop {
-        let unfinished = query::ids(
-            "SELECT id FROM backfill.job
-              WHERE state IN ('queued', 'running') AND parts IS NULL
-                AND (not_before IS NULL OR not_before <= now())
-              ORDER BY coalesce(parent_id, id), id",
-            &[],
-        );
+        let unfinished = store::runnable();
         for job_id in unfinished.into_iter().filter(|id| !waiting.contains(id)) {
             match engine::begin(job_id, false, runner) {
                 Begin::Started => {
@@ -776,17 +751,7 @@ fn claim_next_job(lock_waits: &mut LockWaits) -> Option<Claimed> {
 
 /// Whether `job_id` is a part of a job whose other unfinished parts no process holds.
 fn other_parts_free(job_id: i64) -> bool {
-    unfinished_other_parts(job_id)
+    store::unfinished_other_parts(job_id)
         .into_iter()
-        .any(queue::is_free)
-}
-
-/// The unfinished parts of the job `job_id` is a part of, but `job_id` (none for a whole job).
-fn unfinished_other_parts(job_id: i64) -> Vec<i64> {
-    query::ids(
-        "SELECT part.id FROM backfill.job part
-           JOIN backfill.job this ON this.parent_id = part.parent_id
-          WHERE this.id = $1 AND part.id <> $1 AND part.state IN ('queued', 'running')",
-        &[job_id.into()],
-    )
+        .any(job::is_free)
 }
