@@ -932,8 +932,10 @@ fn in_replica_mode<R>(work: impl FnOnce() -> R) -> R {
     // SAFETY: the backend global behind session_replication_role, read when triggers are
     // queued; restored before anything else runs.
     let saved = unsafe { pg_sys::SessionReplicationRole };
+    // SAFETY: as above; a plain int of this backend, no other thread touches it.
     unsafe { pg_sys::SessionReplicationRole = pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 };
     PgTryBuilder::new(std::panic::AssertUnwindSafe(work))
+        // SAFETY: puts back the value read above, on success and on any error alike.
         .finally(|| unsafe { pg_sys::SessionReplicationRole = saved })
         .execute()
 }

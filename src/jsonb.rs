@@ -22,6 +22,8 @@ pub struct JsonbArg {
 }
 
 impl FromDatum for JsonbArg {
+    // SAFETY (caller): `datum` is a jsonb datum of the current call, not NULL unless
+    // `is_null` (pgrx's argument unboxing guarantees both).
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -31,6 +33,8 @@ impl FromDatum for JsonbArg {
             return None;
         }
         // Full detoast (not packed): the container header must sit at its aligned offset.
+        // SAFETY: a varlena datum (above); the copy, if one is made, lives in the call's
+        // memory context, as long as the argument is borrowed.
         let detoasted = unsafe { pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) };
         NonNull::new(detoasted.cast()).map(|jsonb| JsonbArg { jsonb })
     }
@@ -40,14 +44,21 @@ impl FromDatum for JsonbArg {
 /// call), declared to SQL as `$sql`.
 macro_rules! borrowed_argument {
     ($type:ty, $sql:literal) => {
+        // SAFETY: the type is declared to SQL as `$sql` (below), so PostgreSQL passes only
+        // that type's datums, which its FromDatum reads.
         unsafe impl<'fcx> ArgAbi<'fcx> for $type {
+            // SAFETY (caller): pgrx calls this only for a STRICT function's argument, never
+            // NULL (the panic cannot be reached from SQL).
             unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
                 let index = arg.index();
+                // SAFETY: the argument is of this type (the impl's SAFETY note).
                 unsafe { arg.unbox_arg_using_from_datum() }
                     .unwrap_or_else(|| panic!("argument {index} must not be null"))
             }
 
+            // SAFETY (caller): as above; a NULL becomes Nullable::Null.
             unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+                // SAFETY: the argument is of this type (the impl's SAFETY note).
                 unsafe { arg.unbox_arg_using_from_datum() }.into()
             }
         }
@@ -77,6 +88,8 @@ unsafe impl UnboxDatum for JsonbArg {
     where
         Self: 'src,
     {
+        // SAFETY: a jsonb datum (the impl's SAFETY note), not NULL (get_by_name unboxes only
+        // values that are there).
         unsafe { JsonbArg::from_polymorphic_datum(datum.sans_lifetime(), false, pg_sys::JSONBOID) }
             .expect("a jsonb datum that is not NULL")
     }
@@ -90,6 +103,8 @@ pub struct JsonbResult {
 }
 
 impl FromDatum for JsonbResult {
+    // SAFETY (caller): `datum` is a jsonb datum valid in the current memory context; it is
+    // only kept, never read here.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -98,6 +113,7 @@ impl FromDatum for JsonbResult {
         (!is_null).then_some(JsonbResult { datum })
     }
 
+    // SAFETY (caller): as above; SPI's result, valid until the copy below is made.
     unsafe fn from_datum_in_memory_context(
         mut memory_context: pgrx::PgMemoryContexts,
         datum: pg_sys::Datum,
@@ -161,6 +177,8 @@ impl JsonTextArg {
 }
 
 impl FromDatum for JsonTextArg {
+    // SAFETY (caller): `datum` is a json (varlena) datum of the current call, not NULL unless
+    // `is_null`.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -169,6 +187,8 @@ impl FromDatum for JsonTextArg {
         if is_null {
             return None;
         }
+        // SAFETY: a varlena datum (above); a packed detoast is enough for bytes read as text,
+        // and the copy, if any, lives as long as the call.
         let detoasted = unsafe { pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr()) };
         NonNull::new(detoasted).map(|json| JsonTextArg { json })
     }
@@ -333,6 +353,9 @@ fn add(stack: &mut [Open], item: PyValue) {
 }
 
 /// The text of a jbvString value.
+///
+/// # Safety
+/// `value` is a jbvString whose `val.string` points into a container that outlives the call.
 unsafe fn string_of(value: &pg_sys::JsonbValue) -> String {
     // SAFETY (caller): value is a jbvString pointing into a live container.
     let bytes = unsafe {

@@ -45,6 +45,8 @@ struct Started {
     handle: DynamicBackgroundWorker,
 }
 
+// SAFETY: an exported symbol name of this library's own prefix, looked up by the postmaster
+// when it starts the worker (bgw_function_name); no other symbol has it.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {

@@ -77,8 +77,8 @@ fn switched<R>(role: Oid, extra_context: i32, work: impl FnOnce() -> R) -> R {
         nest_level
     };
     let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(work))
+        // SAFETY: as above: restores what was saved, on success and on any error alike.
         .finally(|| unsafe {
-            // SAFETY: as above.
             pg_sys::AtEOXact_GUC(false, nest_level);
             pg_sys::SetUserIdAndSecContext(saved_role, saved_context);
         })

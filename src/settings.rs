@@ -184,6 +184,7 @@ pub fn init() {
         pg_sys::MarkGUCPrefixReserved(c"backfill".as_ptr())
     };
     #[cfg(any(feature = "pg13", feature = "pg14"))]
+    // SAFETY: as above.
     unsafe {
         pg_sys::EmitWarningsOnPlaceholders(c"backfill".as_ptr())
     };
@@ -245,6 +246,8 @@ pub fn idle_linger() -> Duration {
 }
 
 /// Refuses a malformed backfill.active_hours with what is wrong in it.
+// SAFETY (caller): PostgreSQL's GUC machinery calls it with `newval` pointing at the proposed
+// value (a C string or NULL), as a GucStringCheckHook.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_active_hours(
     newval: *mut *mut c_char,

@@ -77,17 +77,21 @@ pub fn in_subtransaction<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
         pg_sys::MemoryContextSwitchTo(context);
         (context, owner)
     };
+    // SAFETY: puts back the context and owner saved above, which outlive the subtransaction.
     let restore = move || unsafe {
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
     };
     PgTryBuilder::new(AssertUnwindSafe(|| {
         let result = work();
+        // SAFETY: the subtransaction begun above, still the current one.
         unsafe { pg_sys::ReleaseCurrentSubTransaction() };
         restore();
         Ok(result)
     }))
     .catch_others(move |caught| {
+        // SAFETY: after an error in the subtransaction begun above: back to the saved
+        // context, then the subtransaction is rolled back, as PL/pgSQL does.
         unsafe {
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();

@@ -408,6 +408,9 @@ impl Tables {
     }
 }
 
+/// Forgets the tables a relation invalidation touches.
+// SAFETY (caller): a relcache callback (CacheRegisterRelcacheCallback), called by PostgreSQL
+// in this backend; it touches only this process's thread-local cache.
 unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relation: Oid) {
     FOUND.with(|found| match found.try_borrow_mut() {
         Ok(mut found) if relation == Oid::INVALID => found.clear(),
@@ -417,6 +420,7 @@ unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relation: Oid) 
 }
 
 /// Forgets everything: a schema or the database changed.
+// SAFETY (caller): a syscache callback (CacheRegisterSyscacheCallback), as above.
 unsafe extern "C-unwind" fn forget_schemas(
     _arg: pg_sys::Datum,
     _cache: std::ffi::c_int,

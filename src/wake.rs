@@ -98,8 +98,13 @@ impl Default for Registry {
     }
 }
 
+// SAFETY: every field of Registry is an atomic (or an array of them), safe to share between
+// processes; the one address it keeps, the launcher's latch, points into shared memory,
+// which every backend maps at the same place.
 unsafe impl PGRXSharedMemory for Registry {}
 
+// SAFETY: the name is this extension's own; the segment is requested and initialised in
+// _PG_init (wake::init) before any process reads it.
 static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"backfill_registry") };
 
 /// True in every process of a server that loaded the library at start (shared memory, the

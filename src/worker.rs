@@ -27,11 +27,15 @@ fn reload_config_if_asked() {
 }
 
 /// On any exit of the process, a FATAL while connecting included: frees the worker's slot.
+// SAFETY (caller): an on_proc_exit callback registered with the packed slot reservation as
+// its argument, which it only unpacks.
 unsafe extern "C-unwind" fn free_slot(_code: std::ffi::c_int, reservation: pg_sys::Datum) {
     let packed = reservation.value() as u64;
     wake::release_slot((packed >> 32) as usize, packed as u32);
 }
 
+// SAFETY: an exported symbol name of this library's own prefix, looked up by the postmaster
+// when it starts the worker (bgw_function_name); no other symbol has it.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {

@@ -122,6 +122,8 @@ fn register_abort_callback() {
 
 /// At the abort of a top-level transaction: whatever was interrupted (a cancelled or failed
 /// CALL backfill.run, at any statement), the job is free again for another runner.
+// SAFETY: called only by PostgreSQL's transaction machinery (RegisterXactCallback above), in
+// this backend; it touches only this process's thread-local claim and its own lock.
 #[pg_guard]
 unsafe extern "C-unwind" fn release_on_abort(
     event: pg_sys::XactEvent::Type,

@@ -6,6 +6,8 @@ mod extraction;
 mod hardening;
 #[cfg(test)]
 mod layering;
+#[cfg(test)]
+mod safety_notes;
 mod schema;
 mod validation;
 
