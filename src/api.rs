@@ -374,7 +374,7 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    match wake::problem(true) {
+    match wake::problem() {
         None => true,
         Some((message, hint)) => {
             report_with_hint(
@@ -462,7 +462,7 @@ fn run_begin(job_id: Option<i64>) -> bool {
     RUNNING.set(None);
     let parts = store::unfinished_parts(job_id);
     if parts.is_empty() {
-        return begin_for_session(job_id, job_id, true);
+        return begin_for_session(job_id, job_id, Say::WhyNot);
     }
     if begin_next_part(job_id, &parts) {
         return true;
@@ -475,25 +475,34 @@ fn run_begin(job_id: Option<i64>) -> bool {
 fn begin_next_part(job_id: i64, parts: &[i64]) -> bool {
     parts
         .iter()
-        .any(|&part| begin_for_session(job_id, part, false))
+        .any(|&part| begin_for_session(job_id, part, Say::Nothing))
+}
+
+/// Whether a session told there is nothing to run hears why.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Say {
+    /// A NOTICE: the job it asked for is not runnable.
+    WhyNot,
+    /// Nothing: one of several parts was looked at.
+    Nothing,
 }
 
 /// Takes `held` (the job, or a part of it) for this session; false, after a NOTICE when
-/// `say_why`, when there is nothing to run.
-fn begin_for_session(job_id: i64, held: i64, say_why: bool) -> bool {
-    match engine::begin(held, true, Runner::SESSION) {
+/// `say` asks for one, when there is nothing to run.
+fn begin_for_session(job_id: i64, held: i64, say: Say) -> bool {
+    match engine::begin(held, Runner::SESSION) {
         Begin::Started => {
             RUNNING.set(Some((job_id, held)));
             true
         }
         Begin::NotRunnable(state) => {
-            if say_why {
+            if say == Say::WhyNot {
                 notice!("backfill job {held} is {state}: nothing to run");
             }
             false
         }
         Begin::Split(parts) => {
-            if say_why {
+            if say == Say::WhyNot {
                 notice!("backfill job {held} is split into {parts} parts: none is left to run");
             }
             false

@@ -42,6 +42,9 @@ pub struct Runner {
     /// lock wait times out gives the job back as blocked (`Batch::Blocked`, `Begin::Blocked`)
     /// instead of counting a failure, and the runner tries it again later.
     pub wait_out_locks: bool,
+    /// A failed or cancelled job continues from its cursor (a deliberate `CALL run`); the
+    /// worker never resumes those.
+    pub resume_stopped: bool,
 }
 
 impl Runner {
@@ -53,6 +56,7 @@ impl Runner {
         // The session's lock_timeout is its caller's: a batch that meets it is retried, then
         // fails the job, as any failing batch.
         wait_out_locks: false,
+        resume_stopped: true,
     };
 }
 
@@ -176,15 +180,14 @@ pub enum Begin {
 }
 
 /// Takes a job for this process and marks it running. A job that starts for the first time
-/// fixes its bounds: the instances of its model with `id <= max(id)` now. `resume_stopped`
-/// lets a failed or cancelled job continue from its cursor (a deliberate `CALL run`); the
-/// worker never resumes those.
-pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
+/// fixes its bounds: the instances of its model with `id <= max(id)` now. A failed or
+/// cancelled job is resumed only when the runner says so.
+pub fn begin(job_id: i64, runner: Runner) -> Begin {
     match job::claim(job_id) {
         Claim::Acquired => {}
         Claim::HeldBy(pid) => return Begin::Busy(pid),
     }
-    let begun = start_claimed(job_id, resume_stopped, runner);
+    let begun = start_claimed(job_id, runner);
     if begun != Begin::Started {
         job::release_claim(job_id);
     }
@@ -192,7 +195,7 @@ pub fn begin(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
 }
 
 /// `begin` once this process holds the job's run lock.
-fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
+fn start_claimed(job_id: i64, runner: Runner) -> Begin {
     let job = match Job::lock(job_id, runner) {
         Lookup::Found(job) => job,
         Lookup::Locked => return Begin::Busy(None),
@@ -201,14 +204,14 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
             job::no_such_job(job_id);
         }
     };
-    let runnable = job.state.is_unfinished() || (job.state.is_stopped() && resume_stopped);
+    let runnable = job.state.is_unfinished() || (job.state.is_stopped() && runner.resume_stopped);
     if !runnable {
         return Begin::NotRunnable(job.state);
     }
     if let Some(parts) = job.parts {
         return Begin::Split(parts);
     }
-    if !resume_stopped && job.stopped_with_its_job() {
+    if !runner.resume_stopped && job.stopped_with_its_job() {
         return Begin::NotRunnable(JobState::Cancelled);
     }
     if !privilege::role_exists(job.role) {
@@ -229,7 +232,8 @@ fn start_claimed(job_id: i64, resume_stopped: bool, runner: Runner) -> Begin {
     if job.total.is_none() {
         // Counted as the job's role: instances it cannot see (row-level security) are not
         // part of its job.
-        let counted = guarded(|| as_role(role, || count_instances(&job, &tables, runner)));
+        let counted =
+            caught_unless_interrupt(|| as_role(role, || count_instances(&job, &tables, runner)));
         let counted = match counted {
             Ok(counted) => counted.unwrap_or_else(|e| {
                 error!("backfill: could not count instances of job {job_id}: {e}")
@@ -508,7 +512,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
 /// they were attached) or refused to that role are a failure that a retry cannot cure
 /// (`is_permanent`), with the reason and what to do.
 fn usable_tables(schema: Oid, queued_by: Oid, reading: &[Table]) -> Result<(Tables, Oid), Failure> {
-    guarded(|| {
+    caught_unless_interrupt(|| {
         Tables::locked(schema, reading)
             .and_then(|tables| {
                 let reader = tables.reader(queued_by)?;
@@ -545,7 +549,7 @@ impl BatchOf<'_> {
     /// commits, so they are held to the end of the transaction even when the writing fails
     /// and is done again instance by instance.
     fn attempt(&self, runner: Runner) -> Result<Outcome, Failure> {
-        let locked = guarded(|| self.lock_instances())?;
+        let locked = caught_unless_interrupt(|| self.lock_instances())?;
         if locked.ids.is_empty() {
             return Ok(Outcome::default());
         }
@@ -563,7 +567,7 @@ impl BatchOf<'_> {
                 ..Outcome::default()
             },
             Err(failure) if is_instance_failure(&failure) => {
-                guarded(|| self.isolate(&locked.ids, foreign_key))??
+                caught_unless_interrupt(|| self.isolate(&locked.ids, foreign_key))??
             }
             Err(failure) => return Err(failure),
         };
@@ -642,7 +646,7 @@ impl BatchOf<'_> {
             }
         };
         loop {
-            let written = guarded(|| self.write(ids, foreign_key, insert));
+            let written = caught_unless_interrupt(|| self.write(ids, foreign_key, insert));
             match (&written, insert.after_conflict()) {
                 (Err(failure), Some(next)) if failure.sqlstate == UNIQUE_VIOLATION => {
                     insert = next;
@@ -1113,17 +1117,18 @@ SELECT pg_catalog.concat_ws('; ',
     // since (the one holding the lock) would be missing.
     // SAFETY: drops this backend's copies of the statistics, as pg_stat_clear_snapshot() does.
     unsafe { pg_sys::pgstat_clear_snapshot() };
-    let in_the_way =
-        guarded(|| crate::query::optional_value::<String>(IN_THE_WAY, &[job.tables_schema.into()]))
-            .ok()
-            .flatten()
-            .filter(|found| !found.is_empty())
-            .map_or(String::new(), |found| format!("; {found}"));
+    let in_the_way = caught_unless_interrupt(|| {
+        crate::query::optional_value::<String>(IN_THE_WAY, &[job.tables_schema.into()])
+    })
+    .ok()
+    .flatten()
+    .filter(|found| !found.is_empty())
+    .map_or(String::new(), |found| format!("; {found}"));
     format!("{} waits for a lock: {failure}{in_the_way}", job.label())
 }
 
 /// `in_subtransaction`, except that a cancel or shutdown request is never swallowed.
-fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
+fn caught_unless_interrupt<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
     in_subtransaction(work).map_err(|failure| {
         if failure.sqlstate.starts_with("57") {
             failure.rethrow();
@@ -1206,7 +1211,7 @@ pub fn count_due_coverage() {
         &[Table::Instances, Table::Metadata],
     )
     .and_then(|(tables, role)| {
-        guarded(|| coverage::count_and_record(&due.model, &due.keys, &tables, role))
+        caught_unless_interrupt(|| coverage::count_and_record(&due.model, &due.keys, &tables, role))
     });
     let problem = match counted {
         Ok(_) => return,

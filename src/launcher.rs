@@ -94,7 +94,11 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         let requests = wake::take_requests();
         // Held jobs whose time has come; after a reload all of them, since the window may
         // have moved (a worker with nothing to run yet asks again and leaves).
-        let due = wake::take_due(reloaded);
+        let due = wake::take_due(if reloaded {
+            wake::Due::All
+        } else {
+            wake::Due::Now
+        });
         asked.extend(requests.iter().chain(&due));
         pending.extend(requests.into_iter().chain(due));
         pending.sort_unstable_by_key(|db| db.to_u32());

@@ -224,9 +224,17 @@ pub fn request_later(database: pg_sys::Oid, seconds: u64) -> bool {
     }
 }
 
-/// The databases whose time has come (all of them with `all`, after a reload that may have
-/// changed backfill.active_hours), taken off the table.
-pub fn take_due(all: bool) -> Vec<pg_sys::Oid> {
+/// Which held databases `take_due` hands back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Those whose time has come.
+    Now,
+    /// All of them: after a reload, which may have moved backfill.active_hours.
+    All,
+}
+
+/// The held databases `which` says, taken off the table.
+pub fn take_due(which: Due) -> Vec<pg_sys::Oid> {
     let registry = REGISTRY.get();
     let now = unix_now();
     registry
@@ -235,7 +243,7 @@ pub fn take_due(all: bool) -> Vec<pg_sys::Oid> {
         .zip(&registry.later_at)
         .filter_map(|(database, at)| {
             let db = database.load(Ordering::SeqCst);
-            if db == 0 || !(all || at.load(Ordering::SeqCst) <= now) {
+            if db == 0 || !(which == Due::All || at.load(Ordering::SeqCst) <= now) {
                 return None;
             }
             at.store(0, Ordering::SeqCst);
@@ -417,11 +425,18 @@ pub fn ask_for_helper(index: usize) {
     set_latch(registry.launcher_latch.load(Ordering::SeqCst));
 }
 
-/// Whether the worker of slot `index` runs a job now.
-pub fn running_job(index: usize, running: bool) {
+/// The worker of slot `index` runs a job from now on.
+pub fn mark_running_job(index: usize) {
     REGISTRY.get().workers[index]
         .running_job
-        .store(running, Ordering::SeqCst);
+        .store(true, Ordering::SeqCst);
+}
+
+/// The worker of slot `index` runs no job from now on (it stands aside, or has none).
+pub fn mark_no_job(index: usize) {
+    REGISTRY.get().workers[index]
+        .running_job
+        .store(false, Ordering::SeqCst);
 }
 
 /// Takes the batch turn for the worker of slot `index`: while the application keeps the
@@ -526,8 +541,8 @@ pub fn serving_pid() -> Option<i32> {
 }
 
 /// Why no worker will run jobs queued in this database, as (message, hint); `None` when one
-/// will. `live` also asks whether the launcher is running right now, not only configured.
-pub fn problem(live: bool) -> Option<(String, String)> {
+/// will: configured, and the launcher running right now.
+pub fn problem() -> Option<(String, String)> {
     // SAFETY: reads a flag in shared memory, as any backend may.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Some((
@@ -552,7 +567,7 @@ pub fn problem(live: bool) -> Option<(String, String)> {
                 .into(),
         ));
     }
-    if live && REGISTRY.get().no_process.load(Ordering::SeqCst) {
+    if REGISTRY.get().no_process.load(Ordering::SeqCst) {
         // SAFETY: a postmaster setting's variable.
         let processes = unsafe { pg_sys::max_worker_processes };
         return Some((
@@ -563,7 +578,7 @@ pub fn problem(live: bool) -> Option<(String, String)> {
                 .into(),
         ));
     }
-    if live && launcher_pid().is_none() {
+    if launcher_pid().is_none() {
         return Some((
             "the backfill launcher is not running right now".into(),
             "The server log says why (look for \"backfill launcher\"); the job stays queued, \
@@ -710,7 +725,7 @@ pub fn shutdown_requested() -> bool {
 
 /// Warns when no worker will pick up the job just queued.
 pub fn warn_if_no_worker(job_id: i64) {
-    if let Some((message, hint)) = problem(true) {
+    if let Some((message, hint)) = problem() {
         report_with_hint(
             PgLogLevel::WARNING,
             PgSqlErrorCode::ERRCODE_WARNING,

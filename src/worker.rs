@@ -69,7 +69,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     let mut idle_since: Option<Instant> = None;
     while !wake::shutdown_requested() {
         reload_config_if_asked();
-        match guarded(extension_installed) {
+        match in_own_transaction(extension_installed) {
             Ok(true) if !announced => {
                 // A look, once a minute, says nothing unless it finds something to run.
                 if looks {
@@ -117,7 +117,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
             // From here on an enqueue asks the launcher, which starts a new worker once this
             // one is gone; a last look finds whatever committed before.
             wake::worker_leaving(slot);
-            match guarded(work_left) {
+            match in_own_transaction(work_left) {
                 Ok(Work::None) => break,
                 // Not connected until then (DROP DATABASE would wait for it): the launcher
                 // starts a worker when the hold lifts.
@@ -142,7 +142,7 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     if wake::shutdown_requested() {
         // A job stopped at a batch boundary (SIGTERM to this worker alone) goes on in a new
         // worker; in a server shutting down, the launcher is stopping too and starts none.
-        if matches!(guarded(store::any_unfinished), Ok(true)) {
+        if matches!(in_own_transaction(store::any_unfinished), Ok(true)) {
             wake::worker_leaving(slot);
             // SAFETY: the database this process is connected to.
             wake::request(unsafe { pg_sys::MyDatabaseId });
@@ -208,13 +208,14 @@ const TURN_PATIENCE: Duration = Duration::from_secs(1);
 /// The worker's batches: it skips a job whose row someone holds locked (an uncommitted
 /// cancel) instead of waiting, may use the foreign-key fast path, splits a job that starts
 /// across backfill.workers_per_job workers, and waits out locks (`LockWaits`). (Its lock
-/// waits are bounded by `guarded`, for every transaction.)
+/// waits are bounded by `in_own_transaction`, for every transaction.)
 fn worker_runner() -> Runner {
     Runner {
         skip_locked_jobs: true,
         foreign_key_fast_path: true,
         split_into: settings::workers_per_job(),
         wait_out_locks: true,
+        resume_stopped: false,
     }
 }
 
@@ -273,7 +274,7 @@ fn fix_session_settings() {
 /// subtransaction) instead of letting it end the process. Every lock the transaction waits
 /// for, job rows and tables alike, is waited for at most LOCK_WAIT unless lock_timeout is
 /// configured: a lock someone holds never stalls the worker.
-fn guarded<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
+fn in_own_transaction<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
     let work = std::panic::AssertUnwindSafe(work);
     BackgroundWorker::transaction(move || {
         let work = work;
@@ -398,7 +399,7 @@ fn outside_active_hours(stopping: Option<i64>) -> Result<bool, Failure> {
         WINDOW_NOTED.set(false);
         return Ok(false);
     }
-    guarded(|| window_closed_now(stopping))
+    in_own_transaction(|| window_closed_now(stopping))
 }
 
 /// `outside_active_hours` in a transaction; the first time the window holds jobs back, the
@@ -496,13 +497,13 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             return Drained::Failed;
         }
     }
-    let job_id = match guarded(|| claim_next_job(lock_waits)) {
+    let job_id = match in_own_transaction(|| claim_next_job(lock_waits)) {
         Ok(Some(Claimed { job_id, parts_left })) => {
             // After the commit: the split and the part's start are visible to the helper.
             if parts_left {
                 wake::ask_for_helper(slot);
             }
-            wake::running_job(slot, true);
+            wake::mark_running_job(slot);
             job_id
         }
         Ok(None) => return Drained::Idle,
@@ -528,10 +529,10 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             return Drained::Ran;
         }
         if throttle.application_busy() && !lowest_part {
-            match guarded(|| lower_part_running(job_id)) {
+            match in_own_transaction(|| lower_part_running(job_id)) {
                 Ok(true) => {
                     if !aside {
-                        wake::running_job(slot, false);
+                        wake::mark_no_job(slot);
                         aside = true;
                     }
                     wake::sleep(ASIDE_LOOK);
@@ -544,12 +545,12 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             }
         }
         if aside {
-            wake::running_job(slot, true);
+            wake::mark_running_job(slot);
             aside = false;
         }
         let turn = throttle.application_busy() && wake::take_batch_turn(slot, TURN_PATIENCE);
         let started = Instant::now();
-        let batch = guarded(|| engine::run_batch(job_id, worker_runner()));
+        let batch = in_own_transaction(|| engine::run_batch(job_id, worker_runner()));
         let took = started.elapsed();
         if turn {
             wake::end_batch_turn(slot, throttle.turn_gap(took));
@@ -575,7 +576,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             Ok(Batch::Finished(_)) => {
                 lock_waits.went_on(job_id);
                 release(slot, job_id, &throttle);
-                if let Err(failure) = guarded(engine::count_due_coverage) {
+                if let Err(failure) = in_own_transaction(engine::count_due_coverage) {
                     warning!("{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}");
                 }
                 return Drained::Ran;
@@ -587,7 +588,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
-                    if let Err(again) = guarded(|| engine::fail_job(job_id, &message)) {
+                    if let Err(again) = in_own_transaction(|| engine::fail_job(job_id, &message)) {
                         warning!("{BACKEND_TYPE}: could not mark job {job_id} failed: {again}");
                         trouble.wait_after(&again, "marking a job failed");
                     }
@@ -705,7 +706,7 @@ impl Throttle {
 /// can tell a slow job from a throttled one.
 fn release(slot: usize, job_id: i64, throttle: &Throttle) {
     engine::end(job_id);
-    wake::running_job(slot, false);
+    wake::mark_no_job(slot);
     if throttle.batches > 0 {
         log!(
             "{BACKEND_TYPE}: job {job_id}: {} batches took {:.3} s; the adaptive throttle paused {:.3} s after them for the server's load",
@@ -734,7 +735,7 @@ fn claim_next_job(lock_waits: &mut LockWaits) -> Option<Claimed> {
     'look: loop {
         let unfinished = store::runnable();
         for job_id in unfinished.into_iter().filter(|id| !waiting.contains(id)) {
-            match engine::begin(job_id, false, runner) {
+            match engine::begin(job_id, runner) {
                 Begin::Started => {
                     return Some(Claimed {
                         job_id,
