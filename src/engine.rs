@@ -958,8 +958,8 @@ enum Plan {
 impl Plan {
     fn sql(&self) -> String {
         match self {
-            Plan::LockJob { skip_locked } => store::lock_sql(false, *skip_locked),
-            Plan::LockJobAt { skip_locked } => store::lock_sql(true, *skip_locked),
+            Plan::LockJob { skip_locked } => store::lock_sql(store::Find::ById, *skip_locked),
+            Plan::LockJobAt { skip_locked } => store::lock_sql(store::Find::AtTid, *skip_locked),
             Plan::Advance => store::ADVANCE_SQL.to_owned(),
             Plan::LockInstances { tables, for_share } => format!(
                 "SELECT array_agg(id ORDER BY id) FROM (

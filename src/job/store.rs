@@ -291,8 +291,17 @@ pub struct LockedJob {
     pub tid: pg_sys::ItemPointerData,
 }
 
-/// Locks and reads a job row by id ($1); with `at_tid`, only the version at TID $2. With
-/// `skip_locked`, a row locked by another transaction is not returned.
+/// How `lock_sql` finds the job row.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Find {
+    /// By id ($1), through whatever versions of the row there are.
+    ById,
+    /// Only the version at TID $2 (and id $1), the one the last batch wrote.
+    AtTid,
+}
+
+/// Locks and reads a job row, found as `find` says. With `skip_locked`, a row locked by
+/// another transaction is not returned.
 ///
 /// Each batch transaction commits asynchronously (synchronous_commit = off, for this
 /// transaction only). That is safe because a batch's rows and the job's cursor commit
@@ -300,16 +309,18 @@ pub struct LockedJob {
 /// and the job redoes them from the cursor that survived. Nothing is skipped or written
 /// twice; the cost of a crash is at most a few batches redone, and a batch no longer waits
 /// for its WAL flush.
-pub fn lock_sql(at_tid: bool, skip_locked: bool) -> String {
+pub fn lock_sql(find: Find, skip_locked: bool) -> String {
     format!(
         "SELECT process_model_identifier, state, paths, instances_total,
                 max_instance_id, last_instance_id, instances_processed,
                 set_config('synchronous_commit', 'off', true), ctid, queued_by,
                 tables_schema, parent_id, parts,
                 (SELECT p.state FROM backfill.job p WHERE p.id = job.parent_id)
-           FROM backfill.job
-          WHERE {}id = $1 {}",
-        if at_tid { "ctid = $2 AND " } else { "" },
+           FROM backfill.job WHERE {}id = $1 {}",
+        match find {
+            Find::ById => "",
+            Find::AtTid => "ctid = $2 AND ",
+        },
         if skip_locked {
             // A row someone holds (an uncommitted cancel) is skipped, and looked at again later.
             "FOR UPDATE SKIP LOCKED"
