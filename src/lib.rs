@@ -2,7 +2,7 @@
 //!
 //! When a process model gains a metadata extraction path, a trigger enqueues a job and a
 //! background worker fills the new key for every existing instance, one committed batch at a
-//! time. See README.md for the whole picture.
+//! time. See README.md and docs/ for the whole picture.
 
 mod api;
 mod coverage;

@@ -530,7 +530,7 @@ mod tests {
     }
 
     /// Not run by default: BACKFILL_FLOAT_REPRS names a file of lines "<bits in hex> <repr>"
-    /// written by Python (README, "Exact to the character", has the command), every one of
+    /// written by Python (docs/extraction.md, "Exact to the character", has the command), every one of
     /// which must match.
     #[test]
     #[ignore]

@@ -4,7 +4,7 @@
 //! `backfill.python_version`, must give exactly the same values, or fail the instance exactly
 //! where Python's does (its SQLSTATE).
 //!
-//! BACKFILL_DIFFERENTIAL_SEED, _CASES and _FLOATS choose another corpus (the README's figures
+//! BACKFILL_DIFFERENTIAL_SEED, _CASES and _FLOATS choose another corpus (docs/extraction.md's figures
 //! were measured with _FLOATS=1000000).
 
 mod common;
@@ -110,7 +110,7 @@ fn extract_values_gives_what_python_stores_under_every_python_version() {
     }
     // Numbers written with a fraction and no exponent keep their digits in jsonb: through the
     // jsonb overload and render_value they are the same floats (the ties among them). Zero
-    // loses its sign in numeric (README, "What jsonb cannot tell").
+    // loses its sign in numeric (docs/extraction.md, "What jsonb cannot tell").
     let through_jsonb = db
         .query(
             "SELECT c.id, c.doc::text, e.result::text,

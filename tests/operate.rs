@@ -625,7 +625,7 @@ fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_e
 #[test]
 fn preview_and_counts_read_with_the_callers_privileges() {
     let (cluster, mut db) = start("operate-privileges", &["backfill.max_workers = 0"]);
-    // Everything an operator is granted (README) except reading the task data.
+    // Everything an operator is granted (docs/security.md) except reading the task data.
     db.batch_execute(
         "CREATE ROLE peek LOGIN;
          GRANT USAGE ON SCHEMA backfill TO peek;

@@ -12,7 +12,7 @@ use std::time::Duration;
 const BULK: &str = "bulk/model";
 const OTHER: &str = "other/model";
 
-/// The GRANTs README.md ("Privileges") gives an application role that edits models and
+/// The GRANTs docs/security.md gives an application role that edits models and
 /// queues, runs and watches jobs, with `ROLE` for the role's name.
 const RECIPE: &str = "
 GRANT USAGE ON SCHEMA backfill TO ROLE;
@@ -31,13 +31,14 @@ GRANT SELECT, INSERT, UPDATE ON backfill.process_instance_metadata TO ROLE;
 ";
 
 #[test]
-fn the_readme_gives_the_recipe_the_tests_use() {
+fn the_security_page_gives_the_recipe_the_tests_use() {
     let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let readme =
-        words(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap());
+    let page = words(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap(),
+    );
     for statement in RECIPE.replace("ROLE", "app").split(';') {
         let statement = words(statement);
-        assert!(readme.contains(&statement), "README.md lacks: {statement}");
+        assert!(page.contains(&statement), "docs/security.md lacks: {statement}");
     }
 }
 
@@ -295,7 +296,7 @@ fn a_job_has_the_privileges_of_the_role_that_queued_it_and_no_more() {
     assert_eq!(err.code().unwrap().code(), "42501", "{err}");
     assert_eq!(wait_done(&mut admin, job), "succeeded");
 
-    // The application role of the README's recipe: its backfill completes, as itself.
+    // The application role of docs/security.md's recipe: its backfill completes, as itself.
     let mut editor = cluster.connect_as("editor", "app");
     let job = add_path(&mut editor, BULK, "number", "invoice.number");
     assert_eq!(wait_done(&mut editor, job), "succeeded");

@@ -2,7 +2,7 @@
 //! into schema `app` owned by the non-superuser role `spiff`), task data written as Python's
 //! json.dumps writes it (scripts/spiff_data.py), process models synced from
 //! process_model.json files, and the live engine's own metadata writes running next to a
-//! job. Everything here is done as `spiff`, with the GRANTs the README lists.
+//! job. Everything here is done as `spiff`, with the GRANTs docs/spiffworkflow.md lists.
 
 mod common;
 
@@ -997,10 +997,10 @@ fn sync_process_models_from_a_spec_directory_and_its_git_hook() {
 }
 
 #[test]
-fn readme_lists_the_grants_these_tests_use() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+fn the_spiffworkflow_page_lists_the_grants_these_tests_use() {
+    let page = std::fs::read_to_string(repo().join("docs/spiffworkflow.md")).unwrap();
     assert!(
-        readme.contains(SPIFF_GRANTS),
-        "README.md must contain:\n{SPIFF_GRANTS}"
+        page.contains(SPIFF_GRANTS),
+        "docs/spiffworkflow.md must contain:\n{SPIFF_GRANTS}"
     );
 }

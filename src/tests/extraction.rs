@@ -176,7 +176,7 @@ mod tests {
 
     #[pg_test]
     fn extraction_functions_are_stable_and_parallel_safe() {
-        // Stable: they read backfill.value_format (README, "Extraction").
+        // Stable: they read backfill.value_format (docs/extraction.md).
         let flags = Spi::get_one::<String>(
             "SELECT string_agg(proname || ':' || provolatile::text || proparallel::text, ',' ORDER BY proname)
                FROM pg_proc WHERE pronamespace = 'backfill'::regnamespace

@@ -1,5 +1,5 @@
 //! The modules of src/ depend in one direction: each may use only modules of a lower layer
-//! (README, "Architecture"). Read from the sources, so a new `use crate::...` that points up
+//! (docs/architecture.md). Read from the sources, so a new `use crate::...` that points up
 //! or sideways fails here.
 
 /// Bottom to top. Pure modules, then infrastructure, the job queue, the batch engine, and the

@@ -7,6 +7,8 @@ mod hardening;
 #[cfg(test)]
 mod layering;
 #[cfg(test)]
+mod docs;
+#[cfg(test)]
 mod safety_notes;
 mod schema;
 mod validation;

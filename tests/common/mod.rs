@@ -476,7 +476,7 @@ pub fn start_app(
     (cluster, db)
 }
 
-/// What the application's owner role needs (README, "SpiffWorkflow"); its own tables need
+/// What the application's owner role needs (docs/spiffworkflow.md); its own tables need
 /// nothing more.
 pub const SPIFF_GRANTS: &str = "\
 GRANT USAGE ON SCHEMA backfill TO spiff;
