@@ -4,30 +4,13 @@
 //! background worker fills the new key for every existing instance, one committed batch at a
 //! time. See README.md and docs/ for the whole picture.
 
-mod api;
-mod coverage;
-mod engine;
-mod error;
+mod batch;
+mod bgw;
 mod extract;
 mod job;
-mod jsonb;
-mod jsontext;
-mod launcher;
-mod paths;
-mod preview;
-mod privilege;
-mod python;
-mod query;
-mod render;
-mod settings;
-mod subxact;
-mod tables;
-mod trigger;
-mod unicode_tables;
-mod value;
-mod wake;
-mod window;
-mod worker;
+mod pg;
+mod shmem;
+mod sql_api;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -38,16 +21,16 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",
-    requires = ["schema", api::window_opens_at]
+    requires = ["schema", sql_api::api::window_opens_at]
 );
 pgrx::extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::init();
-    wake::init();
-    launcher::init();
+    pg::settings::init();
+    shmem::init();
+    bgw::launcher::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -3,7 +3,7 @@
 //! transaction of the process that holds it (an interrupted CALL backfill.run lets the job go
 //! at once), and, whatever happens, when the process ends.
 
-use crate::query::optional_value;
+use crate::pg::query::optional_value;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::cell::Cell;

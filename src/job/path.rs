@@ -1,8 +1,8 @@
 //! The paths a job fills: what a change of a model's `metadata_extraction_paths` asks for,
 //! as stored in `backfill.job.paths`.
 
-use crate::error::invalid_parameter;
-use crate::paths::{parse_paths_checking, MetadataPath};
+use crate::extract::paths::{parse_paths_checking, MetadataPath};
+use crate::pg::error::invalid_parameter;
 use serde_json::{json, Value};
 
 /// One path a job fills, and whether it replaces rows that already exist.
@@ -105,7 +105,7 @@ pub fn valid_paths(value: &Value) -> Vec<MetadataPath> {
 /// The metadata_extraction_paths of `model` as stored (unvalidated), or ERROR 22023 when
 /// there is no such model.
 pub fn paths_of_model(model: &str) -> Value {
-    crate::query::optional_jsonb(
+    crate::pg::query::optional_jsonb(
         "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
         &[model.into()],
     )

@@ -3,10 +3,10 @@
 
 use super::path::{JobPath, Origin};
 use super::store;
-use crate::error::{invalid_parameter, raise, report_with_hint};
-use crate::privilege;
-use crate::subxact::in_subtransaction;
-use crate::tables::{self, Tables};
+use crate::pg::error::{invalid_parameter, raise, report_with_hint};
+use crate::pg::privilege;
+use crate::pg::subxact::in_subtransaction;
+use crate::pg::tables::{self, Tables};
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 

@@ -5,8 +5,8 @@
 
 use super::path::{JobPath, Origin};
 use super::state::JobState;
-use crate::privilege::as_job_table_owner;
-use crate::query::{ids, optional_value};
+use crate::pg::privilege::as_job_table_owner;
+use crate::pg::query::{ids, optional_value};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::spi::SpiHeapTupleData;

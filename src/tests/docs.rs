@@ -38,7 +38,10 @@ fn local_links(text: &str) -> Vec<String> {
 fn the_readme_is_short_and_links_every_page() {
     let readme = read(&repo().join("README.md"));
     let lines = readme.lines().count();
-    assert!(lines <= 250, "README.md has {lines} lines; the rest belongs in docs/");
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; the rest belongs in docs/"
+    );
     let links = local_links(&readme);
     let pages = pages();
     assert!(pages.len() >= 6, "{pages:?}");

@@ -1,11 +1,11 @@
 #[pgrx::pg_schema]
 mod tests {
-    use crate::extract::extract;
-    use crate::paths::PathExpr;
-    use crate::python::PythonVersion;
-    use crate::render::{render, Style, ValueFormat};
+    use crate::extract::document::extract;
+    use crate::extract::paths::PathExpr;
+    use crate::extract::python::PythonVersion;
+    use crate::extract::render::{render, Style, ValueFormat};
+    use crate::extract::value::Value as PyValue;
     use crate::tests::{assert_fails, lit};
-    use crate::value::Value as PyValue;
     use pgrx::prelude::*;
     use pgrx::JsonB;
     use serde_json::{json, Value};

@@ -2,18 +2,18 @@
 //! back. Behaviour that needs commits (the worker, per-batch commits, crashes) is tested from
 //! `tests/` against servers of its own.
 
+#[cfg(test)]
+mod docs;
 mod extraction;
 mod hardening;
 #[cfg(test)]
 mod layering;
 #[cfg(test)]
-mod docs;
-#[cfg(test)]
 mod safety_notes;
 mod schema;
 mod validation;
 
-use crate::subxact::{in_subtransaction, Failure};
+use crate::pg::subxact::{in_subtransaction, Failure};
 use pgrx::prelude::*;
 
 /// Runs `sql` in a subtransaction and returns the error it raised, if any.

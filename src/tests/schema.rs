@@ -202,13 +202,13 @@ task.end_in_seconds numeric";
         // instance, which gives the order (no sort), the document looked up under it with no
         // Memoize node copying every document into a cache no batch hits, and where it skips
         // the rows there, one probe of the metadata table's unique index per instance.
-        let tables = crate::tables::Tables::of_schema(
+        let tables = crate::pg::tables::Tables::of_schema(
             Spi::get_one::<pg_sys::Oid>("SELECT 'backfill'::regnamespace::oid")
                 .unwrap()
                 .unwrap(),
         )
         .unwrap();
-        use crate::engine::Insert;
+        use crate::batch::Insert;
         for (n, insert) in [
             Insert::New,
             Insert::Missing,
@@ -220,7 +220,7 @@ task.end_in_seconds numeric";
         {
             Spi::run(&format!(
                 "PREPARE batch_{n}(bigint[], text[], text[], text[], bigint) AS {}",
-                crate::engine::batch_sql(&tables, insert)
+                crate::batch::batch_sql(&tables, insert)
             ))
             .unwrap();
             let plan = explain(&format!(

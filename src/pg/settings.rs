@@ -1,8 +1,8 @@
 //! The `backfill.*` settings (GUCs).
 
-use crate::python::PythonVersion;
-use crate::render::{Style, ValueFormat};
-use crate::window::{self, Window};
+use crate::extract::python::PythonVersion;
+use crate::extract::render::{Style, ValueFormat};
+use crate::pg::window::{self, Window};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr, CString};

@@ -1,21 +1,21 @@
 //! The SQL functions of schema `backfill` that users call.
 
-use crate::coverage;
-use crate::engine::{self, latest_task_data_join, Batch, Begin, Runner};
-use crate::error::{self, invalid_parameter, report_with_hint, require_primary, required};
-use crate::extract::jsonpath_values;
+use crate::batch::coverage;
+use crate::batch::{self, latest_task_data_join, Batch, Begin, Runner};
+use crate::extract::document::jsonpath_values;
+use crate::extract::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep};
+use crate::extract::jsontext::{self, TextError, MAX_INT_DIGITS};
+use crate::extract::paths::{MetadataPath, PathExpr};
+use crate::extract::python::PythonVersion;
+use crate::extract::render::{render, Style, Unstorable};
+use crate::extract::value::Value as PyValue;
 use crate::job::{self, store, JobPath, JobState, Origin};
-use crate::jsonb::{JsonTextArg, JsonbArg, JsonbResult, TooDeep};
-use crate::jsontext::{self, TextError, MAX_INT_DIGITS};
-use crate::paths::{MetadataPath, PathExpr};
-use crate::privilege;
-use crate::python::PythonVersion;
-use crate::query;
-use crate::render::{render, Style, Unstorable};
-use crate::settings;
-use crate::tables::{Table, Tables};
-use crate::value::Value as PyValue;
-use crate::wake;
+use crate::pg::error::{self, invalid_parameter, report_with_hint, require_primary, required};
+use crate::pg::privilege;
+use crate::pg::query;
+use crate::pg::settings;
+use crate::pg::tables::{Table, Tables};
+use crate::shmem;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{Map, Value};
@@ -310,7 +310,7 @@ fn enqueue(
         "backfill job {job_id} queued for {process_model_identifier}: {}{held}",
         JobPath::describe(&chosen)
     );
-    wake::warn_if_no_worker(job_id);
+    shmem::warn_if_no_worker(job_id);
     job_id
 }
 
@@ -358,7 +358,7 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
     models
         .into_iter()
         .map(|(model, paths)| {
-            let keys: Vec<String> = crate::paths::parse_paths_lenient(&paths)
+            let keys: Vec<String> = crate::extract::paths::parse_paths_lenient(&paths)
                 .into_iter()
                 .map(|p| p.key)
                 .collect();
@@ -374,7 +374,7 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    match wake::problem() {
+    match shmem::problem() {
         None => true,
         Some((message, hint)) => {
             report_with_hint(
@@ -391,7 +391,7 @@ fn check_worker() -> bool {
 /// The pid of the worker serving this database, NULL when none is running.
 #[pg_extern(volatile)]
 fn worker_pid() -> Option<i32> {
-    wake::serving_pid()
+    shmem::serving_pid()
 }
 
 /// Stops a queued or running job at its next batch boundary. False when it had already ended.
@@ -422,7 +422,7 @@ fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> S
         if !state.is_unfinished() || Instant::now() >= deadline {
             return state.as_str().to_owned();
         }
-        wake::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+        shmem::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
 }
 
@@ -490,7 +490,7 @@ enum Say {
 /// Takes `held` (the job, or a part of it) for this session; false, after a NOTICE when
 /// `say` asks for one, when there is nothing to run.
 fn begin_for_session(job_id: i64, held: i64, say: Say) -> bool {
-    match engine::begin(held, Runner::SESSION) {
+    match batch::begin(held, Runner::SESSION) {
         Begin::Started => {
             RUNNING.set(Some((job_id, held)));
             true
@@ -539,16 +539,16 @@ fn run_batch(job_id: Option<i64>) -> bool {
     require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
     if RAN_A_BATCH_OF.get() == Some(job_id) {
-        wake::sleep(settings::batch_delay());
+        shmem::sleep(settings::batch_delay());
     }
     RAN_A_BATCH_OF.set(Some(job_id));
     let held = held_for(job_id);
-    match engine::run_batch(held, Runner::SESSION) {
+    match batch::run_batch(held, Runner::SESSION) {
         Batch::More => true,
         // A session waits for the job row; it is never skipped.
         Batch::Busy => true,
         Batch::Finished(JobState::Succeeded) if held != job_id => {
-            engine::end(held);
+            batch::end(held);
             begin_next_part(job_id, &store::unfinished_parts(job_id))
         }
         Batch::Finished(_) => false,
@@ -565,9 +565,9 @@ fn run_end(job_id: Option<i64>) {
     // After run_begin found nothing to run, its NOTICE said so: no summary.
     let held = held_for(job_id);
     let ran = RUNNING.get().is_some_and(|(job, _)| job == job_id);
-    engine::end(held);
+    batch::end(held);
     // After the procedure's COMMIT of the last batch.
-    engine::count_due_coverage();
+    batch::count_due_coverage();
     RAN_A_BATCH_OF.set(None);
     RUNNING.set(None);
     if !ran {

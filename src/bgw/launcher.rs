@@ -7,8 +7,8 @@
 //! a database. Terminated, the launcher exits with status 1, and the postmaster starts it
 //! again (unless the server is shutting down).
 
-use crate::settings;
-use crate::wake::{self, Purpose, Serving, LAUNCHER_TYPE, WORKER_TYPE};
+use crate::pg::settings;
+use crate::shmem::{self, Purpose, Serving, LAUNCHER_TYPE, WORKER_TYPE};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
     DynamicBackgroundWorker, SignalWakeFlags,
@@ -54,7 +54,7 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
     // No database: the launcher reads only the shared catalog pg_database.
     BackgroundWorker::connect_worker_to_spi(None, None);
     // SAFETY: this process's pid.
-    wake::launcher_ready(unsafe { pg_sys::MyProcPid });
+    shmem::launcher_ready(unsafe { pg_sys::MyProcPid });
     let max_workers = settings::max_workers();
     log!("{LAUNCHER_TYPE} started: at most {max_workers} workers");
     // SAFETY: reading a postmaster setting's variable.
@@ -82,22 +82,22 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
     // The databases of this minute's look not looked at yet, and when the next look begins.
     let mut to_look: Vec<pg_sys::Oid> = Vec::new();
     let mut next_look = Instant::now() + LOOK_EVERY;
-    while !wake::shutdown_requested() {
+    while !shmem::shutdown_requested() {
         let reloaded = BackgroundWorker::sighup_received();
         if reloaded {
             // SAFETY: what the postmaster's children do on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if wake::take_look_everywhere() {
+        if shmem::take_look_everywhere() {
             pending.extend(databases().iter().map(|d| d.oid));
         }
-        let requests = wake::take_requests();
+        let requests = shmem::take_requests();
         // Held jobs whose time has come; after a reload all of them, since the window may
         // have moved (a worker with nothing to run yet asks again and leaves).
-        let due = wake::take_due(if reloaded {
-            wake::Due::All
+        let due = shmem::take_due(if reloaded {
+            shmem::Due::All
         } else {
-            wake::Due::Now
+            shmem::Due::Now
         });
         asked.extend(requests.iter().chain(&due));
         pending.extend(requests.into_iter().chain(due));
@@ -133,7 +133,7 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
                     continue;
                 }
                 said_closed.retain(|d| *d != database);
-                match wake::served(database) {
+                match shmem::served(database) {
                     Serving::Yes => continue,
                     Serving::Leaving => {
                         waiting.push(database);
@@ -164,8 +164,8 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         // One more worker for a split job's part that none runs yet, unless one is on its way
         // (it asks again if it finds more). With no free process the part waits for one of
         // its job's workers to finish.
-        for database in wake::take_helper_requests() {
-            if !wake::starting_in(database) {
+        for database in shmem::take_helper_requests() {
+            if !shmem::starting_in(database) {
                 let _ = launch(database, Purpose::Asked, &mut started);
             }
         }
@@ -181,7 +181,7 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         // keeps a job waiting. A database with a worker needs none.
         if pending.is_empty() && !started.iter().any(|w| w.purpose == Purpose::Look) {
             while let Some(database) = to_look.pop() {
-                if matches!(wake::served(database), Serving::No) {
+                if matches!(shmem::served(database), Serving::No) {
                     let _ = launch(database, Purpose::Look, &mut started);
                     break;
                 }
@@ -190,7 +190,7 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
         // Until a request, a worker's exit (both set the latch) or the naptime.
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
-    wake::launcher_gone();
+    shmem::launcher_gone();
     log!("{LAUNCHER_TYPE} exiting on shutdown request (it starts again unless the server is shutting down)");
     // Exit status 1, not 0 (which would unregister it): terminated on its own (say by
     // pg_terminate_backend), the launcher is started again after RESTART_DELAY; in a server
@@ -228,9 +228,9 @@ fn launch(
     purpose: Purpose,
     started: &mut Vec<Started>,
 ) -> Result<(), NoWorker> {
-    let (slot, generation) = wake::reserve_slot(database, purpose).ok_or(NoWorker::AllBusy)?;
+    let (slot, generation) = shmem::reserve_slot(database, purpose).ok_or(NoWorker::AllBusy)?;
     let attempt = start_worker(slot);
-    wake::found_process(attempt.is_ok());
+    shmem::found_process(attempt.is_ok());
     match attempt {
         Ok(handle) => {
             started.push(Started {
@@ -242,7 +242,7 @@ fn launch(
             Ok(())
         }
         Err(_) => {
-            wake::release_slot(slot, generation);
+            shmem::release_slot(slot, generation);
             Err(NoWorker::NoProcess)
         }
     }
@@ -270,7 +270,7 @@ fn still_running(worker: &Started) -> bool {
     match worker.handle.pid() {
         Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted) => true,
         Err(_) => {
-            wake::release_slot(worker.slot, worker.generation);
+            shmem::release_slot(worker.slot, worker.generation);
             false
         }
     }

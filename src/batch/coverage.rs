@@ -4,8 +4,8 @@
 //! the `backfill.coverage` view reads: the view answers at once on any number of instances,
 //! and says when each figure was counted.
 
-use crate::privilege::{as_job_table_owner, as_role};
-use crate::tables::Tables;
+use crate::pg::privilege::{as_job_table_owner, as_role};
+use crate::pg::tables::Tables;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 

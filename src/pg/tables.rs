@@ -4,9 +4,9 @@
 //! from the catalogs; what the batch engine needs to know about their types is kept here, and
 //! so is whose privileges reading and writing them may have (`Tables::reader`).
 
-use crate::error::raise;
-use crate::privilege;
-use crate::query;
+use crate::pg::error::raise;
+use crate::pg::privilege;
+use crate::pg::query;
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};

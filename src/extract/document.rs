@@ -4,7 +4,7 @@
 //! only for JSONPath, which needs the whole document; the rule for dotted paths is defined here
 //! once more so it can be tested without a server, and the SQL tests check both agree.
 
-use crate::paths::PathExpr;
+use crate::extract::paths::PathExpr;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
 
@@ -21,11 +21,11 @@ pub fn jsonpath_values(
     document: Value,
     depth: usize,
     queries: &[&PathExpr],
-) -> Vec<Option<crate::value::Value>> {
+) -> Vec<Option<crate::extract::value::Value>> {
     let search = move || {
         let values = queries
             .iter()
-            .map(|query| extract(&document, query).map(crate::value::Value::from_serde))
+            .map(|query| extract(&document, query).map(crate::extract::value::Value::from_serde))
             .collect();
         drop(document);
         values

@@ -1,7 +1,9 @@
 //! The Python whose `json.loads` and `str()` backfill reproduces (`backfill.python_version`):
 //! which characters its `repr` escapes and how deep it nests. Pure, no PostgreSQL.
 
-use crate::unicode_tables::{PRINTABLE_3_11, PRINTABLE_3_12, PRINTABLE_3_13, PRINTABLE_3_14};
+use crate::extract::unicode_tables::{
+    PRINTABLE_3_11, PRINTABLE_3_12, PRINTABLE_3_13, PRINTABLE_3_14,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PythonVersion {

@@ -11,10 +11,10 @@
 //! built. A JSONPath needs the whole document, which is then built once. Nothing recurses
 //! with the document's depth.
 
-use crate::extract::{extract, jsonpath_values};
-use crate::paths::PathExpr;
-use crate::python::PythonVersion;
-use crate::value::{PyStr, Value};
+use crate::extract::document::{extract, jsonpath_values};
+use crate::extract::paths::PathExpr;
+use crate::extract::python::PythonVersion;
+use crate::extract::value::{PyStr, Value};
 use indexmap::IndexMap;
 
 /// The most digits `int()` reads from text (`sys.get_int_max_str_digits()`, 3.11 and later):
@@ -670,7 +670,7 @@ fn hex4_at(bytes: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{render, Style, Unstorable, ValueFormat};
+    use crate::extract::render::{render, Style, Unstorable, ValueFormat};
 
     const PY: PythonVersion = PythonVersion::V3_13;
 

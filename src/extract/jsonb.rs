@@ -5,7 +5,7 @@
 //! binary jsonb with PostgreSQL's own lookup, and only the value found is converted. A json
 //! argument is lent as its text, for `jsontext` to read.
 
-use crate::value::{PyStr, Value as PyValue};
+use crate::extract::value::{PyStr, Value as PyValue};
 use indexmap::IndexMap;
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::UnboxDatum;
@@ -204,7 +204,7 @@ pub struct TooDeep {
 
 /// Containers nested deeper than this are not converted where only a bounded copy is wanted
 /// (`to_serde_capped`): metadata_extraction_paths are read two levels down.
-const CAPPED_DEPTH: usize = crate::render::MAX_VALUE_CHARS + 1;
+const CAPPED_DEPTH: usize = crate::extract::render::MAX_VALUE_CHARS + 1;
 
 impl JsonbArg {
     fn root(&self) -> *mut pg_sys::JsonbContainer {

@@ -3,13 +3,13 @@
 //! own extraction (the same joins, the same `extract_values`), with the caller's privileges,
 //! writing nothing.
 
-use crate::engine::{is_instance_failure, latest_task_data_join};
-use crate::error::{invalid_parameter, required};
+use crate::batch::{is_instance_failure, latest_task_data_join};
 use crate::job::{self, JobPath};
-use crate::privilege::as_role;
-use crate::query;
-use crate::subxact::in_subtransaction;
-use crate::tables::{Table, Tables};
+use crate::pg::error::{invalid_parameter, required};
+use crate::pg::privilege::as_role;
+use crate::pg::query;
+use crate::pg::subxact::in_subtransaction;
+use crate::pg::tables::{Table, Tables};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -165,7 +165,7 @@ fn previewed(
     let paths = job::valid_paths(&required(paths, function, "paths").0);
     // A key whose path differs from the model's current one would be overwritten, as a model
     // update to these paths would do; any other key is filled where it has no row.
-    let current = crate::paths::parse_paths_lenient(&job::paths_of_model(model));
+    let current = crate::extract::paths::parse_paths_lenient(&job::paths_of_model(model));
     let overwritten: Vec<String> = JobPath::changes(&current, &paths)
         .into_iter()
         .filter(|p| p.overwrite)

@@ -5,12 +5,12 @@
 //! to run it waits `backfill.naptime` (2 s at most) for more, then exits: no idle worker stays
 //! connected to a database, so DROP DATABASE and DROP EXTENSION never wait for one.
 
-use crate::engine::{self, Batch, Begin, Runner};
+use crate::batch::{self, Batch, Begin, Runner};
 use crate::job::{self, store};
-use crate::query;
-use crate::settings;
-use crate::subxact::{in_subtransaction, Failure};
-use crate::wake::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
+use crate::pg::query;
+use crate::pg::settings;
+use crate::pg::subxact::{in_subtransaction, Failure};
+use crate::shmem::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -31,7 +31,7 @@ fn reload_config_if_asked() {
 // its argument, which it only unpacks.
 unsafe extern "C-unwind" fn free_slot(_code: std::ffi::c_int, reservation: pg_sys::Datum) {
     let packed = reservation.value() as u64;
-    wake::release_slot((packed >> 32) as usize, packed as u32);
+    shmem::release_slot((packed >> 32) as usize, packed as u32);
 }
 
 // SAFETY: an exported symbol name of this library's own prefix, looked up by the postmaster
@@ -41,7 +41,7 @@ unsafe extern "C-unwind" fn free_slot(_code: std::ffi::c_int, reservation: pg_sy
 pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let slot = slot.value();
-    let Some((database, generation)) = wake::slot_reservation(slot) else {
+    let Some((database, generation)) = shmem::slot_reservation(slot) else {
         // Not a reservation of the launcher's (the slot was freed meanwhile).
         return;
     };
@@ -57,17 +57,17 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
     BackgroundWorker::transaction(fix_session_settings);
     // SAFETY: set once the process has started.
     let pid = unsafe { pg_sys::MyProcPid };
-    wake::worker_serving(slot, pid);
+    shmem::worker_serving(slot, pid);
     let name = BackgroundWorker::transaction(database_name);
     // Started for the launcher's periodic look: nothing to wait for once idle (unless it
     // found something to run: then it serves the database as any worker).
-    let mut looks = wake::purpose(slot) == Purpose::Look;
+    let mut looks = shmem::purpose(slot) == Purpose::Look;
     let mut lock_waits = LockWaits::default();
 
     let mut announced = false;
     let mut trouble = Trouble::default();
     let mut idle_since: Option<Instant> = None;
-    while !wake::shutdown_requested() {
+    while !shmem::shutdown_requested() {
         reload_config_if_asked();
         match in_own_transaction(extension_installed) {
             Ok(true) if !announced => {
@@ -116,19 +116,19 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
         if since.elapsed() >= linger {
             // From here on an enqueue asks the launcher, which starts a new worker once this
             // one is gone; a last look finds whatever committed before.
-            wake::worker_leaving(slot);
+            shmem::worker_leaving(slot);
             match in_own_transaction(work_left) {
                 Ok(Work::None) => break,
                 // Not connected until then (DROP DATABASE would wait for it): the launcher
                 // starts a worker when the hold lifts.
-                Ok(Work::Later(seconds)) if wake::request_later(database, seconds) => break,
+                Ok(Work::Later(seconds)) if shmem::request_later(database, seconds) => break,
                 // What a look could not run now has a runner, or gets one when the next
                 // look comes.
                 _ if looks => break,
                 Ok(_) | Err(_) => {
                     // Jobs someone else runs (CALL backfill.run) or that were just queued:
                     // stay, to take them when they are free.
-                    wake::worker_serving(slot, pid);
+                    shmem::worker_serving(slot, pid);
                     idle_since = Some(Instant::now());
                 }
             }
@@ -139,13 +139,13 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
                 .max(Duration::from_millis(10)),
         ));
     }
-    if wake::shutdown_requested() {
+    if shmem::shutdown_requested() {
         // A job stopped at a batch boundary (SIGTERM to this worker alone) goes on in a new
         // worker; in a server shutting down, the launcher is stopping too and starts none.
         if matches!(in_own_transaction(store::any_unfinished), Ok(true)) {
-            wake::worker_leaving(slot);
+            shmem::worker_leaving(slot);
             // SAFETY: the database this process is connected to.
-            wake::request(unsafe { pg_sys::MyDatabaseId });
+            shmem::request(unsafe { pg_sys::MyDatabaseId });
         }
         log!("{BACKEND_TYPE} exiting on shutdown request (database \"{name}\")");
     }
@@ -177,7 +177,7 @@ fn work_left() -> Work {
     if unfinished == 0 {
         return Work::None;
     }
-    if wake::restore_in_progress() {
+    if shmem::restore_in_progress() {
         return Work::Later(RESTORE_LOOK_AGAIN);
     }
     let window = job::window_closed_for();
@@ -303,13 +303,13 @@ const COME_BACK_AFTER: u64 = 60;
 /// say), asking the launcher for a worker later; false when the launcher's table of such
 /// requests is full, and the worker stays.
 fn leave_for_a_while(slot: usize, database: pg_sys::Oid) -> bool {
-    wake::worker_leaving(slot);
-    if wake::request_later(database, COME_BACK_AFTER) {
+    shmem::worker_leaving(slot);
+    if shmem::request_later(database, COME_BACK_AFTER) {
         log!("{BACKEND_TYPE}: leaving after {LEAVE_AFTER} failures in a row; another worker looks again in {COME_BACK_AFTER} s, or at the next job queued");
         return true;
     }
     // SAFETY: this process's pid.
-    wake::worker_serving(slot, unsafe { pg_sys::MyProcPid });
+    shmem::worker_serving(slot, unsafe { pg_sys::MyProcPid });
     false
 }
 
@@ -328,7 +328,7 @@ impl Trouble {
             );
             self.last_message = Some(message);
         }
-        wake::sleep(delay);
+        shmem::sleep(delay);
     }
 
     /// Whether the failures came LEAVE_AFTER times in a row.
@@ -373,11 +373,11 @@ thread_local! {
 /// How soon a worker that left a database pg_restore is restoring looks again.
 const RESTORE_LOOK_AGAIN: u64 = 5;
 
-/// Whether pg_restore is restoring this database (`wake::restore_in_progress`): its jobs
+/// Whether pg_restore is restoring this database (`shmem::restore_in_progress`): its jobs
 /// must not read tables that are half loaded (`stopping`: the job this process would run a
 /// batch of next). The first time, the log says so.
 fn held_by_restore(stopping: Option<i64>) -> bool {
-    if !wake::restore_in_progress() {
+    if !shmem::restore_in_progress() {
         RESTORE_NOTED.set(false);
         return false;
     }
@@ -501,9 +501,9 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
         Ok(Some(Claimed { job_id, parts_left })) => {
             // After the commit: the split and the part's start are visible to the helper.
             if parts_left {
-                wake::ask_for_helper(slot);
+                shmem::ask_for_helper(slot);
             }
-            wake::mark_running_job(slot);
+            shmem::mark_running_job(slot);
             job_id
         }
         Ok(None) => return Drained::Idle,
@@ -518,7 +518,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
     let mut aside = false;
     let mut lowest_part = false;
     loop {
-        if wake::shutdown_requested() {
+        if shmem::shutdown_requested() {
             log!("{BACKEND_TYPE}: stopping job {job_id} at a batch boundary on shutdown request");
             release(slot, job_id, &throttle);
             return Drained::Ran;
@@ -532,10 +532,10 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             match in_own_transaction(|| lower_part_running(job_id)) {
                 Ok(true) => {
                     if !aside {
-                        wake::mark_no_job(slot);
+                        shmem::mark_no_job(slot);
                         aside = true;
                     }
-                    wake::sleep(ASIDE_LOOK);
+                    shmem::sleep(ASIDE_LOOK);
                     throttle.look();
                     continue;
                 }
@@ -545,21 +545,21 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             }
         }
         if aside {
-            wake::mark_running_job(slot);
+            shmem::mark_running_job(slot);
             aside = false;
         }
-        let turn = throttle.application_busy() && wake::take_batch_turn(slot, TURN_PATIENCE);
+        let turn = throttle.application_busy() && shmem::take_batch_turn(slot, TURN_PATIENCE);
         let started = Instant::now();
-        let batch = in_own_transaction(|| engine::run_batch(job_id, worker_runner()));
+        let batch = in_own_transaction(|| batch::run_batch(job_id, worker_runner()));
         let took = started.elapsed();
         if turn {
-            wake::end_batch_turn(slot, throttle.turn_gap(took));
+            shmem::end_batch_turn(slot, throttle.turn_gap(took));
         }
         match batch {
             Ok(Batch::More) => {
                 failures = 0;
                 lock_waits.went_on(job_id);
-                wake::sleep(settings::batch_delay() + throttle.pause(took));
+                shmem::sleep(settings::batch_delay() + throttle.pause(took));
             }
             Ok(Batch::Blocked(why)) => {
                 // Nothing done, nothing counted: other jobs go first, this one comes back.
@@ -576,7 +576,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
             Ok(Batch::Finished(_)) => {
                 lock_waits.went_on(job_id);
                 release(slot, job_id, &throttle);
-                if let Err(failure) = in_own_transaction(engine::count_due_coverage) {
+                if let Err(failure) = in_own_transaction(batch::count_due_coverage) {
                     warning!("{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}");
                 }
                 return Drained::Ran;
@@ -588,7 +588,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
                     warning!(
                         "{BACKEND_TYPE}: job {job_id} failed {failures} times outside a batch; marking it failed: {message}"
                     );
-                    if let Err(again) = in_own_transaction(|| engine::fail_job(job_id, &message)) {
+                    if let Err(again) = in_own_transaction(|| batch::fail_job(job_id, &message)) {
                         warning!("{BACKEND_TYPE}: could not mark job {job_id} failed: {again}");
                         trouble.wait_after(&again, "marking a job failed");
                     }
@@ -601,7 +601,7 @@ fn drain_one_job(slot: usize, trouble: &mut Trouble, lock_waits: &mut LockWaits)
                      trying again in {} s: {message}",
                     delay.as_secs()
                 );
-                wake::sleep(delay);
+                shmem::sleep(delay);
             }
         }
     }
@@ -612,7 +612,7 @@ const ASIDE_LOOK: Duration = Duration::from_millis(100);
 
 /// Whether a lower-numbered part of the job `job_id` is a part of is unfinished and being run
 /// by some process. While the application keeps the server busy the batches run one at a
-/// time anyway (`wake::take_batch_turn`); a split job's parts then go one after another, in
+/// time anyway (`shmem::take_batch_turn`); a split job's parts then go one after another, in
 /// one process each, instead of alternating between processes, each of whose batches comes
 /// after a longer pause and in another place of the tables, and runs a tenth to a fifth
 /// longer in front of the application's saves. A part whose runner is gone is not waited for.
@@ -638,7 +638,7 @@ struct Throttle {
     batches: u64,
     working: Duration,
     paused: Duration,
-    /// Pause owed but not yet taken: `wake::sleep` sleeps whole milliseconds, so the
+    /// Pause owed but not yet taken: `shmem::sleep` sleeps whole milliseconds, so the
     /// fractions add up here until they make one.
     owed: Duration,
 }
@@ -648,7 +648,7 @@ impl Default for Throttle {
         Throttle {
             // From the first look, not from nothing: the first batches are already measured
             // against the load there is.
-            load: wake::busy_sessions() as f64,
+            load: shmem::busy_sessions() as f64,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             batches: 0,
             working: Duration::ZERO,
@@ -660,7 +660,7 @@ impl Default for Throttle {
 
 impl Throttle {
     /// Whether the server's other sessions keep half its CPUs or more busy (smoothed over the
-    /// last batches): then batches take turns (`wake::take_batch_turn`). A session that looks
+    /// last batches): then batches take turns (`shmem::take_batch_turn`). A session that looks
     /// at a job now and then is not that.
     fn application_busy(&self) -> bool {
         settings::adaptive_throttle() && self.load / self.cpus >= 0.5
@@ -682,7 +682,7 @@ impl Throttle {
 
     /// Takes one more look at how busy the server's other sessions are.
     fn look(&mut self) {
-        self.load = 0.7 * self.load + 0.3 * wake::busy_sessions() as f64;
+        self.load = 0.7 * self.load + 0.3 * shmem::busy_sessions() as f64;
     }
 
     fn pause(&mut self, batch: Duration) -> Duration {
@@ -690,7 +690,7 @@ impl Throttle {
             return Duration::ZERO;
         }
         self.look();
-        let pause = self.share(batch, wake::workers_running_jobs());
+        let pause = self.share(batch, shmem::workers_running_jobs());
         self.batches += 1;
         self.working += batch;
         self.paused += pause;
@@ -705,8 +705,8 @@ impl Throttle {
 /// The log says how long the throttle held this process back on it, so that an operator
 /// can tell a slow job from a throttled one.
 fn release(slot: usize, job_id: i64, throttle: &Throttle) {
-    engine::end(job_id);
-    wake::mark_no_job(slot);
+    batch::end(job_id);
+    shmem::mark_no_job(slot);
     if throttle.batches > 0 {
         log!(
             "{BACKEND_TYPE}: job {job_id}: {} batches took {:.3} s; the adaptive throttle paused {:.3} s after them for the server's load",
@@ -735,7 +735,7 @@ fn claim_next_job(lock_waits: &mut LockWaits) -> Option<Claimed> {
     'look: loop {
         let unfinished = store::runnable();
         for job_id in unfinished.into_iter().filter(|id| !waiting.contains(id)) {
-            match engine::begin(job_id, runner) {
+            match batch::begin(job_id, runner) {
                 Begin::Started => {
                     return Some(Claimed {
                         job_id,

@@ -1,10 +1,10 @@
 //! Triggers on `backfill.process_model` and `backfill.job`.
 
+use crate::extract::jsonb::JsonbArg;
+use crate::extract::paths::parse_paths_lenient;
 use crate::job::{self, JobPath, Origin};
-use crate::jsonb::JsonbArg;
-use crate::paths::parse_paths_lenient;
-use crate::settings;
-use crate::wake::{self, warn_if_no_worker};
+use crate::pg::settings;
+use crate::shmem::{self, warn_if_no_worker};
 use pgrx::prelude::*;
 use serde_json::Value;
 use std::fmt;
@@ -94,6 +94,6 @@ fn enqueue_backfill_on_model_update<'a>(
 fn wake_for_new_jobs<'a>(
     _trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
-    wake::wake_at_commit();
+    shmem::wake_at_commit();
     Ok(None)
 }

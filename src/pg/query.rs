@@ -1,6 +1,6 @@
 //! Queries whose result shape pgrx's `Spi::get_*` helpers do not cover.
 
-use crate::jsonb::JsonbArg;
+use crate::extract::jsonb::JsonbArg;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;

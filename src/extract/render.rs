@@ -5,8 +5,8 @@
 //! `json` format reproduces `jsonb #>> '{}'`. Numbers arrive as their decimal text, exactly as
 //! written (json) or as jsonb prints them, so integers of any size stay exact.
 
-use crate::python::PythonVersion;
-use crate::value::{PyStr, Value};
+use crate::extract::python::PythonVersion;
+use crate::extract::value::{PyStr, Value};
 use std::fmt::Write;
 
 /// The longest value `process_instance_metadata.value` (varchar(255)) holds, in characters.

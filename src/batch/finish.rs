@@ -1,0 +1,140 @@
+//! A job's end: success (and a split job's), failure, the coverage counted after the commit, and
+//! the progress lines in the server log.
+
+use super::failure::caught_unless_interrupt;
+use super::runner::Batch;
+use super::tables::usable_tables;
+use crate::batch::coverage;
+use crate::job::store::{self, LockedJob as Job};
+use crate::job::JobState;
+use crate::pg::subxact::Failure;
+use crate::pg::tables::Table;
+use pgrx::pg_sys::Oid;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// Least time between two progress lines in the server log.
+pub(super) const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+thread_local! {
+    pub(super) static LAST_PROGRESS_LOG: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+pub(super) fn finish(job: &Job) -> Batch {
+    let store::Totals {
+        processed,
+        updated,
+        errors,
+        seconds,
+    } = store::finish(job.id);
+    log!(
+        "backfill: {} succeeded for model {}: {processed} instances processed, {updated} updated, \
+         {errors} errors in {seconds:.1} s",
+        job.label(),
+        job.model
+    );
+    if job.parent.is_none() {
+        coverage_due(job, job.id);
+    }
+    if let Some((parent, _)) = &job.parent {
+        // In this transaction, after the part's row: the last part to end ends the job.
+        if store::settle(job.id, *parent) {
+            let summary = store::summary(*parent).ok().flatten().unwrap_or_default();
+            log!(
+                "backfill: job {parent} {summary} (model {}, its last part ended)",
+                job.model
+            );
+            coverage_due(job, *parent);
+        }
+    }
+    Batch::Finished(JobState::Succeeded)
+}
+
+/// The coverage a job that succeeded in this transaction leaves to count after its commit.
+pub(super) struct CoverageDue {
+    pub(super) job_id: i64,
+    pub(super) model: String,
+    pub(super) keys: Vec<String>,
+    pub(super) tables_schema: Oid,
+    pub(super) queued_by: Oid,
+}
+
+thread_local! {
+    pub(super) static COVERAGE_DUE: RefCell<Option<CoverageDue>> = const { RefCell::new(None) };
+}
+
+pub(super) fn coverage_due(job: &Job, job_id: i64) {
+    COVERAGE_DUE.set(Some(CoverageDue {
+        job_id,
+        model: job.model.clone(),
+        keys: job.paths.iter().map(|p| p.key.clone()).collect(),
+        tables_schema: job.tables_schema,
+        queued_by: job.role,
+    }));
+}
+
+/// Once the transaction in which a job succeeded has committed, in a transaction of its own:
+/// the coverage of the job's keys, counted with its role's privileges, for the coverage view.
+/// Counted in the job's last transaction, it would keep the last batch's instances locked, and
+/// the job's last rows and its success unseen, for as long as the count takes (seconds at a
+/// million instances). Not counting only costs the view a fresh figure, so a failure warns.
+pub fn count_due_coverage() {
+    let Some(due) = COVERAGE_DUE.take() else {
+        return;
+    };
+    let job_id = due.job_id;
+    // Only for a success that committed: a transaction that finished a job and then failed
+    // leaves this set for nothing.
+    if !store::succeeded(job_id) {
+        return;
+    }
+    let counted = usable_tables(
+        due.tables_schema,
+        due.queued_by,
+        &[Table::Instances, Table::Metadata],
+    )
+    .and_then(|(tables, role)| {
+        caught_unless_interrupt(|| coverage::count_and_record(&due.model, &due.keys, &tables, role))
+    });
+    let problem = match counted {
+        Ok(_) => return,
+        Err(failure) => failure.with_hint(),
+    };
+    warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
+}
+
+pub(super) fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
+    let message = failure.with_hint();
+    warning!(
+        "backfill: {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
+        job.label(),
+        if attempts == 1 { "" } else { "s" },
+        job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
+    );
+    fail_job(job.id, &message);
+    Batch::Finished(JobState::Failed)
+}
+
+/// Marks a job failed with `message` as its last error (also used by the worker when a job
+/// keeps failing outside its batches).
+pub fn fail_job(job_id: i64, message: &str) {
+    store::fail(job_id, message);
+}
+
+pub(super) fn log_progress(job_id: i64) {
+    let due = LAST_PROGRESS_LOG
+        .get()
+        .is_none_or(|last| last.elapsed() >= PROGRESS_LOG_INTERVAL);
+    if !due {
+        return;
+    }
+    LAST_PROGRESS_LOG.set(Some(Instant::now()));
+    let line = store::summary(job_id);
+    // A progress line is not worth failing the batch over.
+    match line {
+        Ok(Some(line)) => log!("backfill: job {job_id} {line}"),
+        Ok(None) => {}
+        Err(e) => warning!("backfill: job {job_id}: could not read its progress: {e}"),
+    }
+}

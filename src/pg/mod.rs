@@ -1,0 +1,10 @@
+//! Infrastructure over PostgreSQL: errors with their SQLSTATEs, subtransactions, whose privileges,
+//! the settings, SPI helpers, and the four tables a job reads and writes.
+
+pub mod error;
+pub mod privilege;
+pub mod query;
+pub mod settings;
+pub mod subxact;
+pub mod tables;
+pub mod window;
