@@ -68,125 +68,17 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
             max_workers + 1
         );
     }
-    // After a start or a crash, every database once: its worker resumes the jobs that were
-    // running, and exits at once if there is nothing.
-    let mut pending: Vec<pg_sys::Oid> = databases().iter().map(|d| d.oid).collect();
-    let mut said_closed: Vec<pg_sys::Oid> = Vec::new();
-    let mut started: Vec<Started> = Vec::new();
-    // The databases that asked for a worker (a job queued there, a hold lifted), and those of
-    // them the log has named as waiting for one: the pass over every database at the start
-    // (and a look) may find no worker process for a database that has nothing to run, which
-    // is not worth a line.
-    let mut asked: Vec<pg_sys::Oid> = Vec::new();
-    let mut said_waiting: Vec<pg_sys::Oid> = Vec::new();
-    // The databases of this minute's look not looked at yet, and when the next look begins.
-    let mut to_look: Vec<pg_sys::Oid> = Vec::new();
-    let mut next_look = Instant::now() + LOOK_EVERY;
+    let mut launcher = Launcher::new(max_workers);
     while !shmem::shutdown_requested() {
         let reloaded = BackgroundWorker::sighup_received();
         if reloaded {
             // SAFETY: what the postmaster's children do on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if shmem::take_look_everywhere() {
-            pending.extend(databases().iter().map(|d| d.oid));
-        }
-        let requests = shmem::take_requests();
-        // Held jobs whose time has come; after a reload all of them, since the window may
-        // have moved (a worker with nothing to run yet asks again and leaves).
-        let due = shmem::take_due(if reloaded {
-            shmem::Due::All
-        } else {
-            shmem::Due::Now
-        });
-        asked.extend(requests.iter().chain(&due));
-        pending.extend(requests.into_iter().chain(due));
-        pending.sort_unstable_by_key(|db| db.to_u32());
-        pending.dedup();
-        started.retain(still_running);
-        if !pending.is_empty() {
-            // A database dropped since it asked is forgotten; one that does not allow
-            // connections waits, without a worker trying to connect.
-            let known = databases();
-            pending.retain(|db| known.iter().any(|d| d.oid == *db));
-            asked.retain(|db| pending.contains(db));
-            said_waiting.retain(|db| pending.contains(db));
-            let mut waiting = Vec::new();
-            for database in pending.drain(..) {
-                let open = known
-                    .iter()
-                    .any(|d| d.oid == database && d.allows_connections);
-                if !open {
-                    if !said_closed.contains(&database) {
-                        let name = known
-                            .iter()
-                            .find(|d| d.oid == database)
-                            .map(|d| d.name.as_str())
-                            .unwrap_or("?");
-                        log!(
-                            "{LAUNCHER_TYPE}: database \"{name}\" does not allow connections (ALLOW_CONNECTIONS false); \
-                             its jobs wait until it does"
-                        );
-                        said_closed.push(database);
-                    }
-                    waiting.push(database);
-                    continue;
-                }
-                said_closed.retain(|d| *d != database);
-                match shmem::served(database) {
-                    Serving::Yes => continue,
-                    Serving::Leaving => {
-                        waiting.push(database);
-                        continue;
-                    }
-                    Serving::No => {}
-                }
-                if max_workers == 0 {
-                    continue;
-                }
-                match launch(database, Purpose::Asked, &mut started) {
-                    Ok(()) => said_waiting.retain(|d| *d != database),
-                    Err(why) => {
-                        if asked.contains(&database) && !said_waiting.contains(&database) {
-                            let name = known
-                                .iter()
-                                .find(|d| d.oid == database)
-                                .map_or("?", |d| d.name.as_str());
-                            why.log(name, max_workers);
-                            said_waiting.push(database);
-                        }
-                        waiting.push(database);
-                    }
-                }
-            }
-            pending = waiting;
-        }
-        // One more worker for a split job's part that none runs yet, unless one is on its way
-        // (it asks again if it finds more). With no free process the part waits for one of
-        // its job's workers to finish.
-        for database in shmem::take_helper_requests() {
-            if !shmem::starting_in(database) {
-                let _ = launch(database, Purpose::Asked, &mut started);
-            }
-        }
-        if Instant::now() >= next_look {
-            to_look = databases()
-                .into_iter()
-                .filter(|d| d.allows_connections)
-                .map(|d| d.oid)
-                .collect();
-            next_look = Instant::now() + LOOK_EVERY;
-        }
-        // One look at a time, and only while no database waits for a worker: a look never
-        // keeps a job waiting. A database with a worker needs none.
-        if pending.is_empty() && !started.iter().any(|w| w.purpose == Purpose::Look) {
-            while let Some(database) = to_look.pop() {
-                if matches!(shmem::served(database), Serving::No) {
-                    let _ = launch(database, Purpose::Look, &mut started);
-                    break;
-                }
-            }
-        }
+        launcher.take_requests(reloaded);
+        launcher.serve_pending();
+        launcher.start_helpers();
+        launcher.look();
         // Until a request, a worker's exit (both set the latch) or the naptime.
         BackgroundWorker::wait_latch(Some(settings::naptime()));
     }
@@ -197,6 +89,161 @@ pub extern "C-unwind" fn backfill_launcher_main(_arg: pg_sys::Datum) {
     // shutting down, the postmaster starts nothing.
     // SAFETY: ends the process, running its exit callbacks, as any background worker may.
     unsafe { pg_sys::proc_exit(1) }
+}
+
+/// The launcher's state across the turns of its loop.
+struct Launcher {
+    max_workers: usize,
+    /// Databases that want a worker and have none yet.
+    pending: Vec<pg_sys::Oid>,
+    /// Databases the log has named as not allowing connections.
+    said_closed: Vec<pg_sys::Oid>,
+    /// The workers this launcher started that may still run.
+    started: Vec<Started>,
+    /// The databases that asked for a worker (a job queued there, a hold lifted), and those of
+    /// them the log has named as waiting for one: the pass over every database at the start
+    /// (and a look) may find no worker process for a database that has nothing to run, which
+    /// is not worth a line.
+    asked: Vec<pg_sys::Oid>,
+    said_waiting: Vec<pg_sys::Oid>,
+    /// The databases of this minute's look not looked at yet, and when the next look begins.
+    to_look: Vec<pg_sys::Oid>,
+    next_look: Instant,
+}
+
+impl Launcher {
+    fn new(max_workers: usize) -> Launcher {
+        Launcher {
+            max_workers,
+            // After a start or a crash, every database once: its worker resumes the jobs that
+            // were running, and exits at once if there is nothing.
+            pending: databases().iter().map(|d| d.oid).collect(),
+            said_closed: Vec::new(),
+            started: Vec::new(),
+            asked: Vec::new(),
+            said_waiting: Vec::new(),
+            to_look: Vec::new(),
+            next_look: Instant::now() + LOOK_EVERY,
+        }
+    }
+
+    /// What shared memory asks for since the last turn: databases whose job was queued, whose
+    /// hold ended (after a reload all held ones), or all of them.
+    fn take_requests(&mut self, reloaded: bool) {
+        if shmem::take_look_everywhere() {
+            self.pending.extend(databases().iter().map(|d| d.oid));
+        }
+        let requests = shmem::take_requests();
+        // Held jobs whose time has come; after a reload all of them, since the window may
+        // have moved (a worker with nothing to run yet asks again and leaves).
+        let due = shmem::take_due(if reloaded {
+            shmem::Due::All
+        } else {
+            shmem::Due::Now
+        });
+        self.asked.extend(requests.iter().chain(&due));
+        self.pending.extend(requests.into_iter().chain(due));
+        self.pending.sort_unstable_by_key(|db| db.to_u32());
+        self.pending.dedup();
+        self.started.retain(still_running);
+    }
+
+    /// A worker for each pending database that has none, while there are free slots and
+    /// processes; the others keep waiting.
+    fn serve_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // A database dropped since it asked is forgotten; one that does not allow
+        // connections waits, without a worker trying to connect.
+        let known = databases();
+        self.pending.retain(|db| known.iter().any(|d| d.oid == *db));
+        let pending = std::mem::take(&mut self.pending);
+        self.asked.retain(|db| pending.contains(db));
+        self.said_waiting.retain(|db| pending.contains(db));
+        let mut waiting = Vec::new();
+        for database in pending {
+            let open = known
+                .iter()
+                .any(|d| d.oid == database && d.allows_connections);
+            if !open {
+                if !self.said_closed.contains(&database) {
+                    let name = known
+                        .iter()
+                        .find(|d| d.oid == database)
+                        .map(|d| d.name.as_str())
+                        .unwrap_or("?");
+                    log!(
+                        "{LAUNCHER_TYPE}: database \"{name}\" does not allow connections (ALLOW_CONNECTIONS false); \
+                         its jobs wait until it does"
+                    );
+                    self.said_closed.push(database);
+                }
+                waiting.push(database);
+                continue;
+            }
+            self.said_closed.retain(|d| *d != database);
+            match shmem::served(database) {
+                Serving::Yes => continue,
+                Serving::Leaving => {
+                    waiting.push(database);
+                    continue;
+                }
+                Serving::No => {}
+            }
+            if self.max_workers == 0 {
+                continue;
+            }
+            match launch(database, Purpose::Asked, &mut self.started) {
+                Ok(()) => self.said_waiting.retain(|d| *d != database),
+                Err(why) => {
+                    if self.asked.contains(&database) && !self.said_waiting.contains(&database) {
+                        let name = known
+                            .iter()
+                            .find(|d| d.oid == database)
+                            .map_or("?", |d| d.name.as_str());
+                        why.log(name, self.max_workers);
+                        self.said_waiting.push(database);
+                    }
+                    waiting.push(database);
+                }
+            }
+        }
+        self.pending = waiting;
+    }
+
+    /// One more worker for a split job's part that none runs yet, unless one is on its way
+    /// (it asks again if it finds more). With no free process the part waits for one of its
+    /// job's workers to finish.
+    fn start_helpers(&mut self) {
+        for database in shmem::take_helper_requests() {
+            if !shmem::starting_in(database) {
+                let _ = launch(database, Purpose::Asked, &mut self.started);
+            }
+        }
+    }
+
+    /// Once a minute, every database in turn gets a worker that looks for jobs no one runs
+    /// (restored from a dump, say). One look at a time, and only while no database waits for
+    /// a worker: a look never keeps a job waiting. A database with a worker needs none.
+    fn look(&mut self) {
+        if Instant::now() >= self.next_look {
+            self.to_look = databases()
+                .into_iter()
+                .filter(|d| d.allows_connections)
+                .map(|d| d.oid)
+                .collect();
+            self.next_look = Instant::now() + LOOK_EVERY;
+        }
+        if self.pending.is_empty() && !self.started.iter().any(|w| w.purpose == Purpose::Look) {
+            while let Some(database) = self.to_look.pop() {
+                if matches!(shmem::served(database), Serving::No) {
+                    let _ = launch(database, Purpose::Look, &mut self.started);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Why no worker could be started.
