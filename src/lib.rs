@@ -21,7 +21,7 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",
-    requires = ["schema", sql_api::api::window_opens_at]
+    requires = ["schema", sql_api::jobs::window_opens_at]
 );
 pgrx::extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -1,5 +1,8 @@
 //! The entry points SQL calls: the functions of schema `backfill`, preview, and the triggers.
 
-pub mod api;
-pub mod preview;
-pub mod trigger;
+mod attach;
+mod extraction;
+pub mod jobs;
+mod preview;
+mod run;
+mod trigger;
