@@ -6,5 +6,7 @@ pub mod privilege;
 pub mod query;
 pub mod settings;
 pub mod subxact;
+pub mod table_checks;
+pub mod table_owners;
 pub mod tables;
 pub mod window;

@@ -101,7 +101,7 @@ pub struct Tables {
     pub controllers: Vec<Oid>,
     /// The four tables and their partitions and children: a change of any of them (DDL, a new
     /// owner, a grant) makes this process read the catalogs again.
-    relations: Vec<Oid>,
+    pub(in crate::pg) relations: Vec<Oid>,
 }
 
 /// Why the tables of a schema cannot be used.
@@ -303,73 +303,6 @@ impl Tables {
         }
     }
 
-    /// The role whose privileges reading and writing these tables has on behalf of `role` (a
-    /// job's queuing role, a function's caller): `role` itself when every controller has its
-    /// privileges, so that nothing a controller put on the tables can act with more than it
-    /// could already; otherwise the tables' owner, as PostgreSQL runs a table's maintenance as
-    /// its owner, when `role` has the owner's privileges (the work never exceeds what `role`
-    /// could do) and so does every controller. Anything else is refused (42501): a
-    /// controller's code would act with privileges it lacks (another role's, a superuser's).
-    pub fn reader(&self, role: Oid) -> Result<Oid, Unusable> {
-        let lacking = |whose: Oid| {
-            self.controllers
-                .iter()
-                .copied()
-                .find(|&controller| !has_privileges_of(controller, whose))
-        };
-        let Some(controller) = lacking(role) else {
-            return Ok(role);
-        };
-        if !has_privileges_of(role, self.owner) {
-            return Err(self.not_for(role, controller));
-        }
-        match lacking(self.owner) {
-            None => Ok(self.owner),
-            Some(controller) => Err(self.controlled_by(controller)),
-        }
-    }
-
-    /// Why `role` may not use the tables: `controller` (usually their owner) would run code
-    /// with its privileges, and it may not act as their owner instead.
-    fn not_for(&self, role: Oid, controller: Oid) -> Unusable {
-        let (role, owner) = (privilege::role_name(role), privilege::role_name(self.owner));
-        Unusable {
-            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            message: format!(
-                "role \"{role}\" may not use the tables of schema {}: {} controls what runs on \
-                 them, so backfill reads and writes them only with the privileges of their \
-                 owner \"{owner}\", which {role} does not have",
-                self.schema_sql,
-                controller_name(controller)
-            ),
-            hint: format!(
-                "Queue the job, or call the function, as \"{owner}\" or a role that has its \
-                 privileges (a member of it, or a superuser)."
-            ),
-        }
-    }
-
-    /// Why no role may use the tables: `controller` decides what runs on them but lacks the
-    /// privileges of their owner, whose privileges reading them would have.
-    fn controlled_by(&self, controller: Oid) -> Unusable {
-        let owner = privilege::role_name(self.owner);
-        Unusable {
-            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            message: format!(
-                "{} can change the tables of schema {} (it owns them or the schema, or may \
-                 create triggers on them) but does not have the privileges of their owner \
-                 \"{owner}\": backfill neither reads nor writes them",
-                controller_name(controller),
-                self.schema_sql
-            ),
-            hint: format!(
-                "Give the schema and its tables one owner (ALTER SCHEMA {} OWNER TO \"{owner}\"), \
-                 or revoke TRIGGER on them from roles that lack \"{owner}\"'s privileges.",
-                self.schema_sql
-            ),
-        }
-    }
-
     /// `of_schema`, remembered until an invalidation of one of the tables or of their
     /// partitions and children (DDL, a change of owner, a grant), of any schema (a rename, a
     /// new owner) or of the database (a new owner) makes this process read the catalog again.
@@ -496,22 +429,6 @@ SELECT ARRAY(SELECT t.relid FROM tree t),
     .unwrap_or_else(|e| error!("backfill: could not read who controls the tables: {e}"))
 }
 
-/// Whether `role` has the privileges of `whose` (is it, a member of it, or a superuser).
-/// PUBLIC (`Oid::INVALID`) has no role's.
-fn has_privileges_of(role: Oid, whose: Oid) -> bool {
-    // SAFETY: a catalog lookup inside a transaction.
-    role != Oid::INVALID && unsafe { pg_sys::has_privs_of_role(role, whose) }
-}
-
-/// A controller's name for messages: a role's, quoted, or PUBLIC.
-fn controller_name(role: Oid) -> String {
-    if role == Oid::INVALID {
-        "PUBLIC".to_owned()
-    } else {
-        format!("role \"{}\"", privilege::role_name(role))
-    }
-}
-
 fn schema_name(schema: Oid) -> Option<String> {
     // SAFETY: a catalog-cache lookup; NULL when there is no such schema.
     let name = unsafe { pg_sys::get_namespace_name(schema) };
@@ -552,97 +469,4 @@ fn type_names(types: &[Oid]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-impl Tables {
-    /// Why the current role may not attach these tables: it must own each of them (or be a
-    /// member of the owner's role, or a superuser).
-    pub fn owner_problem(&self) -> Option<Unusable> {
-        let not_owned = query::optional_value::<String>(
-            "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
-              WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
-                AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-              ORDER BY 1 LIMIT 1",
-            &[self.relations().into()],
-        )?;
-        Some(Unusable {
-            code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            message: format!("must be owner of table {not_owned} to attach it"),
-            hint: "Attach as the role that owns the application's tables, or as a superuser."
-                .into(),
-        })
-    }
-
-    /// Why rows cannot be written with ON CONFLICT (process_instance_id, key): no unique index
-    /// on exactly those columns.
-    pub fn conflict_target_problem(&self) -> Option<Unusable> {
-        let found = query::optional_value::<String>(
-            "SELECT 'found' FROM pg_catalog.pg_index i
-              WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[4]::pg_catalog.oid AND i.indisunique AND i.indimmediate
-                AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
-                AND i.indnkeyatts OPERATOR(pg_catalog.=) 2
-                AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attname)
-                       FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                        AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey::int2[]))
-                    OPERATOR(pg_catalog.=) ARRAY['key', 'process_instance_id']
-              LIMIT 1",
-            &[self.relations().into()],
-        );
-        if found.is_some() {
-            return None;
-        }
-        Some(Unusable {
-            code: PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
-            message: format!(
-                "{} has no unique constraint on (process_instance_id, key)",
-                self.sql_name("process_instance_metadata")
-            ),
-            hint: "Each instance has at most one row per key; backfill relies on the constraint that says so."
-                .into(),
-        })
-    }
-
-    /// `CREATE INDEX CONCURRENTLY` statements for the lookups no index serves: an instance's
-    /// latest completed task, and a model's instances in id order.
-    pub fn index_advice(&self) -> Vec<String> {
-        let served = |relation: Oid, first: &str, second: &str| {
-            query::optional_value::<String>(
-                "SELECT 'served' FROM pg_catalog.pg_index i
-                  WHERE i.indrelid OPERATOR(pg_catalog.=) ($1)[1]::pg_catalog.oid AND i.indisvalid
-                    AND i.indnkeyatts OPERATOR(pg_catalog.>=) 2
-                    AND i.indkey[0] OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a
-                         WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attname OPERATOR(pg_catalog.=) ($1)[2]::text)
-                    AND i.indkey[1] OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a
-                         WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attname OPERATOR(pg_catalog.=) ($1)[3]::text)
-                  LIMIT 1",
-                &[vec![relation.to_u32().to_string(), first.to_owned(), second.to_owned()].into()],
-            )
-            .is_some()
-        };
-        let mut advice = Vec::new();
-        if !served(self.tasks, "process_instance_id", "end_in_seconds") {
-            advice.push(format!(
-                "CREATE INDEX CONCURRENTLY backfill_task_latest_completed_idx ON {} \
-                 (process_instance_id, end_in_seconds DESC NULLS LAST, guid DESC) \
-                 INCLUDE (json_data_hash) WHERE state = 'COMPLETED';",
-                self.sql_name("task")
-            ));
-        }
-        if !served(self.instances, "process_model_identifier", "id") {
-            advice.push(format!(
-                "CREATE INDEX CONCURRENTLY backfill_process_instance_model_id_idx ON {} \
-                 (process_model_identifier, id);",
-                self.sql_name("process_instance")
-            ));
-        }
-        advice
-    }
-
-    fn relations(&self) -> Vec<String> {
-        [self.instances, self.tasks, self.data, self.metadata]
-            .iter()
-            .map(|oid| oid.to_u32().to_string())
-            .collect()
-    }
 }
