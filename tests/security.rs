@@ -38,7 +38,10 @@ fn the_security_page_gives_the_recipe_the_tests_use() {
     );
     for statement in RECIPE.replace("ROLE", "app").split(';') {
         let statement = words(statement);
-        assert!(page.contains(&statement), "docs/security.md lacks: {statement}");
+        assert!(
+            page.contains(&statement),
+            "docs/security.md lacks: {statement}"
+        );
     }
 }
 

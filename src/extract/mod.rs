@@ -4,6 +4,7 @@
 pub mod document;
 pub mod jsonb;
 pub mod jsontext;
+pub mod lexer;
 pub mod paths;
 pub mod python;
 pub mod render;
