@@ -1,6 +1,6 @@
 """The Pythons whose str() backfill reproduces, and where their Unicode data comes from.
 
-Shared by scripts/unicode-tables (which writes src/unicode_tables.rs) and scripts/differential
+Shared by scripts/unicode-tables (which writes src/extract/unicode_tables.rs) and scripts/differential
 (which compares backfill with Python). Python 3.11 to 3.13 are the interpreters pyenv installs
 on the build machine; Python 3.14 is not there, so its Unicode 16.0 database comes from
 PyPI's unicodedata2 16.0.0 (the same UCD, compiled by the same generator as CPython's).

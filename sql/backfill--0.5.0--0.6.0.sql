@@ -1,7 +1,7 @@
 -- backfill 0.5.0 -> 0.6.0: the second security round and the faults an operator meets.
 -- Reading the tables of a job (and latest_task_data, preview, count_coverage) locks them
 -- first and runs with the privileges of the queuing role or of the tables' owner, never a
--- superuser's on tables another role controls (src/tables.rs, Tables::reader); coverage is
+-- superuser's on tables another role controls (src/pg/table_owners.rs, Tables::reader); coverage is
 -- counted and shown per role; a sync rejects a model for any error of its data; job rows get
 -- a worker however they got there (a restore), a split job's parts no longer deadlock when
 -- they end together, and a split job's own row carries their totals when it succeeds. Jobs

@@ -1,7 +1,7 @@
 -- The job table's view and state changes. The batch engine keeps in Rust only its prepared
--- per-batch statements (src/engine.rs); every other change of a job's state is one of these
--- functions, which the extension alone calls (as the owner of backfill.job: no other role
--- may execute them).
+-- per-batch statements (their texts in src/job/store.rs); every other change of a job's state
+-- is one of these functions, which the extension alone calls (as the owner of backfill.job: no
+-- other role may execute them), all through src/job/store.rs.
 
 -- One row a job (a split job's parts are summed into it, not shown): where it is, how fast it
 -- goes, when it should end.
@@ -92,7 +92,7 @@ AS $$
      WHERE id = job_id AND state = 'queued'
 $$;
 
--- Counts of a model's keys, just made by `counted_by` (src/coverage.rs), replacing that role's
+-- Counts of a model's keys, just made by `counted_by` (src/batch/coverage.rs), replacing that role's
 -- earlier ones.
 CREATE FUNCTION coverage_record(model text, keys text[], instances bigint[], with_row bigint[],
                                 with_value bigint[], counted_by regrole) RETURNS void

@@ -1,5 +1,5 @@
 //! The launcher: one process, `backend_type = 'backfill launcher'`, connected to no database.
-//! It starts a worker (src/worker.rs) for a database when one is asked for there (a committed
+//! It starts a worker (src/bgw/worker.rs) for a database when one is asked for there (a committed
 //! enqueue or model update, job rows restored), at most `backfill.max_workers` at a time, at
 //! its own start once for every database, so that jobs a restart interrupted resume, and once
 //! a minute for each database in turn, so that no job is left without a runner whatever
