@@ -4,9 +4,35 @@
 -- superuser's on tables another role controls (src/pg/table_owners.rs, Tables::reader); coverage is
 -- counted and shown per role; a sync rejects a model for any error of its data; job rows get
 -- a worker however they got there (a restore), a split job's parts no longer deadlock when
--- they end together, and a split job's own row carries their totals when it succeeds. Jobs
+-- they end together, a split job's own row carries their totals when it succeeds, and a
+-- succeeded job says whether its coverage count is still to come (wait waits for it). Jobs
 -- queued or half-done before the upgrade keep running; one queued by a role that may not use
 -- its attached tables now fails at its next batch, saying why.
+
+-- A succeeded job owes the count of its keys' coverage until the transaction after its last
+-- has recorded it (src/batch/finish.rs): backfill.wait waits for it, the coverage view shows
+-- it (count_pending), an idle worker counts what a crash left owed.
+ALTER TABLE @extschema@.job ADD COLUMN coverage_due boolean NOT NULL DEFAULT false;
+CREATE INDEX job_coverage_due_idx ON @extschema@.job (id) WHERE coverage_due;
+CREATE OR REPLACE FUNCTION @extschema@.job_finish(job_id bigint, OUT processed bigint, OUT updated bigint,
+                           OUT errors bigint, OUT seconds float8)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job SET state = 'succeeded', finished_at = clock_timestamp(),
+                               coverage_due = parent_id IS NULL
+     WHERE id = job_id
+    RETURNING instances_processed, instances_updated, errors,
+              extract(epoch FROM finished_at - started_at)::float8
+$$;
+CREATE FUNCTION @extschema@.job_coverage_settled(job_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job SET coverage_due = false WHERE id = job_id AND coverage_due
+$$;
+REVOKE ALL ON FUNCTION @extschema@.job_coverage_settled(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.job_coverage_settled(bigint) IS 'Internal: a succeeded job''s coverage is counted (or could not be); it owes no count any more.';
+COMMENT ON FUNCTION @extschema@.wait(bigint, interval) IS
+    'Waits until the job is no longer queued or running, and a succeeded job''s coverage is counted (at most timeout), and returns its state.';
 
 -- job.parent_id loses its foreign key: two parts ending at once deadlocked on the lock its
 -- check takes, and pg_dump warned of a table referencing itself. A trigger removes a job's
@@ -85,7 +111,12 @@ SELECT m.id AS model,
        CASE WHEN c.instances = 0 THEN 100.0
             ELSE round(100.0 * c.with_value / c.instances, 1) END AS percent,
        c.counted_at,
-       c.counted_by
+       c.counted_by,
+       -- A job filling the key succeeded and its count is still to come (backfill.wait
+       -- returns after it).
+       EXISTS (SELECT FROM @extschema@.job j
+                WHERE j.process_model_identifier = m.id AND j.coverage_due
+                  AND j.paths @> jsonb_build_array(jsonb_build_object('key', p.key))) AS count_pending
   FROM @extschema@.process_model m
  CROSS JOIN LATERAL (
        SELECT e ->> 'key' AS key, e ->> 'path' AS path
@@ -100,7 +131,7 @@ SELECT m.id AS model,
         ORDER BY pg_get_userbyid(n.counted_by) = current_user DESC, n.counted_at DESC
         LIMIT 1) AS c ON true;
 COMMENT ON VIEW @extschema@.coverage IS
-    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted (counted_at, counted_by) when a job filling the key succeeded or by count_coverage, by the reading role or a role whose privileges it has.';
+    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted (counted_at, counted_by) when a job filling the key succeeded or by count_coverage, by the reading role or a role whose privileges it has; count_pending: a job filling the key succeeded and its count is still to come.';
 COMMENT ON TABLE @extschema@.coverage_count IS
     'The counts behind the coverage view, one per model, key and role that counted (what that role may see). Written by the extension only.';
 
@@ -196,7 +227,8 @@ BEGIN
     UPDATE @extschema@.job j
        SET state = 'succeeded', finished_at = clock_timestamp(),
            instances_processed = s.processed, instances_updated = s.updated, errors = s.errors,
-           last_instance_id = j.max_instance_id
+           last_instance_id = j.max_instance_id,
+           coverage_due = true
       FROM (SELECT coalesce(sum(part.instances_processed), 0) AS processed,
                    coalesce(sum(part.instances_updated), 0) AS updated,
                    coalesce(sum(part.errors), 0) AS errors

@@ -120,13 +120,13 @@ COMMENT ON FUNCTION @extschema@.count_coverage(text) IS
 COMMENT ON FUNCTION @extschema@.window_opens_at() IS
     'When backfill.active_hours next lets workers start batches; NULL while it does or when it is empty.';
 COMMENT ON VIEW @extschema@.coverage IS
-    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted (counted_at, counted_by) when a job filling the key succeeded or by count_coverage, by the reading role or a role whose privileges it has.';
+    'Per model and key of its current paths: instances, instances with a row, with a value, percent with a value, as counted (counted_at, counted_by) when a job filling the key succeeded or by count_coverage, by the reading role or a role whose privileges it has; count_pending: a job filling the key succeeded and its count is still to come.';
 COMMENT ON TABLE @extschema@.coverage_count IS
     'The counts behind the coverage view, one per model, key and role that counted (what that role may see). Written by the extension only.';
 COMMENT ON FUNCTION @extschema@.cancel(bigint) IS
     'Stops a queued or running job at its next batch boundary; false when it had already ended.';
 COMMENT ON FUNCTION @extschema@.wait(bigint, interval) IS
-    'Waits until the job is no longer queued or running (at most timeout) and returns its state.';
+    'Waits until the job is no longer queued or running, and a succeeded job''s coverage is counted (at most timeout), and returns its state.';
 COMMENT ON FUNCTION @extschema@.run_begin(bigint) IS
     'First step of CALL backfill.run: takes the job for this session; true when there are batches to run.';
 COMMENT ON FUNCTION @extschema@.run_batch(bigint) IS

@@ -123,7 +123,12 @@ SELECT m.id AS model,
        CASE WHEN c.instances = 0 THEN 100.0
             ELSE round(100.0 * c.with_value / c.instances, 1) END AS percent,
        c.counted_at,
-       c.counted_by
+       c.counted_by,
+       -- A job filling the key succeeded and its count is still to come (backfill.wait
+       -- returns after it).
+       EXISTS (SELECT FROM job j
+                WHERE j.process_model_identifier = m.id AND j.coverage_due
+                  AND j.paths @> jsonb_build_array(jsonb_build_object('key', p.key))) AS count_pending
   FROM process_model m
  CROSS JOIN LATERAL (
        SELECT e ->> 'key' AS key, e ->> 'path' AS path
@@ -218,7 +223,8 @@ BEGIN
     UPDATE @extschema@.job j
        SET state = 'succeeded', finished_at = clock_timestamp(),
            instances_processed = s.processed, instances_updated = s.updated, errors = s.errors,
-           last_instance_id = j.max_instance_id
+           last_instance_id = j.max_instance_id,
+           coverage_due = true
       FROM (SELECT coalesce(sum(part.instances_processed), 0) AS processed,
                    coalesce(sum(part.instances_updated), 0) AS updated,
                    coalesce(sum(part.errors), 0) AS errors
@@ -245,10 +251,19 @@ CREATE FUNCTION job_finish(job_id bigint, OUT processed bigint, OUT updated bigi
                            OUT errors bigint, OUT seconds float8)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    UPDATE @extschema@.job SET state = 'succeeded', finished_at = clock_timestamp()
+    UPDATE @extschema@.job SET state = 'succeeded', finished_at = clock_timestamp(),
+                               coverage_due = parent_id IS NULL
      WHERE id = job_id
     RETURNING instances_processed, instances_updated, errors,
               extract(epoch FROM finished_at - started_at)::float8
+$$;
+
+-- The coverage a succeeded job owed is counted (or could not be, with a warning): wait() and
+-- the coverage view stop saying a count is to come.
+CREATE FUNCTION job_coverage_settled(job_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.job SET coverage_due = false WHERE id = job_id AND coverage_due
 $$;
 
 -- A failed part fails its job with its error (the other parts stop at their next batch).
@@ -299,6 +314,7 @@ REVOKE ALL ON FUNCTION job_hold(bigint, timestamptz),
 REVOKE ALL ON FUNCTION job_insert(text, jsonb, boolean, text, regrole), job_start(bigint, bigint, bigint),
                        job_resume(bigint), job_finish(bigint), job_fail(bigint, text),
                        job_split(bigint, bigint, bigint, bigint[], bigint[]), job_settle(bigint),
+                       job_coverage_settled(bigint),
                        job_stop_part(bigint), job_delete_parts(),
                        job_cancel(bigint), job_summary(bigint),
                        attachment_set(regnamespace, regrole), attachment_clear()
@@ -315,6 +331,7 @@ COMMENT ON FUNCTION job_resume(bigint) IS 'Internal: marks a stopped or interrup
 COMMENT ON FUNCTION job_split(bigint, bigint, bigint, bigint[], bigint[]) IS
     'Internal: starts a job split across workers: fixes its bounds and inserts its parts.';
 COMMENT ON FUNCTION job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded, with its parts'' totals, when no other part is left.';
+COMMENT ON FUNCTION job_coverage_settled(bigint) IS 'Internal: a succeeded job''s coverage is counted (or could not be); it owes no count any more.';
 COMMENT ON FUNCTION job_stop_part(bigint) IS 'Internal: stops a part of a job that failed or was cancelled.';
 COMMENT ON FUNCTION job_delete_parts() IS 'Trigger: deletes the parts of the jobs a statement deleted.';
 COMMENT ON FUNCTION job_finish(bigint) IS 'Internal: marks a job succeeded and returns its totals.';

@@ -99,10 +99,17 @@ CREATE TABLE job (
     parts integer CHECK (parts > 1),
     -- No worker starts the job before this (enqueue's not_before). (Last: an upgrade from
     -- 0.4.0 adds it there.)
-    not_before timestamptz
+    not_before timestamptz,
+    -- The job succeeded and the coverage of its keys is still to be counted: set with its
+    -- success, cleared where the count is recorded (or its failure warned of), in the
+    -- transaction after. backfill.wait waits for it; the coverage view shows it as
+    -- count_pending. (Last: an upgrade from 0.5.0 adds it there.)
+    coverage_due boolean NOT NULL DEFAULT false
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');
+-- The few jobs whose coverage count is still to come, which an idle worker looks for.
+CREATE INDEX job_coverage_due_idx ON job (id) WHERE coverage_due;
 -- A split job's parts, for its progress, its end and the cascade of a delete.
 CREATE INDEX job_parent_id_idx ON job (parent_id);
 

@@ -564,6 +564,163 @@ fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
     );
 }
 
+/// wait() returns after the count, however long it is held up (here behind a lock on the table
+/// it records into): until then a wait times out, and the view says the count is pending.
+#[test]
+fn wait_returns_after_a_held_up_count() {
+    let (mut cluster, mut db) = start("operate-wait-held", &[]);
+    let mut holder = cluster.connect("app");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
+        .unwrap();
+    let job = set_paths(&mut db);
+    let waiter = {
+        let mut db = cluster.connect("app");
+        std::thread::spawn(move || {
+            one_text(&mut db, &format!("SELECT backfill.wait({job}, '300 s')"))
+        })
+    };
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
+    wait_for(
+        "the count to wait for the lock",
+        Duration::from_secs(30),
+        || {
+            (one_i64(
+                &mut db,
+                "SELECT count(*) FROM pg_locks
+                  WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        one_text(&mut db, &format!("SELECT backfill.wait({job}, '0.3 s')")),
+        "succeeded"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "wait returned before the count, after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FILTER (WHERE count_pending) FROM backfill.coverage WHERE model = 'bulk/model'"
+        ),
+        2
+    );
+    assert!(!waiter.is_finished());
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(waiter.join().unwrap(), "succeeded");
+    for key in ["status", "number"] {
+        assert_eq!(
+            in_view(&mut db, BULK, key),
+            counted_here(&mut db, BULK, key),
+            "key {key}"
+        );
+    }
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FILTER (WHERE count_pending) FROM backfill.coverage"
+        ),
+        0
+    );
+
+    // A crash between a job's success and its count: the count is owed still, and a worker
+    // with nothing else to do counts it after the restart.
+    let mut holder = cluster.connect("app");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
+        .unwrap();
+    let job = common::add_path(&mut db, BULK, "again", "invoice.number");
+    assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
+    wait_for(
+        "the count to wait for the lock",
+        Duration::from_secs(30),
+        || {
+            (one_i64(
+                &mut db,
+                "SELECT count(*) FROM pg_locks
+                  WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    // A job's last transaction commits asynchronously, as its batches do: a synchronous
+    // commit after it makes it durable before the crash.
+    db.batch_execute("CREATE TABLE flushed ()").unwrap();
+    // The holder stays connected until the server is down: its disconnect would let the
+    // count through.
+    cluster.pg_stop("immediate");
+    drop((holder, db));
+    cluster.pg_start();
+    let mut db = cluster.connect("app");
+    // The crash came between the success and the count (no worker counted it before).
+    let owed = one_text(
+        &mut db,
+        &format!("SELECT coverage_due::text FROM backfill.job WHERE id = {job}"),
+    );
+    assert_eq!(owed, "true", "the count was made before the crash");
+    assert_eq!(
+        one_text(&mut db, &format!("SELECT backfill.wait({job}, '120 s')")),
+        "succeeded"
+    );
+    assert_eq!(
+        in_view(&mut db, BULK, "again"),
+        counted_here(&mut db, BULK, "again")
+    );
+}
+
+/// `UPDATE ...; SELECT backfill.wait(job); SELECT ... FROM backfill.coverage`, as a script
+/// verifying a backfill runs it: the coverage is there, exact, every time. (The count comes in
+/// a transaction after the job's last; wait returns only after it.)
+#[test]
+fn coverage_is_counted_when_wait_returns() {
+    let (_cluster, mut db) = start("operate-wait-coverage", &[]);
+    // 300 instances, so that 50 jobs take seconds, not minutes.
+    db.batch_execute(&format!(
+        "UPDATE backfill.process_instance SET process_model_identifier = 'other/model'
+          WHERE process_model_identifier = '{BULK}' AND id > 300"
+    ))
+    .unwrap();
+    for round in 0..50 {
+        let key = format!("k{round}");
+        let paths = format!(
+            r#"[{{"key": "number", "path": "invoice.number"}}, {{"key": "{key}", "path": "invoice.number"}}]"#
+        );
+        db.execute(
+            "UPDATE backfill.process_model SET metadata_extraction_paths = $1::text::jsonb WHERE id = $2",
+            &[&paths, &BULK],
+        )
+        .unwrap();
+        let job = one_i64(
+            &mut db,
+            "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+        );
+        assert_eq!(
+            one_text(&mut db, &format!("SELECT backfill.wait({job}, '60 s')")),
+            "succeeded"
+        );
+        let row = db
+            .query_one(
+                "SELECT count_pending FROM backfill.coverage WHERE model = $1 AND key = $2",
+                &[&BULK, &key],
+            )
+            .unwrap();
+        assert!(
+            !row.get::<_, bool>(0),
+            "round {round}: the count is pending"
+        );
+        assert_eq!(
+            in_view(&mut db, BULK, &key),
+            counted_here(&mut db, BULK, &key),
+            "round {round}"
+        );
+    }
+}
+
 #[test]
 fn coverage_equals_independent_counts_after_a_backfill_with_missing_values_and_errors() {
     let (cluster, mut db) = start("operate-coverage", &[]);

@@ -9,9 +9,8 @@ use crate::job::store::{self, LockedJob as Job};
 use crate::job::JobState;
 use crate::pg::subxact::Failure;
 use crate::pg::tables::Table;
-use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Least time between two progress lines in the server log.
@@ -35,7 +34,7 @@ pub(super) fn finish(job: &Job) -> Batch {
         job.model
     );
     if job.parent.is_none() {
-        coverage_due(job, job.id);
+        coverage_due(job.id);
     }
     if let Some((parent, _)) = &job.parent {
         // In this transaction, after the part's row: the last part to end ends the job.
@@ -45,63 +44,63 @@ pub(super) fn finish(job: &Job) -> Batch {
                 "backfill: job {parent} {summary} (model {}, its last part ended)",
                 job.model
             );
-            coverage_due(job, *parent);
+            coverage_due(*parent);
         }
     }
     Batch::Finished(JobState::Succeeded)
 }
 
-/// The coverage a job that succeeded in this transaction leaves to count after its commit.
-pub(super) struct CoverageDue {
-    pub(super) job_id: i64,
-    pub(super) model: String,
-    pub(super) keys: Vec<String>,
-    pub(super) tables_schema: Oid,
-    pub(super) queued_by: Oid,
-}
-
 thread_local! {
-    pub(super) static COVERAGE_DUE: RefCell<Option<CoverageDue>> = const { RefCell::new(None) };
+    /// The job that succeeded in this transaction: its coverage is counted after the commit.
+    pub(super) static COVERAGE_DUE: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
-pub(super) fn coverage_due(job: &Job, job_id: i64) {
-    COVERAGE_DUE.set(Some(CoverageDue {
-        job_id,
-        model: job.model.clone(),
-        keys: job.paths.iter().map(|p| p.key.clone()).collect(),
-        tables_schema: job.tables_schema,
-        queued_by: job.role,
-    }));
+/// The job's row says it owes the count (`coverage_due`, set with its success in SQL); this
+/// process counts it after the commit.
+pub(super) fn coverage_due(job_id: i64) {
+    COVERAGE_DUE.set(Some(job_id));
 }
 
 /// Once the transaction in which a job succeeded has committed, in a transaction of its own:
 /// the coverage of the job's keys, counted with its role's privileges, for the coverage view.
 /// Counted in the job's last transaction, it would keep the last batch's instances locked, and
 /// the job's last rows and its success unseen, for as long as the count takes (seconds at a
-/// million instances). Not counting only costs the view a fresh figure, so a failure warns.
+/// million instances).
 pub fn count_due_coverage() {
-    let Some(due) = COVERAGE_DUE.take() else {
+    if let Some(job_id) = COVERAGE_DUE.take() {
+        count_owed_coverage(job_id);
+    }
+}
+
+/// The counts a crash left owed (between a job's success and its count), for a worker with
+/// nothing else to do. Each in a transaction of its own, by the caller's loop.
+pub fn jobs_owing_coverage() -> Vec<i64> {
+    store::owed_coverage()
+}
+
+/// Counts the coverage job `job_id` owes, unless it owes none or another process is counting
+/// it, and settles the debt in the same transaction: `backfill.wait` returns once it is. A count
+/// that fails settles it too, with a warning (`count_coverage` counts again): a script waiting
+/// for the job must not wait for a count that cannot come.
+pub fn count_owed_coverage(job_id: i64) {
+    let Some(owed) = store::lock_owed_coverage(job_id) else {
         return;
     };
-    let job_id = due.job_id;
-    // Only for a success that committed: a transaction that finished a job and then failed
-    // leaves this set for nothing.
-    if !store::succeeded(job_id) {
-        return;
-    }
     let counted = usable_tables(
-        due.tables_schema,
-        due.queued_by,
+        owed.tables_schema,
+        owed.queued_by,
         &[Table::Instances, Table::Metadata],
     )
     .and_then(|(tables, role)| {
-        caught_unless_interrupt(|| coverage::count_and_record(&due.model, &due.keys, &tables, role))
+        caught_unless_interrupt(|| {
+            coverage::count_and_record(&owed.model, &owed.keys, &tables, role)
+        })
     });
-    let problem = match counted {
-        Ok(_) => return,
-        Err(failure) => failure.with_hint(),
-    };
-    warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
+    if let Err(failure) = counted {
+        let problem = failure.with_hint();
+        warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
+    }
+    store::coverage_settled(job_id);
 }
 
 pub(super) fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {

@@ -52,7 +52,10 @@ pub(super) fn drain_one_job(
             shmem::mark_running_job(slot);
             job_id
         }
-        Ok(None) => return Drained::Idle,
+        Ok(None) => {
+            count_left_coverage();
+            return Drained::Idle;
+        }
         Err(failure) => {
             trouble.wait_after(&failure, "looking for a job");
             return Drained::Failed;
@@ -149,6 +152,28 @@ pub(super) fn drain_one_job(
                 );
                 shmem::sleep(delay);
             }
+        }
+    }
+}
+
+/// The coverage counts a crash left owed (between a job's success and its count), counted when
+/// there is nothing else to do: `backfill.wait` waits for them.
+fn count_left_coverage() {
+    let owed = match in_own_transaction(batch::jobs_owing_coverage) {
+        Ok(owed) => owed,
+        Err(failure) => {
+            warning!("{BACKEND_TYPE}: could not look for jobs owing a coverage count: {failure}");
+            return;
+        }
+    };
+    for job_id in owed {
+        if shmem::shutdown_requested() {
+            return;
+        }
+        if let Err(failure) = in_own_transaction(|| batch::count_owed_coverage(job_id)) {
+            warning!(
+                "{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}"
+            );
         }
     }
 }

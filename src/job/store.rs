@@ -257,15 +257,72 @@ pub fn summary(job_id: i64) -> Result<Option<String>, pgrx::spi::Error> {
     })
 }
 
-/// Whether the job's row says it succeeded (as this transaction sees it).
-pub fn succeeded(job_id: i64) -> bool {
+/// Whether the job succeeded and still owes the count of its keys' coverage (`wait` waits
+/// for it), or `None` when there is no such job.
+pub fn coverage_owed(job_id: i64) -> Option<bool> {
+    optional_value::<bool>(
+        "SELECT coverage_due FROM backfill.job WHERE id = $1",
+        &[job_id.into()],
+    )
+}
+
+/// A succeeded job whose coverage is still to be counted, as the counter needs it.
+pub struct CoverageOwed {
+    pub model: String,
+    pub keys: Vec<String>,
+    pub tables_schema: Oid,
+    pub queued_by: Oid,
+}
+
+/// Locks the row of job `job_id` when it succeeded and its coverage is still to be counted,
+/// and says what to count; `None` when there is nothing to count or another process is
+/// counting it (it holds the row: SKIP LOCKED).
+pub fn lock_owed_coverage(job_id: i64) -> Option<CoverageOwed> {
     as_job_table_owner(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT state = 'succeeded' FROM backfill.job WHERE id = $1",
-            &[job_id.into()],
+        Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT process_model_identifier,
+                        ARRAY(SELECT p ->> 'key' FROM jsonb_array_elements(paths) AS p),
+                        tables_schema::oid, queued_by::oid
+                   FROM backfill.job
+                  WHERE id = $1 AND coverage_due AND state = 'succeeded'
+                    FOR UPDATE SKIP LOCKED",
+                None,
+                &[job_id.into()],
+            )?;
+            let Some(row) = rows.into_iter().next() else {
+                return Ok(None);
+            };
+            Ok::<_, pgrx::spi::Error>(Some(CoverageOwed {
+                model: row.get::<String>(1)?.unwrap_or_default(),
+                keys: row.get::<Vec<String>>(2)?.unwrap_or_default(),
+                tables_schema: row.get::<Oid>(3)?.unwrap_or(Oid::INVALID),
+                queued_by: row.get::<Oid>(4)?.unwrap_or(Oid::INVALID),
+            }))
+        })
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read job {job_id}: {e}"))
+}
+
+/// The succeeded jobs whose coverage is still to be counted and that nobody is counting (a
+/// crash came between a job's success and its count, or its count is under way elsewhere:
+/// `lock_owed_coverage` tells), oldest first, a few at a time.
+pub fn owed_coverage() -> Vec<i64> {
+    as_job_table_owner(|| {
+        ids(
+            "SELECT id FROM backfill.job WHERE coverage_due AND state = 'succeeded' ORDER BY id LIMIT 10",
+            &[],
         )
     })
-    .is_ok_and(|succeeded| succeeded == Some(true))
+}
+
+/// Job `job_id` owes no count any more: its coverage was recorded, or counting it failed
+/// (with a warning; `count_coverage` counts again).
+pub fn coverage_settled(job_id: i64) {
+    as_job_table_owner(|| {
+        Spi::run_with_args("SELECT backfill.job_coverage_settled($1)", &[job_id.into()])
+    })
+    .unwrap_or_else(|e| error!("backfill: could not update job {job_id}: {e}"));
 }
 
 /// A job as a runner reads it, row-locked, at the start of a batch.

@@ -2,7 +2,7 @@
 
 use crate::batch::coverage;
 use crate::extract::paths::MetadataPath;
-use crate::job::{self, store, JobPath, Origin};
+use crate::job::{self, store, JobPath, JobState, Origin};
 use crate::pg::error::{self, invalid_parameter, report_with_hint, require_primary, required};
 use crate::pg::query;
 use crate::pg::tables::{Table, Tables};
@@ -176,8 +176,9 @@ fn cancel(job_id: Option<i64>) -> bool {
     job::cancel(required(job_id, "backfill.cancel", "job_id"))
 }
 
-/// Waits until the job is no longer queued or running and returns its state; after `timeout`
-/// returns the state it is in then.
+/// Waits until the job is no longer queued or running (and, when it succeeded, until the
+/// coverage of its keys is counted) and returns its state; after `timeout` returns the state
+/// it is in then (the coverage view's count_pending says whether a count is still to come).
 #[pg_extern(volatile)]
 fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> String {
     let job_id = required(job_id, "backfill.wait", "job_id");
@@ -194,7 +195,10 @@ fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> S
     let deadline = Instant::now() + timeout;
     loop {
         let state = store::state_of(job_id).unwrap_or_else(|| job::no_such_job(job_id));
-        if !state.is_unfinished() || Instant::now() >= deadline {
+        // A job that succeeded has ended once the coverage of its keys is counted too: a
+        // script reads backfill.coverage next.
+        let owes_count = state == JobState::Succeeded && store::coverage_owed(job_id) == Some(true);
+        if (!state.is_unfinished() && !owes_count) || Instant::now() >= deadline {
             return state.as_str().to_owned();
         }
         shmem::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
