@@ -5,7 +5,7 @@ mod common;
 
 use common::{bulk_sql, model_json, one_i64, start_app, sync_command, write, Cluster};
 use postgres::Client;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -31,7 +31,11 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(sync_command())
+        Running::start_program(sync_command().to_str().unwrap(), args)
+    }
+
+    fn start_program(program: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(program)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -40,12 +44,26 @@ impl Running {
         let (sender, lines) = mpsc::channel();
         let forward = |stream: Box<dyn std::io::Read + Send>, mark: &'static str| {
             let sender = sender.clone();
+            // Lines end at a newline or a carriage return (a terminal's progress bar is
+            // redrawn after \r).
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if sender.send(format!("{mark}{line}")).is_err() {
-                        break;
+                let mut line = Vec::new();
+                for byte in BufReader::new(stream).bytes() {
+                    let Ok(byte) = byte else { break };
+                    if byte != b'\n' && byte != b'\r' {
+                        line.push(byte);
+                        continue;
                     }
+                    if !line.is_empty() {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        line.clear();
+                        if sender.send(format!("{mark}{text}")).is_err() {
+                            return;
+                        }
+                    }
+                }
+                if !line.is_empty() {
+                    let _ = sender.send(format!("{mark}{}", String::from_utf8_lossy(&line)));
                 }
             });
         };
@@ -510,4 +528,47 @@ fn tls_as_libpq_means_sslmode_and_sslrootcert() {
         &[],
     );
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// On a terminal, a progress bar a job: run under `script`, which gives the command a
+/// pseudo-terminal for its standard output.
+#[test]
+fn wait_draws_a_progress_bar_on_a_terminal() {
+    let (cluster, mut db) = start_app("sync-wait-bar", false, &[], &bulk_sql(1000));
+    let spec = cluster.dir.join("spec");
+    write(
+        &model_file(&spec, "bulk/model"),
+        &model_json("Bulk", &[("number", "invoice.number")]),
+    );
+    let command = format!(
+        "{} --dsn '{}' --wait {}",
+        sync_command().display(),
+        dsn(&cluster),
+        spec.display()
+    );
+    let mut terminal = Running::start_program("script", &["-qefc", &command, "/dev/null"]);
+    let job = common::wait_for("the sync to queue a job", Duration::from_secs(30), || {
+        let job = one_i64(
+            &mut db,
+            "SELECT coalesce(max(id), 0) FROM backfill.job WHERE parent_id IS NULL",
+        );
+        (job > 0).then_some(job)
+    });
+    // Queued, the job has no total yet; started (its total fixed), its bar.
+    terminal.until("the queued job", Duration::from_secs(30), |l| {
+        l.contains(&format!("job {job} bulk/model queued (not started)"))
+    });
+    db.execute("SELECT backfill.run_begin($1)", &[&job])
+        .unwrap();
+    terminal.until("the job's bar", Duration::from_secs(30), |l| {
+        l.contains(&format!("job {job} bulk/model [")) && l.contains("0/1000")
+    });
+    db.batch_execute(&format!("CALL backfill.run({job})"))
+        .unwrap();
+    terminal.until("the job's end", Duration::from_secs(60), |l| {
+        l.contains(&format!(
+            "job {job} bulk/model succeeded: 1000/1000 instances"
+        ))
+    });
+    assert_eq!(terminal.child.wait().unwrap().code(), Some(0));
 }

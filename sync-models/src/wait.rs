@@ -110,6 +110,8 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
         .map_err(|e| e.to_string())?
         .progress_chars("=> ");
+    // Before its start a job has no total yet: no bar, only what it waits in.
+    let style_queued = ProgressStyle::with_template("{prefix} {msg}").map_err(|e| e.to_string())?;
     let mut bar_of: BTreeMap<i64, ProgressBar> = BTreeMap::new();
     let mut open: Vec<i64> = jobs.to_vec();
     let mut last_line = Instant::now();
@@ -141,23 +143,26 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
                     let bar = bar_of.entry(id).or_insert_with(|| {
                         bars.add(
                             ProgressBar::new(0)
-                                .with_style(style.clone())
+                                .with_style(style_queued.clone())
                                 .with_prefix(format!("job {id} {}", job.model)),
                         )
                     });
-                    bar.set_length(job.total.unwrap_or(0).max(0) as u64);
-                    bar.set_position(job.processed.max(0) as u64);
-                    let mut message = format!("{} errors", job.errors);
-                    if let Some(rate) = job.rate {
-                        message.push_str(&format!(", {rate:.0}/s"));
+                    match job.total {
+                        Some(total) => {
+                            bar.set_style(style.clone());
+                            bar.set_length(total.max(0) as u64);
+                            bar.set_position(job.processed.max(0) as u64);
+                            let mut message = format!("{} errors", job.errors);
+                            if let Some(rate) = job.rate {
+                                message.push_str(&format!(", {rate:.0}/s"));
+                            }
+                            if let Some(eta) = job.eta {
+                                message.push_str(&format!(", ETA {}", seconds(eta)));
+                            }
+                            bar.set_message(message);
+                        }
+                        None => bar.set_message(format!("{} (not started)", job.state)),
                     }
-                    if let Some(eta) = job.eta {
-                        message.push_str(&format!(", ETA {}", seconds(eta)));
-                    }
-                    if job.state == "queued" {
-                        message.push_str(" (queued)");
-                    }
-                    bar.set_message(message);
                 } else if print_lines {
                     out::line(&job.line(id));
                 }
