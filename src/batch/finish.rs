@@ -81,11 +81,14 @@ pub fn jobs_owing_coverage() -> Vec<i64> {
 /// Counts the coverage job `job_id` owes, unless it owes none or another process is counting
 /// it, and settles the debt in the same transaction: `backfill.wait` returns once it is. A count
 /// that fails settles it too, with a warning (`count_coverage` counts again): a script waiting
-/// for the job must not wait for a count that cannot come.
+/// for the job must not wait for a count that cannot come. The debt is settled before the count,
+/// so that when settling fails (a user's trigger on the job table refusing the update) the
+/// transaction fails before the count's cost, not after it.
 pub fn count_owed_coverage(job_id: i64) {
     let Some(owed) = store::lock_owed_coverage(job_id) else {
         return;
     };
+    store::coverage_settled(job_id);
     let counted = usable_tables(
         owed.tables_schema,
         owed.queued_by,
@@ -100,7 +103,6 @@ pub fn count_owed_coverage(job_id: i64) {
         let problem = failure.with_hint();
         warning!("backfill: job {job_id}: could not count the coverage of its keys: {problem}");
     }
-    store::coverage_settled(job_id);
 }
 
 pub(super) fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {

@@ -11,6 +11,7 @@ use crate::job::{self, store};
 use crate::pg::settings;
 use crate::shmem::{self, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::prelude::*;
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 pub(super) enum Drained {
@@ -156,6 +157,12 @@ pub(super) fn drain_one_job(
     }
 }
 
+thread_local! {
+    /// The jobs whose owed count failed in this worker (a user's trigger refusing the update
+    /// that settles it, say): not tried again by it, or it would try every time it is idle.
+    static COUNT_FAILED: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The coverage counts a crash left owed (between a job's success and its count), counted when
 /// there is nothing else to do: `backfill.wait` waits for them.
 fn count_left_coverage() {
@@ -170,10 +177,15 @@ fn count_left_coverage() {
         if shmem::shutdown_requested() {
             return;
         }
+        if COUNT_FAILED.with_borrow(|failed| failed.contains(&job_id)) {
+            continue;
+        }
         if let Err(failure) = in_own_transaction(|| batch::count_owed_coverage(job_id)) {
             warning!(
-                "{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys: {failure}"
+                "{BACKEND_TYPE}: job {job_id}: could not count the coverage of its keys (this worker \
+                 does not try again; backfill.count_coverage counts on request): {failure}"
             );
+            COUNT_FAILED.with_borrow_mut(|failed| failed.push(job_id));
         }
     }
 }
