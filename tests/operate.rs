@@ -520,30 +520,42 @@ fn wait_for_count(db: &mut Client, job: i64) {
     );
 }
 
+/// A connection holding a lock on the table coverage counts are recorded in, in a transaction
+/// left open: a count waits behind it until it commits or goes.
+fn hold_coverage_counts(cluster: &Cluster) -> Client {
+    let mut holder = cluster.connect("app");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
+        .unwrap();
+    holder
+}
+
+/// Waits until a coverage count waits for the lock `hold_coverage_counts` holds.
+fn until_the_count_waits_for_the_lock(db: &mut Client) {
+    wait_for(
+        "the count to wait for the lock",
+        Duration::from_secs(30),
+        || {
+            (one_i64(
+                db,
+                "SELECT count(*) FROM pg_locks
+                  WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
+            ) > 0)
+                .then_some(())
+        },
+    );
+}
+
 #[test]
 fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
     // The coverage count comes after the job's last transaction, in one of its own: while it
     // is held up (here behind a lock on the table it records into), the job has succeeded,
     // all its rows are there, and the application can save the instances of its last batch.
     let (cluster, mut db) = start("operate-count-after", &[]);
-    let mut holder = cluster.connect("app");
-    holder
-        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
-        .unwrap();
+    let mut holder = hold_coverage_counts(&cluster);
     let job = set_paths(&mut db);
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
-    wait_for(
-        "the count to wait for the lock",
-        Duration::from_secs(30),
-        || {
-            (one_i64(
-                &mut db,
-                "SELECT count(*) FROM pg_locks
-              WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
-            ) > 0)
-                .then_some(())
-        },
-    );
+    until_the_count_waits_for_the_lock(&mut db);
     // Every instance but the one whose document is an error (instance 1).
     assert_eq!(
         common::wrong_rows_where(&mut db, BULK, "number", "invoice.number", "i.id <> 1"),
@@ -569,10 +581,7 @@ fn a_job_commits_its_rows_and_success_before_counting_its_coverage() {
 #[test]
 fn wait_returns_after_a_held_up_count() {
     let (mut cluster, mut db) = start("operate-wait-held", &[]);
-    let mut holder = cluster.connect("app");
-    holder
-        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
-        .unwrap();
+    let mut holder = hold_coverage_counts(&cluster);
     let job = set_paths(&mut db);
     let waiter = {
         let mut db = cluster.connect("app");
@@ -581,18 +590,7 @@ fn wait_returns_after_a_held_up_count() {
         })
     };
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
-    wait_for(
-        "the count to wait for the lock",
-        Duration::from_secs(30),
-        || {
-            (one_i64(
-                &mut db,
-                "SELECT count(*) FROM pg_locks
-                  WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
-            ) > 0)
-                .then_some(())
-        },
-    );
+    until_the_count_waits_for_the_lock(&mut db);
     let started = std::time::Instant::now();
     assert_eq!(
         one_text(&mut db, &format!("SELECT backfill.wait({job}, '0.3 s')")),
@@ -630,24 +628,10 @@ fn wait_returns_after_a_held_up_count() {
 
     // A crash between a job's success and its count: the count is owed still, and a worker
     // with nothing else to do counts it after the restart.
-    let mut holder = cluster.connect("app");
-    holder
-        .batch_execute("BEGIN; LOCK TABLE backfill.coverage_count IN SHARE MODE")
-        .unwrap();
+    let holder = hold_coverage_counts(&cluster);
     let job = common::add_path(&mut db, BULK, "again", "invoice.number");
     assert_eq!(wait_ended(&cluster, "app", job), "succeeded");
-    wait_for(
-        "the count to wait for the lock",
-        Duration::from_secs(30),
-        || {
-            (one_i64(
-                &mut db,
-                "SELECT count(*) FROM pg_locks
-                  WHERE relation = 'backfill.coverage_count'::regclass AND NOT granted",
-            ) > 0)
-                .then_some(())
-        },
-    );
+    until_the_count_waits_for_the_lock(&mut db);
     // A job's last transaction commits asynchronously, as its batches do: a synchronous
     // commit after it makes it durable before the crash.
     db.batch_execute("CREATE TABLE flushed ()").unwrap();

@@ -72,12 +72,6 @@ pub fn count_due_coverage() {
     }
 }
 
-/// The counts a crash left owed (between a job's success and its count), for a worker with
-/// nothing else to do. Each in a transaction of its own, by the caller's loop.
-pub fn jobs_owing_coverage() -> Vec<i64> {
-    store::owed_coverage()
-}
-
 /// Counts the coverage job `job_id` owes, unless it owes none or another process is counting
 /// it, and settles the debt in the same transaction: `backfill.wait` returns once it is. A count
 /// that fails settles it too, with a warning (`count_coverage` counts again): a script waiting

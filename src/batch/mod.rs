@@ -16,7 +16,7 @@ mod statements;
 mod tables;
 
 pub(crate) use failure::is_instance_failure;
-pub use finish::{count_due_coverage, count_owed_coverage, fail_job, jobs_owing_coverage};
+pub use finish::{count_due_coverage, count_owed_coverage, fail_job};
 pub use run::run_batch;
 pub use runner::{Batch, Begin, Runner};
 pub use start::{begin, end};

@@ -166,7 +166,7 @@ thread_local! {
 /// The coverage counts a crash left owed (between a job's success and its count), counted when
 /// there is nothing else to do: `backfill.wait` waits for them.
 fn count_left_coverage() {
-    let owed = match in_own_transaction(batch::jobs_owing_coverage) {
+    let owed = match in_own_transaction(store::owed_coverage) {
         Ok(owed) => owed,
         Err(failure) => {
             warning!("{BACKEND_TYPE}: could not look for jobs owing a coverage count: {failure}");
