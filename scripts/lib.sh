@@ -112,7 +112,7 @@ setup_toolchain() {
     # one that is configured already or wanted now.
     local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml" major pg_config init=() stale=0
     for major in "${PG_MAJORS[@]}"; do
-        pg_config=$(sed -n "s/^pg$major = \"\(.*\)\"\$/\1/p" "$config" 2>/dev/null)
+        pg_config=$(sed -n "s/^pg$major = \"\(.*\)\"\$/\1/p" "$config" 2>/dev/null || true)
         if [[ " ${majors[*]} " == *" $major "* ]]; then
             local wanted
             wanted=$(use_major "$major" && echo "$PG_CONFIG")
