@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod spiff;
+
 use postgres::{Client, NoTls};
 use std::fs;
 use std::net::TcpListener;
