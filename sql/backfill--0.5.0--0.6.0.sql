@@ -239,3 +239,15 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.job_settle(bigint) IS 'Internal: after a part succeeded, marks its job succeeded, with its parts'' totals, when no other part is left.';
+
+-- A batch on Citus-distributed tables reads many instances' documents in one statement on the
+-- worker nodes: extract_values_or_fault gives an instance's error as a value instead of
+-- failing the statement (src/batch/distributed.rs).
+CREATE FUNCTION @extschema@."extract_values_or_fault"("task_data" json, "paths" TEXT[]) RETURNS TEXT[]
+    STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'extract_values_or_fault_text_wrapper';
+CREATE FUNCTION @extschema@."extract_values_or_fault"("task_data" jsonb, "paths" TEXT[]) RETURNS TEXT[]
+    STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'extract_values_or_fault_jsonb_wrapper';
+COMMENT ON FUNCTION @extschema@.extract_values_or_fault(json, text[]) IS
+    'extract_values, with one more element: NULL, or the error of this instance''s data instead of raising it (the values then NULL): what a batch on Citus-distributed tables calls on the worker nodes.';
+COMMENT ON FUNCTION @extschema@.extract_values_or_fault(jsonb, text[]) IS
+    'extract_values, with one more element: NULL, or the error of this instance''s data instead of raising it (the values then NULL): what a batch on Citus-distributed tables calls on the worker nodes.';

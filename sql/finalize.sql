@@ -42,8 +42,8 @@ END
 $$;
 
 -- Every function that runs SQL does so with a search path no database user can write to.
--- extract_values (both overloads) is the exception: it runs no SQL and is called once per
--- instance by every batch, where the setting would cost a save and restore per call.
+-- extract_values and extract_values_or_fault (both overloads) are the exception: they run no
+-- SQL and are called once per instance by every batch, where the setting would cost a save and restore per call.
 ALTER FUNCTION latest_task_data(bigint) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION extract_metadata(jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION render_value(jsonb) SET search_path = pg_catalog, pg_temp;
@@ -107,6 +107,10 @@ COMMENT ON FUNCTION @extschema@.extract_metadata(jsonb, jsonb) IS
     'The values the paths give in this task data, {key: rendered text or null}, rendered in backfill.value_format.';
 COMMENT ON FUNCTION @extschema@.render_value(jsonb) IS
     'The text process_instance_metadata.value gets for a JSON value (NULL for null), in backfill.value_format, cut to 255 characters.';
+COMMENT ON FUNCTION @extschema@.extract_values_or_fault(json, text[]) IS
+    'extract_values, with one more element: NULL, or the error of this instance''s data instead of raising it (the values then NULL): what a batch on Citus-distributed tables calls on the worker nodes.';
+COMMENT ON FUNCTION @extschema@.extract_values_or_fault(jsonb, text[]) IS
+    'extract_values, with one more element: NULL, or the error of this instance''s data instead of raising it (the values then NULL): what a batch on Citus-distributed tables calls on the worker nodes.';
 COMMENT ON FUNCTION @extschema@.extract_values(jsonb, text[]) IS
     'The rendered values of these paths in this task data, in order: what a batch calls once per instance.';
 COMMENT ON FUNCTION @extschema@.enqueue(text, text[], boolean, timestamptz) IS

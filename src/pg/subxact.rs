@@ -17,7 +17,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(caught: CaughtError) -> Failure {
+    /// The failure an ERROR caught by `PgTryBuilder` was.
+    pub fn new(caught: CaughtError) -> Failure {
         let report = report_of(&caught);
         Failure {
             sqlstate: sqlstate_text(report.sql_error_code()),

@@ -13,6 +13,7 @@ use crate::job::{self};
 use crate::pg::error::{self, invalid_parameter};
 use crate::pg::privilege;
 use crate::pg::settings;
+use crate::pg::subxact::sqlstate_text;
 use crate::pg::tables::{Table, Tables};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -30,7 +31,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
     let paths = job::valid_paths(&paths.to_serde_capped());
     let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(&path.path)).collect();
     let texts: Vec<&str> = paths.iter().map(|path| path.path.as_str()).collect();
-    let values = jsonb_values(&task_data, &exprs, &texts);
+    let values = jsonb_values(&task_data, &exprs, &texts).unwrap_or_else(|fault| fault.raise());
     let mut result = Map::with_capacity(paths.len());
     for (path, value) in paths.into_iter().zip(values) {
         result.insert(path.key, value.map_or(Value::Null, Value::String));
@@ -41,7 +42,7 @@ fn extract_metadata(task_data: JsonbArg, paths: JsonbArg) -> JsonB {
 /// The text `process_instance_metadata.value` gets for a JSON value; NULL for JSON null.
 #[pg_extern(stable, parallel_safe, strict)]
 fn render_value(value: JsonbArg) -> Option<String> {
-    stored(&value.to_value(), "the value", settings::style())
+    stored(&value.to_value(), "the value", settings::style()).unwrap_or_else(|fault| fault.raise())
 }
 
 /// The data of the instance's latest completed task (latest by end_in_seconds, then guid; a
@@ -73,9 +74,42 @@ fn latest_task_data(process_instance_id: Option<i64>) -> JsonbResult {
 /// the order given. The batch engine calls this once per instance.
 #[pg_extern(stable, parallel_safe, strict)]
 fn extract_values(task_data: JsonbArg, paths: Vec<String>) -> Vec<Option<String>> {
+    jsonb_paths(&task_data, &paths).unwrap_or_else(|fault| fault.raise())
+}
+
+fn jsonb_paths(task_data: &JsonbArg, paths: &[String]) -> Result<Vec<Option<String>>, Fault> {
     let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(path)).collect();
     let texts: Vec<&str> = paths.iter().map(String::as_str).collect();
-    jsonb_values(&task_data, &exprs, &texts)
+    jsonb_values(task_data, &exprs, &texts)
+}
+
+/// `extract_values`, with one more element after the values: NULL, or the error of this
+/// instance's data ("message (SQLSTATE)") instead of raising it, the values then all NULL. A
+/// batch on Citus reads many instances' documents in one statement on the worker nodes, and
+/// skips the instances whose data fails without redoing the others.
+#[pg_extern(stable, parallel_safe, strict, name = "extract_values_or_fault")]
+fn extract_values_or_fault_jsonb(task_data: JsonbArg, paths: Vec<String>) -> Vec<Option<String>> {
+    with_fault(jsonb_paths(&task_data, &paths), paths.len())
+}
+
+/// `extract_values_or_fault` for task data of type json.
+#[pg_extern(stable, parallel_safe, strict, name = "extract_values_or_fault")]
+fn extract_values_or_fault_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<Option<String>> {
+    with_fault(text_paths(&task_data, &paths), paths.len())
+}
+
+fn with_fault(values: Result<Vec<Option<String>>, Fault>, paths: usize) -> Vec<Option<String>> {
+    match values {
+        Ok(mut values) => {
+            values.push(None);
+            values
+        }
+        Err(fault) => {
+            let mut values = vec![None; paths];
+            values.push(Some(fault.to_string()));
+            values
+        }
+    }
 }
 
 /// The rendered values of `paths` in task data of type json, read from its text as Python's
@@ -84,19 +118,23 @@ fn extract_values(task_data: JsonbArg, paths: Vec<String>) -> Vec<Option<String>
 /// instance on attached tables whose `data` is json.
 #[pg_extern(stable, parallel_safe, strict, name = "extract_values")]
 fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<Option<String>> {
+    text_paths(&task_data, &paths).unwrap_or_else(|fault| fault.raise())
+}
+
+fn text_paths(task_data: &JsonTextArg, paths: &[String]) -> Result<Vec<Option<String>>, Fault> {
     let exprs: Vec<Rc<PathExpr>> = paths.iter().map(|path| compiled_path(path)).collect();
     let refs: Vec<&PathExpr> = exprs.iter().map(|expr| &**expr).collect();
-    let text = task_data.text().unwrap_or_else(|| {
-        error::raise_plain(
-            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-            "task data is not UTF-8; backfill reads json text in a UTF-8 database only".to_owned(),
-        )
-    });
+    let text = task_data.text().ok_or_else(|| Fault {
+        code: PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+        message: "task data is not UTF-8; backfill reads json text in a UTF-8 database only"
+            .to_owned(),
+        hint: "",
+    })?;
     let style = settings::style();
-    let values = jsontext::values_at(text, &refs, style.python).unwrap_or_else(|e| {
+    let values = jsontext::values_at(text, &refs, style.python).map_err(|e| {
         let python = style.python.name();
         match e {
-            TextError::TooDeep { limit } => error::raise(
+            TextError::TooDeep { limit } => Fault::new(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "task data is nested more than {limit} levels deep, deeper than json.loads \
@@ -104,7 +142,7 @@ fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<O
                 ),
                 "SpiffWorkflow cannot read this instance's data either; it gets no rows.",
             ),
-            TextError::IntTooLong { digits } => error::raise(
+            TextError::IntTooLong { digits } => Fault::new(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "task data holds an integer of {digits} digits; json.loads reads at most \
@@ -112,19 +150,23 @@ fn extract_values_from_text(task_data: JsonTextArg, paths: Vec<String>) -> Vec<O
                 ),
                 "SpiffWorkflow cannot read this instance's data either; it gets no rows.",
             ),
-            TextError::Invalid { at, why } => error::raise_plain(
+            TextError::Invalid { at, why } => Fault::new(
                 PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
                 format!(
                     "task data cannot be read as JSON: {} at byte {at}",
                     why.describe()
                 ),
+                "",
             ),
         }
-    });
+    })?;
     values
         .iter()
-        .zip(&paths)
-        .map(|(value, path)| stored(value.as_ref()?, &format!("path \"{path}\""), style))
+        .zip(paths)
+        .map(|(value, path)| match value {
+            Some(value) => stored(value, &format!("path \"{path}\""), style),
+            None => Ok(None),
+        })
         .collect()
 }
 
@@ -133,7 +175,7 @@ pub(super) fn jsonb_values(
     task_data: &JsonbArg,
     exprs: &[Rc<PathExpr>],
     texts: &[&str],
-) -> Vec<Option<String>> {
+) -> Result<Vec<Option<String>>, Fault> {
     let style = settings::style();
     let mut values: Vec<Option<PyValue>> = exprs
         .iter()
@@ -152,7 +194,7 @@ pub(super) fn jsonb_values(
         // A document Python would not read is not searched either.
         let (document, depth) = task_data
             .to_serde_within(style.python.load_depth())
-            .unwrap_or_else(|TooDeep { limit }| too_deep(limit, style.python));
+            .map_err(|TooDeep { limit }| too_deep(limit, style.python))?;
         let only: Vec<&PathExpr> = queries.iter().map(|(_, expr)| *expr).collect();
         for ((i, _), value) in queries.iter().zip(jsonpath_values(document, depth, &only)) {
             values[*i] = value;
@@ -161,27 +203,63 @@ pub(super) fn jsonb_values(
     values
         .iter()
         .zip(texts)
-        .map(|(value, path)| stored(value.as_ref()?, &format!("path \"{path}\""), style))
+        .map(|(value, path)| match value {
+            Some(value) => stored(value, &format!("path \"{path}\""), style),
+            None => Ok(None),
+        })
         .collect()
+}
+
+/// What an instance's data cannot give: the error a job counts for the instance and skips it.
+pub(super) struct Fault {
+    code: PgSqlErrorCode,
+    message: String,
+    /// Empty for none.
+    hint: &'static str,
+}
+
+impl Fault {
+    fn new(code: PgSqlErrorCode, message: String, hint: &'static str) -> Fault {
+        Fault {
+            code,
+            message,
+            hint,
+        }
+    }
+
+    pub(super) fn raise(self) -> ! {
+        if self.hint.is_empty() {
+            error::raise_plain(self.code, self.message)
+        } else {
+            error::raise(self.code, self.message, self.hint)
+        }
+    }
+}
+
+/// "message (SQLSTATE)", as a job's last_error says an instance's error.
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, sqlstate_text(self.code))
+    }
 }
 
 /// The text stored for a value, or the instance's error when it has none (what `what` names
 /// would fail SpiffWorkflow's own write too).
-pub(super) fn stored(value: &PyValue, what: &str, style: Style) -> Option<String> {
-    render(value, style).unwrap_or_else(|unstorable| match unstorable {
-        Unstorable::Nul => error::raise(
+pub(super) fn stored(value: &PyValue, what: &str, style: Style) -> Result<Option<String>, Fault> {
+    render(value, style).map_err(|unstorable| match unstorable {
+        Unstorable::Nul => Fault::new(
             PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
             format!("the value of {what} contains \\u0000, which text cannot hold"),
             "The instance gets no row for this key; fix the task data or the path.",
         ),
-        Unstorable::LoneSurrogate => error::raise(
+        Unstorable::LoneSurrogate => Fault::new(
             PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
             format!(
                 "the value of {what} is a string holding a lone surrogate (an unpaired \\ud800 to \\udfff escape), which UTF-8 text cannot hold"
             ),
             "SpiffWorkflow's own write of this value fails too; fix the task data or the path.",
         ),
-        Unstorable::TooDeep { levels, limit } => error::raise(
+        Unstorable::TooDeep { levels, limit } => Fault::new(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!(
                 "the value of {what} is nested {levels} levels deep; str() in Python {} stops \
@@ -195,8 +273,8 @@ pub(super) fn stored(value: &PyValue, what: &str, style: Style) -> Option<String
 
 /// A jsonb document JSONPath evaluation will not go into: an error of this instance's data,
 /// which the batch engine counts and skips.
-pub(super) fn too_deep(limit: usize, python: PythonVersion) -> ! {
-    error::raise(
+pub(super) fn too_deep(limit: usize, python: PythonVersion) -> Fault {
+    Fault::new(
         PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         format!(
             "task data is nested more than {limit} levels deep, deeper than json.loads reads in \

@@ -232,11 +232,12 @@ mod tests {
     #[pg_test]
     fn functions_have_a_fixed_search_path_and_job_rows_no_public_access() {
         // Every function of the extension that runs SQL carries search_path = pg_catalog,
-        // pg_temp; extract_values (both) runs none and is called once per instance.
+        // pg_temp; extract_values and extract_values_or_fault (both of each) run none and are
+        // called once per instance.
         let unset = texts(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
                       WHERE p.pronamespace = 'backfill'::regnamespace AND p.prokind = 'f'
-                        AND p.proname <> 'extract_values'
+                        AND p.proname NOT IN ('extract_values', 'extract_values_or_fault')
                         AND (p.proconfig IS NULL
                              OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig))",
         );
