@@ -26,6 +26,27 @@ pub(super) fn is_lock_timeout(failure: &Failure) -> bool {
     failure.sqlstate == "55P03"
 }
 
+/// A Citus node could not be reached (class 08, connection exception; or, when the loss shows
+/// at the commit, Citus's own error, which has no SQLSTATE of its own): the job waits for it
+/// rather than spending its attempts (a node restarts in longer than they last).
+pub(crate) fn is_node_unreachable(failure: &Failure) -> bool {
+    failure.sqlstate.starts_with("08")
+        || failure
+            .message
+            .starts_with("failure on connection marked as essential")
+}
+
+/// What a worker waits out, for its log: a lock someone holds, or a node that is down.
+pub(super) fn waits_out(job: &Job, failure: &Failure) -> Option<String> {
+    if is_lock_timeout(failure) {
+        Some(waiting_for(job, failure))
+    } else if is_node_unreachable(failure) {
+        Some(format!("{} waits for a node: {failure}", job.label()))
+    } else {
+        None
+    }
+}
+
 /// "job 7 waits for a lock: ..." after `failure` (a lock wait of the job's that timed out),
 /// with what is in the way on the job's four tables: the sessions holding a lock that
 /// conflicts with one a batch takes (ROW EXCLUSIVE on the metadata table, ROW SHARE or

@@ -4,7 +4,9 @@
 //! through `begin`, `run_batch` and `end`; the coverage of a job's keys is counted after it
 //! succeeds.
 
+mod batch_of;
 pub mod coverage;
+mod distributed;
 mod failure;
 mod fast_path;
 mod finish;
@@ -15,7 +17,7 @@ mod start;
 mod statements;
 mod tables;
 
-pub(crate) use failure::is_instance_failure;
+pub(crate) use failure::{is_instance_failure, is_node_unreachable};
 pub use finish::{count_due_coverage, count_owed_coverage, fail_job};
 pub use run::run_batch;
 pub use runner::{Batch, Begin, Runner};

@@ -1,9 +1,8 @@
 //! One batch of a job, in the caller's transaction: its instances locked, its rows written in one
 //! statement, the job advanced; retried, isolated to the instance that fails, or failing the job.
 
-use super::failure::{
-    caught_unless_interrupt, is_instance_failure, is_lock_timeout, is_permanent, waiting_for,
-};
+use super::batch_of::{BatchOf, INSERT_WAY, UNIQUE_VIOLATION};
+use super::failure::{caught_unless_interrupt, is_instance_failure, is_permanent, waits_out};
 use super::fast_path::{fast_path_holds, in_replica_mode, may_lock};
 use super::finish::{fail, finish, log_progress};
 use super::job_row::Outcome;
@@ -18,10 +17,8 @@ use crate::pg::error::raise;
 use crate::pg::privilege::as_role;
 use crate::pg::settings;
 use crate::pg::subxact::Failure;
-use crate::pg::tables::{Table, Tables};
-use pgrx::pg_sys::Oid;
+use crate::pg::tables::Table;
 use pgrx::prelude::*;
-use std::cell::Cell;
 use std::time::Duration;
 
 /// Attempts of a batch that fails as a whole before the job is marked failed.
@@ -45,14 +42,6 @@ pub(super) enum ForeignKeyCheck {
     /// and no rule other than that foreign key's: replica mode would skip (or, for ENABLE
     /// REPLICA ones, fire) anything else. See `fast_path_holds`.
     LockedInstances,
-}
-
-pub(super) const UNIQUE_VIOLATION: &str = "23505";
-
-thread_local! {
-    /// How the batches of the job this process runs insert, once one met a row that was
-    /// there (see `Insert`).
-    pub(super) static INSERT_WAY: Cell<Option<(i64, Insert)>> = const { Cell::new(None) };
 }
 
 /// Runs the next batch of the job in the current transaction. The caller must hold the job
@@ -89,13 +78,15 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     let Some(max_id) = job.max_instance_id else {
         return finish(&job);
     };
-    let limit = settings::batch_size();
     let mut attempt = 1;
     let (outcome, batch) = loop {
         // The tables are locked and checked in each attempt: a lock someone holds on one of
         // them is waited for and retried as a failure of the batch.
         let tried =
             usable_tables(job.tables_schema, job.role, &Table::ALL).and_then(|(tables, role)| {
+                // On Citus, a batch takes up to batch_size instances of each shard group.
+                let limit = settings::batch_size()
+                    .saturating_mul(tables.citus.as_ref().map_or(1, |c| c.shard_count));
                 let batch = BatchOf {
                     job: &job,
                     role,
@@ -108,8 +99,8 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
         match tried {
             Ok(done) => break done,
             Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),
-            Err(failure) if runner.wait_out_locks && is_lock_timeout(&failure) => {
-                return Batch::Blocked(waiting_for(&job, &failure));
+            Err(failure) if runner.wait_out_locks && waits_out(&job, &failure).is_some() => {
+                return Batch::Blocked(waits_out(&job, &failure).unwrap_or_default());
             }
             Err(failure) if attempt >= BATCH_ATTEMPTS => return fail(&job, &failure, attempt),
             Err(failure) => {
@@ -125,7 +116,7 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             }
         }
     };
-    if outcome.instances > 0 {
+    if outcome.cursor.is_some() {
         // Outside the batch's subtransaction, in the transaction that locked the job row: a
         // row locked by a transaction and updated by its subtransaction gets a MultiXact, and
         // every later read of the row's versions has to look its members up.
@@ -146,23 +137,15 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     Batch::More
 }
 
-/// The next batch of a job: the next `limit` instances of its model after its cursor, up to
-/// `max_id`, in its tables.
-pub(super) struct BatchOf<'j> {
-    pub(super) job: &'j Job,
-    /// Whose privileges the batch has (`Tables::reader`).
-    pub(super) role: Oid,
-    pub(super) tables: Tables,
-    pub(super) max_id: i64,
-    pub(super) limit: i64,
-}
-
 impl BatchOf<'_> {
     /// One attempt: the instances are locked, then written; an attempt that fails as a whole
     /// is rolled back as a whole. The locks are taken in a subtransaction of their own that
     /// commits, so they are held to the end of the transaction even when the writing fails
     /// and is done again instance by instance.
     pub(super) fn attempt(&self, runner: Runner) -> Result<Outcome, Failure> {
+        if self.tables.citus.is_some() {
+            return self.attempt_distributed();
+        }
         let locked = caught_unless_interrupt(|| self.lock_instances())?;
         if locked.ids.is_empty() {
             return Ok(Outcome::default());
@@ -209,10 +192,9 @@ impl BatchOf<'_> {
             tables: self.tables.clone(),
             for_share,
         };
-        let after = self.job.cursor.unwrap_or(i64::MIN);
         let args = [
             self.job.model.as_str().into(),
-            after.into(),
+            self.first_after(self.job.cursor).into(),
             self.max_id.into(),
             self.limit.into(),
         ];
@@ -229,16 +211,15 @@ impl BatchOf<'_> {
     pub(super) fn more_after(&self, cursor: Option<i64>) -> bool {
         let sql = format!(
             "SELECT EXISTS (SELECT FROM {} i
-                             WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3)",
+                             WHERE i.process_model_identifier = $1 AND i.id >= $2 AND i.id <= $3)",
             self.tables.sql_name("process_instance")
         );
-        let after = cursor.unwrap_or(i64::MIN);
         as_role(self.role, || {
             Spi::get_one_with_args::<bool>(
                 &sql,
                 &[
                     self.job.model.as_str().into(),
-                    after.into(),
+                    self.first_after(cursor).into(),
                     self.max_id.into(),
                 ],
             )

@@ -1,7 +1,7 @@
 //! A job taken and started: the run lock, the first start's count and split into parts, a
 //! resume from the cursor; and the job let go.
 
-use super::failure::{caught_unless_interrupt, is_lock_timeout, is_permanent, waiting_for};
+use super::failure::{caught_unless_interrupt, is_permanent, waits_out};
 use super::finish::{fail_job, LAST_PROGRESS_LOG};
 use super::job_row::Lookup;
 use super::runner::Begin;
@@ -141,8 +141,10 @@ pub(super) fn not_started(job: &Job, runner: Runner, failure: Failure) -> Begin 
         warning!("backfill: job {} failed: {failure}", job.id);
         return failed_at_start(job.id, &failure.with_hint());
     }
-    if runner.wait_out_locks && is_lock_timeout(&failure) {
-        return Begin::Blocked(waiting_for(job, &failure));
+    if runner.wait_out_locks {
+        if let Some(why) = waits_out(job, &failure) {
+            return Begin::Blocked(why);
+        }
     }
     failure.rethrow()
 }

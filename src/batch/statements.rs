@@ -124,7 +124,7 @@ impl Plan {
             Plan::LockInstances { tables, for_share } => format!(
                 "SELECT array_agg(id ORDER BY id) FROM (
                      SELECT i.id::bigint AS id FROM {} i
-                      WHERE i.process_model_identifier = $1 AND i.id > $2 AND i.id <= $3
+                      WHERE i.process_model_identifier = $1 AND i.id >= $2 AND i.id <= $3
                       ORDER BY i.id LIMIT $4{}) batch",
                 tables.sql_name("process_instance"),
                 if *for_share { " FOR SHARE OF i" } else { "" }

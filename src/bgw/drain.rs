@@ -131,6 +131,13 @@ pub(super) fn drain_one_job(
                 }
                 return Drained::Ran;
             }
+            Err(failure) if batch::is_node_unreachable(&failure) => {
+                // The batch's commit lost a Citus node: rolled back; waited out like a node the
+                // batch could not reach.
+                lock_waits.blocked(job_id, &format!("job {job_id} waits for a node: {failure}"));
+                release(slot, job_id, &throttle);
+                return Drained::Ran;
+            }
             Err(failure) => {
                 failures += 1;
                 let message = failure.to_string();

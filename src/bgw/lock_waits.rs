@@ -38,7 +38,7 @@ impl LockWaits {
         });
         wait.retry_at = now + LOCK_RETRY;
         if wait.said_at.is_none_or(|at| at.elapsed() >= LOCK_SAY_EVERY) {
-            log!("{BACKEND_TYPE}: {why} (it goes on once the lock is released)");
+            log!("{BACKEND_TYPE}: {why} (tried again every second)");
             wait.said_at = Some(now);
         }
     }
@@ -58,7 +58,7 @@ impl LockWaits {
         if let Some(wait) = self.jobs.remove(&job_id) {
             if wait.said_at.is_some() {
                 log!(
-                    "{BACKEND_TYPE}: job {job_id} goes on after waiting {} s for a lock",
+                    "{BACKEND_TYPE}: job {job_id} goes on after waiting {} s",
                     wait.since.elapsed().as_secs()
                 );
             }

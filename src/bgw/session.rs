@@ -8,6 +8,7 @@ use crate::shmem::WORKER_TYPE as BACKEND_TYPE;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 /// The longest the worker waits for a lock unless lock_timeout is configured.
@@ -86,13 +87,36 @@ pub(super) fn fix_session_settings() {
 /// subtransaction) instead of letting it end the process. Every lock the transaction waits
 /// for, job rows and tables alike, is waited for at most LOCK_WAIT unless lock_timeout is
 /// configured: a lock someone holds never stalls the worker.
+///
+/// The commit is caught too: it can fail after the work succeeded (Citus, committing a batch on
+/// the worker nodes, raises when it lost a node's connection), and the transaction is then
+/// rolled back and the failure returned, as for an ERROR in the work.
 pub(super) fn in_own_transaction<R>(work: impl FnOnce() -> R) -> Result<R, Failure> {
-    let work = std::panic::AssertUnwindSafe(work);
-    BackgroundWorker::transaction(move || {
-        let work = work;
-        bound_lock_wait(LOCK_WAIT);
-        in_subtransaction(work.0)
+    // SAFETY: what BackgroundWorker::transaction does: a transaction with a snapshot, in a
+    // registered background worker (the only caller).
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    bound_lock_wait(LOCK_WAIT);
+    let done = in_subtransaction(work);
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        // SAFETY: pops the snapshot pushed above, then commits the transaction begun above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(())
+    }))
+    .catch_others(|caught| {
+        // SAFETY: after an ERROR while committing: the transaction is rolled back, as
+        // PostgreSQL's own loop does after an error, and this process goes on.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(Failure::new(caught))
     })
+    .execute()?;
+    done
 }
 
 pub(super) fn reload_config_if_asked() {

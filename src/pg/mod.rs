@@ -1,6 +1,7 @@
 //! Infrastructure over PostgreSQL: errors with their SQLSTATEs, subtransactions, whose privileges,
 //! the settings, SPI helpers, and the four tables a job reads and writes.
 
+pub mod citus;
 pub mod error;
 pub mod privilege;
 pub mod query;

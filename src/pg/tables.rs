@@ -4,6 +4,7 @@
 //! from the catalogs; what the batch engine needs to know about their types is kept here, and
 //! so is whose privileges reading and writing them may have (`Tables::reader`).
 
+use crate::pg::citus::{self, Distributed};
 use crate::pg::error::raise;
 use crate::pg::privilege;
 use crate::pg::query;
@@ -93,6 +94,11 @@ pub struct Tables {
     pub data_is_json: bool,
     /// `process_instance_metadata.value` is NOT NULL: a missing or null value gets no row.
     pub value_not_null: bool,
+    /// `process_instance.id` is an integer (int4), not a bigint: a bound compared with it must
+    /// be one (Citus casts the bounds of its distribution column to the column's type).
+    pub instance_id_is_int4: bool,
+    /// How Citus distributes the tables, when any of them is a Citus table.
+    pub citus: Option<Distributed>,
     /// The roles that decide what code runs when the tables are read or written, with the
     /// privileges of whoever reads or writes them: the owner of the schema (which may drop and
     /// replace what is in it; for `pg_database_owner`, the database's owner), the owners of the
@@ -188,6 +194,7 @@ impl Tables {
             .unwrap_or(Oid::INVALID);
         let mut data_is_json = false;
         let mut value_not_null = false;
+        let mut instance_id_is_int4 = false;
         for (table, name, accepted) in COLUMNS {
             let Some(column) = columns
                 .iter()
@@ -214,13 +221,21 @@ impl Tables {
             match (*table, *name) {
                 ("json_data", "data") => data_is_json = column.base_type == pg_sys::JSONOID,
                 ("process_instance_metadata", "value") => value_not_null = column.not_null,
+                ("process_instance", "id") => instance_id_is_int4 = column.base_type == INT4,
                 _ => {}
             }
         }
+        let schema_sql = quoted(&schema_name);
+        let citus =
+            citus::layout(&oids, &schema_sql, value_not_null).map_err(|refused| Unusable {
+                code: PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                message: refused.message,
+                hint: refused.fix,
+            })?;
         let (relations, controllers) = read_controllers(schema, &oids);
         Ok(Tables {
             schema,
-            schema_sql: quoted(&schema_name),
+            schema_sql,
             instances: oids[0],
             tasks: oids[1],
             data: oids[2],
@@ -228,6 +243,8 @@ impl Tables {
             owner,
             data_is_json,
             value_not_null,
+            instance_id_is_int4,
+            citus,
             controllers,
             relations,
         })
@@ -236,6 +253,15 @@ impl Tables {
     /// `schema.table`, quoted, for SQL text.
     pub fn sql_name(&self, table: &str) -> String {
         format!("{}.{}", self.schema_sql, quoted(table))
+    }
+
+    /// The smallest id process_instance.id can hold: where a job with no cursor yet starts.
+    pub fn first_instance_id(&self) -> i64 {
+        if self.instance_id_is_int4 {
+            i64::from(i32::MIN)
+        } else {
+            i64::MIN
+        }
     }
 
     /// The relation of `table`.

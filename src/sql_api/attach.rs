@@ -57,6 +57,13 @@ fn attach(schema_name: Option<&str>) {
             format!("Create it while the application runs: {statement}"),
         );
     }
+    if let Some(citus) = &tables.citus {
+        notice!(
+            "backfill: the tables are distributed by Citus ({} shard groups; json_data {}): a batch takes up to backfill.batch_size instances of each shard group, and its rows are read and extracted on the nodes that hold them",
+            citus.shard_count,
+            citus.data.describe()
+        );
+    }
     let unfinished = store::unfinished_elsewhere(schema);
     if unfinished > 0 {
         notice!(

@@ -32,6 +32,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
         &[
             &["error", "privilege", "subxact", "window"],
             &["settings", "query"],
+            &["citus"],
             &["tables"],
             &["table_owners", "table_checks"],
         ],
@@ -57,8 +58,8 @@ const FILES: &[(&str, &[&[&str]])] = &[
         "batch",
         &[
             &["coverage", "failure", "fast_path", "runner", "statements"],
-            &["tables", "job_row"],
-            &["finish"],
+            &["tables", "job_row", "batch_of"],
+            &["finish", "distributed"],
             &["start", "run"],
         ],
     ),
