@@ -51,6 +51,8 @@ struct Options {
     live_seconds: u64,
     live_rounds: usize,
     live_only: bool,
+    /// The coordinator of a Citus cluster (scripts/citus) to run P on beside the plain server.
+    citus_port: Option<u16>,
 }
 
 fn parse_options() -> Options {
@@ -67,6 +69,7 @@ fn parse_options() -> Options {
         live_seconds: 10,
         live_rounds: 3,
         live_only: false,
+        citus_port: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -87,6 +90,7 @@ fn parse_options() -> Options {
             "--live-seconds" => options.live_seconds = value("--live-seconds") as u64,
             "--live-rounds" => options.live_rounds = value("--live-rounds").max(1) as usize,
             "--live-only" => options.live_only = true,
+            "--citus-port" => options.citus_port = Some(value("--citus-port") as u16),
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -101,7 +105,8 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
          [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
          [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only] \
-         [--live-seconds S (10, each segment; 0 skips the live application load)] [--live-rounds R (3)] [--live-only]"
+         [--live-seconds S (10, each segment; 0 skips the live application load)] [--live-rounds R (3)] [--live-only] \
+         [--citus-port PORT (a Citus coordinator: P on SpiffWorkflow's tables there too)]"
     );
     std::process::exit(2)
 }
@@ -659,7 +664,12 @@ fn check(got: &[Row], reference: &[Row], what: &str) {
 fn main() {
     let options = parse_options();
     if options.spiff_only {
-        let report = spiff::run(options.port, options.spiff_instances, options.spiff_runs);
+        let report = spiff::run(
+            options.port,
+            options.spiff_instances,
+            options.spiff_runs,
+            options.citus_port,
+        );
         spiff::print(&report);
         return;
     }
@@ -762,8 +772,14 @@ fn main() {
             options.live_rounds,
         )
     });
-    let spiff_report = (options.spiff_instances > 0 && !options.json)
-        .then(|| spiff::run(options.port, options.spiff_instances, options.spiff_runs));
+    let spiff_report = (options.spiff_instances > 0 && !options.json).then(|| {
+        spiff::run(
+            options.port,
+            options.spiff_instances,
+            options.spiff_runs,
+            options.citus_port,
+        )
+    });
     report(
         &options,
         &version,

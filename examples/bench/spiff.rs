@@ -7,7 +7,9 @@
 //! - L: one set-based INSERT ... SELECT with the latest-task LATERAL, reading the keys with
 //!   the json operator `#>>` (Lj), or casting the document to jsonb once per instance and
 //!   reading it with jsonb's (Lb); rows for found values only, ON CONFLICT DO NOTHING;
-//! - P: the model UPDATE adding the keys, until the worker's job has succeeded.
+//! - P: the model UPDATE adding the keys, until the worker's job has succeeded;
+//! - Pc: the same on a Citus cluster (`--citus-port`), the same data distributed as
+//!   docs/citus.md says: the batches run on its worker nodes.
 //!
 //! Both without and then with the indexes `attach` advises. Every run's rows are compared with
 //! the first run of Lj, row for row (the keys are strings, which both render alike). Then the
@@ -39,7 +41,18 @@ pub struct Report {
     pub parse_costs: Vec<(String, &'static str, f64)>,
 }
 
-fn load(db: &mut Client, port: u16, instances: i64) {
+/// The statements docs/citus.md gives for distributing SpiffWorkflow's tables.
+fn distribution_ddl() -> String {
+    let page = std::fs::read_to_string("docs/citus.md").unwrap();
+    let start = page
+        .find("```sql\n")
+        .expect("docs/citus.md has an sql block")
+        + 7;
+    let end = start + page[start..].find("```").unwrap();
+    page[start..end].to_owned()
+}
+
+fn load(db: &mut Client, port: u16, instances: i64, citus: bool) {
     db.batch_execute(
         "DROP SCHEMA IF EXISTS app CASCADE; CREATE SCHEMA app;
          SELECT backfill.detach();
@@ -47,10 +60,16 @@ fn load(db: &mut Client, port: u16, instances: i64) {
     )
     .unwrap();
     let schema = std::fs::read_to_string("tests/fixtures/spiffworkflow/schema.sql").unwrap();
-    db.batch_execute(&format!(
-        "SET search_path = app; {schema} RESET search_path;"
-    ))
-    .unwrap();
+    db.batch_execute(&format!("SET search_path = app; {schema}"))
+        .unwrap();
+    if citus {
+        // A statement at a time: Citus sends a DDL statement's text on to the worker nodes,
+        // and refuses one that holds several.
+        for statement in distribution_ddl().split_inclusive(";\n") {
+            db.batch_execute(statement).unwrap();
+        }
+    }
+    db.batch_execute("RESET search_path").unwrap();
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -155,13 +174,19 @@ fn run_p(db: &mut Client, port: u16) -> f64 {
     .get(0)
 }
 
-pub fn run(port: u16, instances: i64, runs: usize) -> Report {
+pub fn run(port: u16, instances: i64, runs: usize, citus_port: Option<u16>) -> Report {
     let mut db = connect(port);
     progress(&format!(
         "SpiffWorkflow tables: generating and loading {instances} instances with about 30 KB of json task data each"
     ));
     let loading = Instant::now();
-    load(&mut db, port, instances);
+    load(&mut db, port, instances, false);
+    let mut citus = citus_port.map(|citus_port| {
+        let mut citus = connect(citus_port);
+        load(&mut citus, citus_port, instances, true);
+        set_workers_per_job(&mut citus, citus_port, 2);
+        (citus, citus_port)
+    });
     let model_instances: i64 = db
         .query_one(
             "SELECT count(*) FROM app.process_instance WHERE process_model_identifier = $1",
@@ -193,25 +218,35 @@ pub fn run(port: u16, instances: i64, runs: usize) -> Report {
     };
     for indexed in [false, true].into_iter().filter(|_| runs > 0) {
         if indexed {
-            for index in INDEXES {
-                db.batch_execute(index).unwrap();
+            for db in std::iter::once(&mut db).chain(citus.as_mut().map(|(c, _)| c)) {
+                for index in INDEXES {
+                    db.batch_execute(index).unwrap();
+                }
+                db.batch_execute("ANALYZE app.task, app.process_instance")
+                    .unwrap();
             }
-            db.batch_execute("ANALYZE app.task, app.process_instance")
-                .unwrap();
         }
-        let labels = ["Lj", "Lb", "P"];
+        let labels: &[&'static str] = if citus.is_some() {
+            &["Lj", "Lb", "P", "Pc"]
+        } else {
+            &["Lj", "Lb", "P"]
+        };
         let mut by_label: Vec<Vec<f64>> = vec![Vec::new(); labels.len()];
         for round in 0..runs {
             for i in 0..labels.len() {
                 let which = (i + round) % labels.len();
-                reset(&mut db);
+                let (on, on_port) = match (&mut citus, labels[which]) {
+                    (Some((citus, citus_port)), "Pc") => (citus, *citus_port),
+                    _ => (&mut db, port),
+                };
+                reset(on);
                 let seconds = match which {
-                    0 => run_l(&mut db, false),
-                    1 => run_l(&mut db, true),
-                    _ => run_p(&mut db, port),
+                    0 => run_l(on, false),
+                    1 => run_l(on, true),
+                    _ => run_p(on, on_port),
                 };
                 check(
-                    &rows(&mut db),
+                    &rows(on),
                     &reference,
                     &format!(
                         "SpiffWorkflow {} (indexed {indexed}, round {})",
@@ -232,7 +267,7 @@ pub fn run(port: u16, instances: i64, runs: usize) -> Report {
                 by_label[which].push(seconds);
             }
         }
-        for (label, seconds) in labels.iter().zip(by_label) {
+        for (label, seconds) in labels.iter().copied().zip(by_label) {
             times.push((label, indexed, seconds));
         }
     }
@@ -331,7 +366,11 @@ pub fn print(report: &Report) {
             ("Lj", "L  one statement, json #>>"),
             ("Lb", "L  one statement, jsonb cast once"),
             ("P", "P  backfill (model UPDATE -> 2 workers)"),
+            ("Pc", "Pc the same on Citus (2 worker nodes)"),
         ] {
+            if label == "Pc" && !report.times.iter().any(|(l, _, _)| *l == "Pc") {
+                continue;
+            }
             let t = med(label, indexed);
             println!(
                 "  {what:<40} {t:>8.2} s {:>10.0} instances/s",
@@ -340,6 +379,13 @@ pub fn print(report: &Report) {
         }
         let best_l = med("Lj", indexed).min(med("Lb", indexed));
         println!("  P/L (best L) = {:.3}", med("P", indexed) / best_l);
+        if report.times.iter().any(|(l, _, _)| *l == "Pc") {
+            println!(
+                "  Pc/P = {:.3}   Pc/L (best L) = {:.3}",
+                med("Pc", indexed) / med("P", indexed),
+                med("Pc", indexed) / best_l
+            );
+        }
     }
     println!("reading paths from json text, microseconds per document (median of 5):");
     let mut sizes: Vec<&str> = Vec::new();
