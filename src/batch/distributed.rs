@@ -86,7 +86,12 @@ impl BatchOf<'_> {
         hashes: &[String],
         outcome: &mut Outcome,
     ) -> Result<(), Failure> {
-        match self.write_distributed(ids, hashes) {
+        // All of it or nothing: rows of keys filled must not stay when those replaced fail.
+        let written = caught_unless_interrupt(|| match self.write_distributed(ids, hashes) {
+            Ok(written) => written,
+            Err(failure) => failure.rethrow(),
+        });
+        match written {
             Ok((updated, faults)) => {
                 outcome.updated += updated;
                 for (id, fault) in faults {
