@@ -2,7 +2,6 @@
 mod tests {
     use crate::tests::{assert_fails, error_of};
     use pgrx::prelude::*;
-    use std::time::Instant;
 
     /// The first column of every row of `sql`, as text.
     fn texts(sql: &str) -> Vec<String> {
@@ -65,7 +64,6 @@ mod tests {
     fn a_huge_path_list_is_refused_at_once_under_a_statement_timeout() {
         Spi::run("INSERT INTO backfill.process_model (id) VALUES ('m')").unwrap();
         Spi::run("SET LOCAL statement_timeout = '2s'").unwrap();
-        let started = Instant::now();
         assert_fails(
             "UPDATE backfill.process_model
                 SET metadata_extraction_paths =
@@ -75,7 +73,10 @@ mod tests {
             "22023",
             "metadata_extraction_paths has 100000 elements; the limit is 1000",
         );
-        // 1,000 paths, the most allowed, are checked well within the timeout.
+        // 1,000 paths, the most allowed, are checked within the timeout: the server cancels a
+        // statement that takes longer (57014), and this one would fail. (No wall-clock check
+        // of its own: the two statements together once took 2.3 s on a loaded machine, each
+        // within its timeout.)
         Spi::run(
             "UPDATE backfill.process_model
                 SET metadata_extraction_paths =
@@ -84,11 +85,6 @@ mod tests {
               WHERE id = 'm'",
         )
         .unwrap();
-        assert!(
-            started.elapsed().as_secs_f64() < 2.0,
-            "{:?}",
-            started.elapsed()
-        );
         assert_fails(
             &format!(
                 "UPDATE backfill.process_model
