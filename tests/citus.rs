@@ -247,15 +247,7 @@ fn the_live_engine_never_fails_and_keeps_its_values_on_citus() {
     let mut spiff = citus.spiff(2_000);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
     sync_model(&mut spiff, INVOICE, &[]);
-    let ids: Vec<i32> = spiff
-        .query(
-            "SELECT id FROM app.process_instance WHERE process_model_identifier = $1 ORDER BY id",
-            &[&INVOICE],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = model_instances(&mut spiff);
     // Batches of 2 instances a shard group (64 a batch with 32 shards), so that the clients
     // meet many of them.
     citus.coordinator.set_and_reload("backfill.batch_size", "2");

@@ -401,15 +401,7 @@ fn the_live_engine_never_fails_and_keeps_its_values_while_a_job_fills_the_same_k
     let mut spiff = spiff_database(&cluster, "spiff", 3_000);
     spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
     sync_model(&mut spiff, INVOICE, &[]);
-    let ids: Vec<i32> = spiff
-        .query(
-            "SELECT id FROM app.process_instance WHERE process_model_identifier = $1 ORDER BY id",
-            &[&INVOICE],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = model_instances(&mut spiff);
     sync_model(&mut spiff, INVOICE, &[("number", "invoice.number")]);
     let job = newest_job(&mut spiff);
     let (state, race) = race_the_job(

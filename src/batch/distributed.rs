@@ -95,12 +95,7 @@ impl BatchOf<'_> {
             Ok((updated, faults)) => {
                 outcome.updated += updated;
                 for (id, fault) in faults {
-                    warning!(
-                        "backfill: job {}: instance {id} failed and is skipped: {fault}",
-                        self.job.id
-                    );
-                    outcome.errors += 1;
-                    outcome.last_error = Some(format!("instance {id}: {fault}"));
+                    outcome.skip(self.job.id, id, &fault);
                 }
             }
             Err(failure) if is_instance_failure(&failure) && ids.len() > 1 => {
@@ -109,13 +104,7 @@ impl BatchOf<'_> {
                 self.write_or_halve(&ids[half..], &hashes[half..], outcome)?;
             }
             Err(failure) if is_instance_failure(&failure) => {
-                let id = ids[0];
-                warning!(
-                    "backfill: job {}: instance {id} failed and is skipped: {failure}",
-                    self.job.id
-                );
-                outcome.errors += 1;
-                outcome.last_error = Some(format!("instance {id}: {failure}"));
+                outcome.skip(self.job.id, ids[0], &failure)
             }
             Err(failure) => return Err(failure),
         }

@@ -119,3 +119,12 @@ pub(super) struct Outcome {
     pub(super) errors: i64,
     pub(super) last_error: Option<String>,
 }
+
+impl Outcome {
+    /// Instance `id` of job `job_id` failed for its own data (`why`): logged, counted, skipped.
+    pub(super) fn skip(&mut self, job_id: i64, id: i64, why: &dyn std::fmt::Display) {
+        warning!("backfill: job {job_id}: instance {id} failed and is skipped: {why}");
+        self.errors += 1;
+        self.last_error = Some(format!("instance {id}: {why}"));
+    }
+}

@@ -305,12 +305,7 @@ impl BatchOf<'_> {
             match self.write_rows(&[id], foreign_key) {
                 Ok(updated) => outcome.updated += updated,
                 Err(failure) if is_instance_failure(&failure) => {
-                    warning!(
-                        "backfill: job {}: instance {id} failed and is skipped: {failure}",
-                        self.job.id
-                    );
-                    outcome.errors += 1;
-                    outcome.last_error = Some(format!("instance {id}: {failure}"));
+                    outcome.skip(self.job.id, id, &failure)
                 }
                 Err(failure) => return Err(failure),
             }

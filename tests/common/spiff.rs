@@ -188,6 +188,18 @@ pub fn sync_model(db: &mut Client, model: &str, paths: &[(&str, &str)]) -> Strin
     .get(0)
 }
 
+/// The ids of the model's instances, in order.
+pub fn model_instances(db: &mut Client) -> Vec<i32> {
+    db.query(
+        "SELECT id FROM app.process_instance WHERE process_model_identifier = $1 ORDER BY id",
+        &[&INVOICE],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 pub fn newest_job(db: &mut Client) -> i64 {
     one_i64(
         db,
