@@ -2,6 +2,46 @@
 -- Runs first in the install script (bootstrap); the functions and triggers that use these
 -- tables come after it.
 
+-- CREATE EXTENSION installs into schema backfill whether it makes it or finds it. A schema
+-- found there was made by someone else: its owner could drop and replace what is installed
+-- into it, or plant an overload the superuser's calls resolve to, and a role that may create
+-- in it could plant one too. Such a schema is refused unless superusers alone own and create
+-- in it (PostgreSQL's "Security Considerations for Extensions").
+DO $guard$
+DECLARE
+    found_owner text;
+    creator text;
+BEGIN
+    SELECT r.rolname INTO found_owner
+      FROM pg_catalog.pg_namespace n
+      JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'backfill' AND NOT r.rolsuper;
+    IF found_owner IS NOT NULL THEN
+        RAISE EXCEPTION 'schema backfill already exists and is owned by role "%", which is not a superuser', found_owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'backfill installs into a schema only a superuser controls: drop schema backfill '
+                         '(or rename it) and run CREATE EXTENSION backfill again, which creates it.';
+    END IF;
+    SELECT g.rolname INTO creator
+      FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) AS a
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'backfill'
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' AND NOT g.rolsuper
+     LIMIT 1;
+    IF creator IS NOT NULL OR EXISTS (
+           SELECT FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) AS a
+            WHERE n.nspname OPERATOR(pg_catalog.=) 'backfill'
+              AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+              AND a.grantee OPERATOR(pg_catalog.=) 0) THEN
+        RAISE EXCEPTION 'schema backfill already exists and role "%" may create objects in it',
+                        coalesce(creator, 'PUBLIC')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'REVOKE CREATE ON SCHEMA backfill FROM ' || coalesce(pg_catalog.quote_ident(creator), 'PUBLIC')
+                         || ', or drop the schema and let CREATE EXTENSION backfill create it.';
+    END IF;
+END
+$guard$;
+
 CREATE TABLE process_model (
     id text PRIMARY KEY,
     display_name text,

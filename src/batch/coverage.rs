@@ -56,7 +56,7 @@ pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid
     let keys: Vec<String> = counted.iter().map(|c| c.key.clone()).collect();
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.coverage_record($1, $2, $3, $4, $5, $6)",
+            "SELECT backfill.coverage_record($1::pg_catalog.text, $2::pg_catalog.text[], $3::pg_catalog.int8[], $4::pg_catalog.int8[], $5::pg_catalog.int8[], $6::pg_catalog.regrole)",
             &[
                 model.into(),
                 keys.into(),

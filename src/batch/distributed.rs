@@ -264,10 +264,11 @@ impl BatchOf<'_> {
         paths: &[String],
     ) -> Vec<(i64, Vec<Option<String>>)> {
         let sql = format!(
-            "SELECT u.id, backfill.extract_values_or_fault(d.data, $3::pg_catalog.text[])
+            "SELECT u.id, backfill.extract_values_or_fault(d.data::{}, $3::pg_catalog.text[])
                FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),
                                pg_catalog.unnest($2::pg_catalog.text[])) AS u(id, hash)
                JOIN {} d ON d.hash = u.hash",
+            self.tables.data_type_sql(),
             self.tables.sql_name("json_data")
         );
         let args = [

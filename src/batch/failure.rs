@@ -65,6 +65,9 @@ WITH locks AS (
       FROM pg_catalog.pg_locks l
       JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+       -- Relation OIDs repeat across databases (cloned from one template).
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
        AND l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c
                            WHERE c.relnamespace = $1
                              AND c.relname IN ('process_instance', 'task', 'json_data',

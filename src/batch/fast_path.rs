@@ -25,7 +25,10 @@ pub(super) fn may_lock(role: Oid, instances: Oid) -> bool {
 /// instances this transaction holds FOR SHARE: the metadata table is a plain table (the rows
 /// of a partitioned one go to its partitions, whose own triggers replica mode would skip too)
 /// with no trigger and no rule but those of its foreign key to process_instance (on
-/// process_instance_id).
+/// process_instance_id), and no function that is not built in can run during the batch
+/// statement (`Tables::code`): replica mode holds for everything the statement runs, so a
+/// CHECK, a default, an index expression, a domain or a policy calling a function that
+/// writes another table would write it with that table's triggers skipped.
 ///
 /// The metadata table is locked ROW EXCLUSIVE first, held to commit: that conflicts with what
 /// CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between
@@ -35,13 +38,22 @@ pub(super) fn may_lock(role: Oid, instances: Oid) -> bool {
 /// # Safety
 /// Inside a transaction.
 pub(super) unsafe fn fast_path_holds(tables: &Tables) -> bool {
-    // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
-    // and closed here, and its trigger and foreign-key lists are only read.
+    // SAFETY: a relation lock inside a transaction, held to its end.
     unsafe {
         pg_sys::LockRelationOid(
             tables.metadata,
             pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
         );
+    }
+    // Looked at after the lock, which processed the invalidations of what committed before it.
+    let code_runs = Tables::remembered(tables.schema)
+        .map_or(true, |now| now.code.iter().any(|code| code.is_function));
+    if code_runs {
+        return false;
+    }
+    // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
+    // and closed here, and its trigger and foreign-key lists are only read.
+    unsafe {
         let column = pg_sys::get_attnum(tables.metadata, c"process_instance_id".as_ptr());
         let relation = pg_sys::RelationIdGetRelation(tables.metadata);
         if relation.is_null() {

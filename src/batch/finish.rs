@@ -87,6 +87,7 @@ pub fn count_owed_coverage(job_id: i64) {
         owed.tables_schema,
         owed.queued_by,
         &[Table::Instances, Table::Metadata],
+        None,
     )
     .and_then(|(tables, role)| {
         caught_unless_interrupt(|| {

@@ -82,20 +82,25 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
     let (outcome, batch) = loop {
         // The tables are locked and checked in each attempt: a lock someone holds on one of
         // them is waited for and retried as a failure of the batch.
-        let tried =
-            usable_tables(job.tables_schema, job.role, &Table::ALL).and_then(|(tables, role)| {
-                // On Citus, a batch takes up to batch_size instances of each shard group.
-                let limit = settings::batch_size()
-                    .saturating_mul(tables.citus.as_ref().map_or(1, |c| c.shard_count));
-                let batch = BatchOf {
-                    job: &job,
-                    role,
-                    tables,
-                    max_id,
-                    limit,
-                };
-                batch.attempt(runner).map(|outcome| (outcome, batch))
-            });
+        let tried = usable_tables(
+            job.tables_schema,
+            job.role,
+            &Table::ALL,
+            Some(Table::Metadata),
+        )
+        .and_then(|(tables, role)| {
+            // On Citus, a batch takes up to batch_size instances of each shard group.
+            let limit = settings::batch_size()
+                .saturating_mul(tables.citus.as_ref().map_or(1, |c| c.shard_count));
+            let batch = BatchOf {
+                job: &job,
+                role,
+                tables,
+                max_id,
+                limit,
+            };
+            batch.attempt(runner).map(|outcome| (outcome, batch))
+        });
         match tried {
             Ok(done) => break done,
             Err(failure) if is_permanent(&failure) => return fail(&job, &failure, attempt),

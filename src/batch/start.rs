@@ -61,7 +61,8 @@ pub(super) fn start_claimed(job_id: i64, runner: Runner) -> Begin {
         );
     }
     // The start reads only the instances (to count them).
-    let (tables, role) = match usable_tables(job.tables_schema, job.role, &[Table::Instances]) {
+    let (tables, role) = match usable_tables(job.tables_schema, job.role, &[Table::Instances], None)
+    {
         Ok(usable) => usable,
         Err(failure) => return not_started(&job, runner, failure),
     };

@@ -63,7 +63,7 @@ WITH extracted AS (
     -- has an overload for json (read from its text) and one for jsonb.
     SELECT b.id,
            unnest($2::text[]) AS key,
-           unnest(backfill.extract_values(coalesce(d.data, '{{}}'), $3::text[])) AS value
+           unnest(backfill.extract_values(coalesce(d.data, '{{}}')::{data_type}, $3::pg_catalog.text[])) AS value
            {have_column}
       FROM unnest($1::bigint[]) AS b(id)
       {latest}
@@ -78,6 +78,7 @@ WITH extracted AS (
     RETURNING m.process_instance_id
 )
 SELECT count(DISTINCT process_instance_id) FROM written",
+        data_type = tables.data_type_sql(),
         latest = latest_task_data_join(tables, "b.id"),
     )
 }

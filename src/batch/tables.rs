@@ -5,7 +5,8 @@ use crate::pg::subxact::Failure;
 use crate::pg::tables::{Table, Tables};
 use pgrx::pg_sys::Oid;
 
-/// A job's tables (those of `schema`), with `reading` locked (`Tables::locked`) and checked,
+/// A job's tables (those of `schema`), with `reading` locked (`Tables::locked_for`, `writing`
+/// as the statement that writes it locks it) and checked,
 /// and the role its statements run as on them for `queued_by`, the role that queued it
 /// (`Tables::reader`: that role, or the tables' owner, as PostgreSQL runs a table's
 /// maintenance as its owner). Tables that are unusable (dropped, a column changed type since
@@ -15,9 +16,10 @@ pub(super) fn usable_tables(
     schema: Oid,
     queued_by: Oid,
     reading: &[Table],
+    writing: Option<Table>,
 ) -> Result<(Tables, Oid), Failure> {
     caught_unless_interrupt(|| {
-        Tables::locked(schema, reading)
+        Tables::locked_for(schema, reading, writing)
             .and_then(|tables| {
                 let reader = tables.reader(queued_by)?;
                 Ok((tables, reader))

@@ -18,7 +18,7 @@ pub fn insert(model: &str, paths: &[JobPath], origin: Origin, role: Oid) -> i64 
     let overwrite = paths.iter().any(|p| p.overwrite);
     as_job_table_owner(|| {
         Spi::get_one_with_args::<i64>(
-            "SELECT backfill.job_insert($1, $2, $3, $4, $5)",
+            "SELECT backfill.job_insert($1::pg_catalog.text, $2::pg_catalog.jsonb, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.regrole)",
             &[
                 model.into(),
                 JsonB(JobPath::to_json(paths)).into(),
@@ -36,7 +36,7 @@ pub fn insert(model: &str, paths: &[JobPath], origin: Origin, role: Oid) -> i64 
 pub fn hold(job_id: i64, not_before: TimestampWithTimeZone) {
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.job_hold($1, $2)",
+            "SELECT backfill.job_hold($1::pg_catalog.int8, $2::pg_catalog.timestamptz)",
             &[job_id.into(), not_before.into()],
         )
     })
@@ -63,7 +63,10 @@ pub fn state_of(job_id: i64) -> Option<JobState> {
 /// Marks a queued or running job (a part: its whole job) cancelled; false when it had ended.
 pub fn cancel(job_id: i64) -> bool {
     as_job_table_owner(|| {
-        Spi::get_one_with_args::<bool>("SELECT backfill.job_cancel($1)", &[job_id.into()])
+        Spi::get_one_with_args::<bool>(
+            "SELECT backfill.job_cancel($1::pg_catalog.int8)",
+            &[job_id.into()],
+        )
     })
     .unwrap_or_else(|e| error!("backfill: could not cancel job {job_id}: {e}"))
     .unwrap_or(false)
@@ -159,7 +162,7 @@ pub fn unfinished_elsewhere(schema: Oid) -> i64 {
 pub fn start(job_id: i64, total: i64, max_id: Option<i64>) {
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.job_start($1, $2, $3)",
+            "SELECT backfill.job_start($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8)",
             &[job_id.into(), total.into(), max_id.into()],
         )
     })
@@ -171,7 +174,7 @@ pub fn start(job_id: i64, total: i64, max_id: Option<i64>) {
 pub fn split(job_id: i64, total: i64, max_id: Option<i64>, uppers: Vec<i64>, totals: Vec<i64>) {
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.job_split($1, $2, $3, $4, $5)",
+            "SELECT backfill.job_split($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8, $4::pg_catalog.int8[], $5::pg_catalog.int8[])",
             &[
                 job_id.into(),
                 total.into(),
@@ -186,8 +189,13 @@ pub fn split(job_id: i64, total: i64, max_id: Option<i64>, uppers: Vec<i64>, tot
 
 /// Marks a stopped or interrupted job (or part, and its job) running again.
 pub fn resume(job_id: i64) {
-    as_job_table_owner(|| Spi::run_with_args("SELECT backfill.job_resume($1)", &[job_id.into()]))
-        .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
+    as_job_table_owner(|| {
+        Spi::run_with_args(
+            "SELECT backfill.job_resume($1::pg_catalog.int8)",
+            &[job_id.into()],
+        )
+    })
+    .unwrap_or_else(|e| error!("backfill: could not resume job {job_id}: {e}"));
 }
 
 /// A finished job's counters and how long it ran.
@@ -204,7 +212,7 @@ pub fn finish(job_id: i64) -> Totals {
         Spi::connect_mut(|client| {
             let row = client
                 .update(
-                    "SELECT * FROM backfill.job_finish($1)",
+                    "SELECT * FROM backfill.job_finish($1::pg_catalog.int8)",
                     None,
                     &[job_id.into()],
                 )?
@@ -224,7 +232,10 @@ pub fn finish(job_id: i64) -> Totals {
 /// no other part is left; whether it did.
 pub fn settle(part_id: i64, parent: i64) -> bool {
     as_job_table_owner(|| {
-        Spi::get_one_with_args::<bool>("SELECT backfill.job_settle($1)", &[part_id.into()])
+        Spi::get_one_with_args::<bool>(
+            "SELECT backfill.job_settle($1::pg_catalog.int8)",
+            &[part_id.into()],
+        )
     })
     .unwrap_or_else(|e| error!("backfill: could not end job {parent}: {e}"))
         == Some(true)
@@ -233,7 +244,10 @@ pub fn settle(part_id: i64, parent: i64) -> bool {
 /// Stops a part of a job that failed or was cancelled, saying why.
 pub fn stop_part(part_id: i64) {
     as_job_table_owner(|| {
-        Spi::run_with_args("SELECT backfill.job_stop_part($1)", &[part_id.into()])
+        Spi::run_with_args(
+            "SELECT backfill.job_stop_part($1::pg_catalog.int8)",
+            &[part_id.into()],
+        )
     })
     .unwrap_or_else(|e| error!("backfill: could not stop job {part_id}: {e}"));
 }
@@ -242,7 +256,7 @@ pub fn stop_part(part_id: i64) {
 pub fn fail(job_id: i64, message: &str) {
     as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.job_fail($1, $2)",
+            "SELECT backfill.job_fail($1::pg_catalog.int8, $2::pg_catalog.text)",
             &[job_id.into(), message.into()],
         )
     })
@@ -253,7 +267,10 @@ pub fn fail(job_id: i64, message: &str) {
 /// `Err` when it could not be read.
 pub fn summary(job_id: i64) -> Result<Option<String>, pgrx::spi::Error> {
     as_job_table_owner(|| {
-        Spi::get_one_with_args::<String>("SELECT backfill.job_summary($1)", &[job_id.into()])
+        Spi::get_one_with_args::<String>(
+            "SELECT backfill.job_summary($1::pg_catalog.int8)",
+            &[job_id.into()],
+        )
     })
 }
 
@@ -320,7 +337,10 @@ pub fn owed_coverage() -> Vec<i64> {
 /// (with a warning; `count_coverage` counts again).
 pub fn coverage_settled(job_id: i64) {
     as_job_table_owner(|| {
-        Spi::run_with_args("SELECT backfill.job_coverage_settled($1)", &[job_id.into()])
+        Spi::run_with_args(
+            "SELECT backfill.job_coverage_settled($1::pg_catalog.int8)",
+            &[job_id.into()],
+        )
     })
     .unwrap_or_else(|e| error!("backfill: could not update job {job_id}: {e}"));
 }

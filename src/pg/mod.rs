@@ -8,6 +8,7 @@ pub mod query;
 pub mod settings;
 pub mod subxact;
 pub mod table_checks;
+pub mod table_code;
 pub mod table_owners;
 pub mod tables;
 pub mod window;

@@ -8,6 +8,7 @@ use crate::pg::citus::{self, Distributed};
 use crate::pg::error::raise;
 use crate::pg::privilege;
 use crate::pg::query;
+use crate::pg::table_code::{self, Code};
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -105,6 +106,11 @@ pub struct Tables {
     /// four tables and of their partitions and inheritance children, and the roles granted
     /// TRIGGER on any of those (`Oid::INVALID` for PUBLIC).
     pub controllers: Vec<Oid>,
+    /// Every object whose code PostgreSQL may run when the tables are read or written (their
+    /// triggers' functions, domains, constraints, defaults, index expressions, policies,
+    /// rules, ...), not built in, with its owner: each owner controls what runs as much as a
+    /// controller does (`table_code`).
+    pub code: Vec<Code>,
     /// The four tables and their partitions and children: a change of any of them (DDL, a new
     /// owner, a grant) makes this process read the catalogs again.
     pub(in crate::pg) relations: Vec<Oid>,
@@ -156,6 +162,11 @@ impl Tables {
     /// The four tables of `schema`, checked: each exists as a table, and each column the engine
     /// uses exists with a type it accepts (SQLSTATE 42P01, 42703, 42804 otherwise).
     pub fn of_schema(schema: Oid) -> Result<Tables, Unusable> {
+        with_latest_snapshot(|| Tables::read(schema))
+    }
+
+    /// `of_schema`, with the snapshot the catalogs are read with already taken.
+    fn read(schema: Oid) -> Result<Tables, Unusable> {
         let schema_name = schema_name(schema).ok_or_else(|| Unusable {
             code: PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
             message: format!("schema with OID {} does not exist", schema.to_u32()),
@@ -232,7 +243,9 @@ impl Tables {
                 message: refused.message,
                 hint: refused.fix,
             })?;
-        let (relations, controllers) = read_controllers(schema, &oids);
+        let (mut relations, controllers) = read_controllers(schema, &oids);
+        let code = table_code::reachable(&relations);
+        relations.extend(code.iter().filter_map(|c| c.relation));
         Ok(Tables {
             schema,
             schema_sql,
@@ -246,6 +259,7 @@ impl Tables {
             instance_id_is_int4,
             citus,
             controllers,
+            code,
             relations,
         })
     }
@@ -253,6 +267,17 @@ impl Tables {
     /// `schema.table`, quoted, for SQL text.
     pub fn sql_name(&self, table: &str) -> String {
         format!("{}.{}", self.schema_sql, quoted(table))
+    }
+
+    /// The type of `json_data.data` (its base type, for a domain), qualified for SQL text: the
+    /// documents are cast to it where they are handed to `extract_values`, so the call names
+    /// one overload exactly and nothing planted beside it can match better.
+    pub fn data_type_sql(&self) -> &'static str {
+        if self.data_is_json {
+            "pg_catalog.json"
+        } else {
+            "pg_catalog.jsonb"
+        }
     }
 
     /// The smallest id process_instance.id can hold: where a job with no cursor yet starts.
@@ -312,14 +337,31 @@ impl Tables {
     /// at, so that what is checked is what those statements read and write: until then none
     /// of them can be dropped, renamed, altered, replaced by a view or given to another owner.
     pub fn locked(schema: Oid, reading: &[Table]) -> Result<Tables, Unusable> {
+        Tables::locked_for(schema, reading, None)
+    }
+
+    /// `locked`, with `writing` (one of `reading`) locked ROW EXCLUSIVE, as the statement that
+    /// writes it would lock it: every table lock the statements take is then taken before the
+    /// check, so nothing committed while one of them was waited for goes unchecked (a new
+    /// owner of a function that runs on the write, given away while the batch waited), and a
+    /// batch waits for a lock such as CREATE INDEX's before it holds any row of the
+    /// application's.
+    pub fn locked_for(
+        schema: Oid,
+        reading: &[Table],
+        writing: Option<Table>,
+    ) -> Result<Tables, Unusable> {
         loop {
             let tables = Tables::remembered(schema)?;
-            for relation in reading.iter().map(|&table| tables.oid(table)) {
+            for &table in reading {
+                let mode = if Some(table) == writing {
+                    pg_sys::RowExclusiveLock
+                } else {
+                    pg_sys::AccessShareLock
+                };
                 // SAFETY: a relation lock inside a transaction; a relation dropped meanwhile
                 // leaves a lock on nothing, released at the end of the transaction.
-                unsafe {
-                    pg_sys::LockRelationOid(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
-                };
+                unsafe { pg_sys::LockRelationOid(tables.oid(table), mode as pg_sys::LOCKMODE) };
             }
             // Waiting for a lock processes the invalidations of what committed meanwhile: when
             // one concerned these tables, what is there now is looked up and locked again.
@@ -352,6 +394,13 @@ impl Tables {
                     Some(forget_schemas),
                     pg_sys::Datum::from(0),
                 );
+                for cache in table_code::WATCHED_CACHES {
+                    pg_sys::CacheRegisterSyscacheCallback(
+                        cache as std::ffi::c_int,
+                        Some(forget_code),
+                        pg_sys::Datum::from(0),
+                    );
+                }
             }
             WATCHING.set(true);
         }
@@ -376,6 +425,33 @@ unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relation: Oid) 
         Ok(mut found) => found.retain(|_, t| !t.relations.contains(&relation)),
         Err(_) => STALE.set(true),
     });
+}
+
+/// Forgets the tables on which code whose catalog row changed may run (a function replaced or
+/// given away, a constraint added to a domain); everything when the whole cache is reset.
+// SAFETY (caller): a syscache callback (CacheRegisterSyscacheCallback), as below.
+unsafe extern "C-unwind" fn forget_code(_arg: pg_sys::Datum, cache: std::ffi::c_int, hash: u32) {
+    FOUND.with(|found| match found.try_borrow_mut() {
+        Ok(mut found) if hash == 0 => found.clear(),
+        Ok(mut found) => {
+            found.retain(|_, t| !t.code.iter().any(|c| c.watched == Some((cache, hash))))
+        }
+        Err(_) => STALE.set(true),
+    });
+}
+
+/// Runs `read` (catalog reads through SPI) with the latest snapshot active: SPI reads with the
+/// active snapshot while the transaction has written nothing, and a snapshot taken before a
+/// lock was waited for would miss what committed while it was waited for (a new owner and
+/// the code it added, committed together just before the lock was granted).
+fn with_latest_snapshot<R>(read: impl FnOnce() -> R) -> R {
+    // SAFETY: inside a transaction; the snapshot is popped when `read` returns, and when it
+    // raises, the (sub)transaction's abort pops it with everything above it.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let result = read();
+    // SAFETY: pops the snapshot pushed above, which `read` left on top.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
 }
 
 /// Forgets everything: a schema or the database changed.

@@ -41,7 +41,7 @@ fn attach(schema_name: Option<&str>) {
     let attached_by = privilege::current_role();
     privilege::as_job_table_owner(|| {
         Spi::run_with_args(
-            "SELECT backfill.attachment_set($1, $2)",
+            "SELECT backfill.attachment_set($1::pg_catalog.regnamespace, $2::pg_catalog.regrole)",
             &[schema.into(), attached_by.into()],
         )
     })

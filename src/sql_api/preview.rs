@@ -276,12 +276,13 @@ fn read_rows(tables: &Tables, ids: &[i64], keys: &[String], paths: &[String]) ->
            {latest}
           CROSS JOIN LATERAL (
                 SELECT unnest($2::text[]) AS key,
-                       unnest(backfill.extract_values(coalesce(d.data, '{{}}'), $3::text[])) AS value,
+                       unnest(backfill.extract_values(coalesce(d.data, '{{}}')::{data_type}, $3::pg_catalog.text[])) AS value,
                        generate_series(1, cardinality($2::text[])) AS k) AS e
            LEFT JOIN {metadata} m ON m.process_instance_id = b.id AND m.key = e.key
           ORDER BY b.n, e.k",
         latest = latest_task_data_join(tables, "b.id"),
         metadata = tables.sql_name("process_instance_metadata"),
+        data_type = tables.data_type_sql(),
     );
     Spi::connect(|client| {
         client

@@ -32,7 +32,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
         &[
             &["error", "privilege", "subxact", "window"],
             &["settings", "query"],
-            &["citus"],
+            &["citus", "table_code"],
             &["tables"],
             &["table_owners", "table_checks"],
         ],
@@ -41,7 +41,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
         "shmem",
         &[
             &["registry", "latch", "load"],
-            &["turn"],
+            &["turn", "lock_notes"],
             &["slots"],
             &["requests", "diagnostics"],
         ],
