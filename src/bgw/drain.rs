@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub(super) enum Drained {
     /// A job was run (to its end, to a stop, or until its row was found locked).
     Ran,
+    /// The job met a lock someone holds and was let go, to be tried again later.
+    Blocked,
     /// There was nothing to run.
     Idle,
     /// Something failed outside a batch; the worker waited before coming back.
@@ -115,7 +117,7 @@ pub(super) fn drain_one_job(
                 // Nothing done, nothing counted: other jobs go first, this one comes back.
                 lock_waits.blocked(job_id, &why);
                 release(slot, job_id, &throttle);
-                return Drained::Ran;
+                return Drained::Blocked;
             }
             Ok(Batch::Busy) => {
                 // Someone holds the job row (an open transaction that cancels it): other jobs

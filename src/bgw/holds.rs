@@ -23,7 +23,13 @@ pub(super) const RESTORE_LOOK_AGAIN: u64 = 5;
 /// must not read tables that are half loaded (`stopping`: the job this process would run a
 /// batch of next). The first time, the log says so.
 pub(super) fn held_by_restore(stopping: Option<i64>) -> bool {
-    if !shmem::restore_in_progress() {
+    // SAFETY: reads the transaction state of this process.
+    let restoring = if unsafe { pg_sys::IsTransactionState() } {
+        shmem::restore_in_progress()
+    } else {
+        in_own_transaction(shmem::restore_in_progress).unwrap_or(false)
+    };
+    if !restoring {
         RESTORE_NOTED.set(false);
         return false;
     }

@@ -7,7 +7,7 @@
 
 use super::drain::{drain_one_job, Drained};
 use super::holds::RESTORE_LOOK_AGAIN;
-use super::lock_waits::LockWaits;
+use super::lock_waits::{LockWaits, LOCK_AWAY_SECONDS};
 use super::session::{fix_session_settings, in_own_transaction, reload_config_if_asked};
 use super::trouble::{leave_for_a_while, Trouble};
 use crate::job::{self, store};
@@ -143,10 +143,37 @@ impl Worker {
                 self.looks = false;
                 return Next::Look;
             }
+            Drained::Blocked => {
+                self.trouble.clear();
+                self.idle_since = None;
+                self.looks = false;
+                return self.give_way_while_locked().unwrap_or(Next::Look);
+            }
             Drained::Idle => self.trouble.clear(),
             Drained::Failed => return self.after_trouble(),
         }
+        if let Some(next) = self.give_way_while_locked() {
+            return next;
+        }
         self.idle()
+    }
+
+    /// When every job this worker could run waits out someone's lock, it leaves: its slot goes
+    /// back to the launcher for other databases' jobs, and a worker comes back to try again
+    /// LOCK_AWAY_SECONDS later. A role that may lock a table (UPDATE on it is enough for
+    /// SHARE) thus holds back the jobs on that table, and never the server's workers.
+    fn give_way_while_locked(&mut self) -> Option<Next> {
+        if self.lock_waits.jobs.is_empty() {
+            return None;
+        }
+        // From here on an enqueue asks the launcher, as when an idle worker leaves.
+        shmem::worker_leaving(self.slot);
+        let all_wait = in_own_transaction(|| self.lock_waits.all_runnable_wait()).unwrap_or(false);
+        if all_wait && shmem::request_later(self.database, LOCK_AWAY_SECONDS) {
+            return Some(Next::Leave);
+        }
+        shmem::worker_serving(self.slot, self.pid);
+        None
     }
 
     /// Once: a look, once a minute, says nothing unless it finds something to run.

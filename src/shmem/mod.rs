@@ -1,11 +1,12 @@
 //! What backends, the launcher and the workers share in shared memory: the launcher's latch,
 //! one slot per worker (its database, state, pid and latch), and the databases waiting for a
 //! worker; waking a worker at commit and sleeping on a latch; the batch turn; the load the
-//! throttle reads; why no worker would run a job.
+//! throttle reads; why no worker would run a job; the jobs waiting out a lock.
 
 mod diagnostics;
 mod latch;
 mod load;
+mod lock_notes;
 mod registry;
 mod requests;
 mod slots;
@@ -14,6 +15,7 @@ mod turn;
 pub use diagnostics::*;
 pub use latch::*;
 pub use load::*;
+pub use lock_notes::*;
 pub use registry::{init, launcher_gone, launcher_ready, Purpose, LAUNCHER_TYPE, WORKER_TYPE};
 pub use requests::*;
 pub use slots::*;

@@ -109,6 +109,12 @@ pub struct Registry {
     pub(super) turn_free_at: AtomicI64,
     /// The launcher's last try to start a worker found no free background worker process.
     pub(super) no_process: AtomicBool,
+    /// Jobs waiting out a lock (0: empty), with their database, since when and when the log
+    /// last said so (Unix seconds): see `lock_notes`.
+    pub(super) lock_note_job: [AtomicI64; REQUEST_SLOTS],
+    pub(super) lock_note_database: [AtomicU32; REQUEST_SLOTS],
+    pub(super) lock_note_since: [AtomicI64; REQUEST_SLOTS],
+    pub(super) lock_note_said: [AtomicI64; REQUEST_SLOTS],
 }
 
 impl Default for Registry {
@@ -124,6 +130,10 @@ impl Default for Registry {
             batch_turn: AtomicU32::new(0),
             turn_free_at: AtomicI64::new(0),
             no_process: AtomicBool::new(false),
+            lock_note_job: std::array::from_fn(|_| AtomicI64::new(0)),
+            lock_note_database: std::array::from_fn(|_| AtomicU32::new(0)),
+            lock_note_since: std::array::from_fn(|_| AtomicI64::new(0)),
+            lock_note_said: std::array::from_fn(|_| AtomicI64::new(0)),
         }
     }
 }
