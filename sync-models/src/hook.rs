@@ -1,6 +1,7 @@
 //! The git post-commit hook that runs the sync after every commit to the spec directory.
 
-use crate::connect::conninfo_quote;
+use crate::connect::{conninfo_quote, Target};
+use crate::tls::remove_settings;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,24 +9,126 @@ use std::process::Command;
 /// Marks a hook this command wrote, so it may replace it and no other.
 const HOOK_MARKER: &str = "# installed by backfill-sync-models";
 
+/// libpq's environment variables for connection settings, with their connection-string keys:
+/// what the hook's connection must keep of the installing one's (a plain shell that commits
+/// has none of them, and its connection would fall back to sslmode=prefer).
+const FROM_ENVIRONMENT: &[(&str, &str)] = &[
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGUSER", "user"),
+    ("PGDATABASE", "dbname"),
+    ("PGPASSWORD", "password"),
+    ("PGAPPNAME", "application_name"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ("PGOPTIONS", "options"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+    ("PGCHANNELBINDING", "channel_binding"),
+];
+
+/// Keys a URI gives in its authority and path, not in its query: for a URI, those of the
+/// environment stay in the environment the hook exports.
+const URI_AUTHORITY: &[&str] = &["host", "hostaddr", "port", "user", "dbname"];
+
+/// libpq settings this command does not honour: a hook installed with one of them in effect
+/// would connect without it, so the install is refused.
+const NOT_HONOURED: &[&str] = &[
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLPASSWORD",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLNEGOTIATION",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGREQUIRESSL",
+    "PGREQUIREAUTH",
+    "PGGSSENCMODE",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+];
+
+fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The connection string the hook connects with: `dsn` with every connection setting of the
+/// environment it leaves out, so that the hook's connection is this one whatever the
+/// environment of the process that commits (TLS settings included). `None` when nothing is
+/// set, and the hook connects as libpq's defaults say.
+pub fn hook_connection(dsn: Option<&str>) -> Result<Option<String>, String> {
+    if let Some(name) = NOT_HONOURED.iter().find(|name| environment(name).is_some()) {
+        return Err(format!(
+            "{name} is set, and backfill-sync-models does not honour it: a hook installed now \
+             would connect without it (unset it, or run the sync another way)"
+        ));
+    }
+    let dsn = dsn.unwrap_or_default();
+    let keys: Vec<&str> = FROM_ENVIRONMENT.iter().map(|(_, key)| *key).collect();
+    let (_, given) = remove_settings(dsn, &keys)?;
+    let is_uri = dsn.starts_with("postgresql://") || dsn.starts_with("postgres://");
+    let missing: Vec<(&str, String)> = FROM_ENVIRONMENT
+        .iter()
+        .filter(|(_, key)| !given.iter().any(|(k, _)| k == key))
+        .filter(|(_, key)| !(is_uri && URI_AUTHORITY.contains(key)))
+        .filter_map(|(name, key)| environment(name).map(|value| (*key, value)))
+        .collect();
+    let connection = if is_uri {
+        let mut uri = dsn.to_owned();
+        for (key, value) in &missing {
+            uri.push(if uri.contains('?') { '&' } else { '?' });
+            uri.push_str(&format!("{key}={}", percent_encode(value)));
+        }
+        uri
+    } else {
+        let mut pairs: Vec<String> = missing
+            .iter()
+            .map(|(key, value)| format!("{key}={}", conninfo_quote(value)))
+            .collect();
+        if !dsn.trim().is_empty() {
+            pairs.push(dsn.trim().to_owned());
+        }
+        pairs.join(" ")
+    };
+    if connection.is_empty() {
+        return Ok(None);
+    }
+    // What the hook will read must be what this command can connect with.
+    Target::new(Some(&connection))
+        .map_err(|e| format!("the hook could not connect as this: {e}"))?;
+    Ok(Some(connection))
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Writes a post-commit hook that runs this sync, in the git repository holding `spec_dir`.
-/// The connection string (`dsn`, or the password of PGPASSWORD), which may hold a password,
-/// goes into a file of the repository's git directory that only its owner may read, and the
-/// hook names that file: a command line is visible to every local user (ps). Both files are
-/// written whole under a temporary name with their final mode and renamed into place, so that
-/// neither is readable by others for an instant, and neither is written into an existing file
-/// (another name of it, a hard link, would get the content) or through a symbolic link.
+/// The connection (`dsn` completed from the environment, `hook_connection`), which may hold a
+/// password, goes into a file of the repository's git directory that only its owner may read,
+/// and the hook names that file: a command line is visible to every local user (ps). Both
+/// files are written whole under a temporary name with their final mode and renamed into
+/// place, so that neither is readable by others for an instant, and neither is written into
+/// an existing file (another name of it, a hard link, would get the content) or through a
+/// symbolic link.
 pub fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
     let hook = git_path(spec_dir, "hooks/post-commit")?;
     let dsn_file = git_path(spec_dir, "backfill-sync-models.dsn")?;
     // The connection as it is now: the process that commits may have another environment.
-    let secret = match dsn {
-        Some(dsn) => Some(dsn.to_owned()),
-        None => std::env::var("PGPASSWORD")
-            .ok()
-            .filter(|p| !p.is_empty())
-            .map(|password| format!("password={}", conninfo_quote(&password))),
-    };
+    let secret = hook_connection(dsn)?;
+    let is_uri = secret
+        .as_deref()
+        .is_some_and(|c| c.starts_with("postgresql://") || c.starts_with("postgres://"));
     let command = sync_command(spec_dir, secret.as_ref().map(|_| dsn_file.as_path()))?;
     if refuse_symlink(&hook)? {
         let existing = fs::read_to_string(&hook).map_err(|e| format!("{}: {e}", hook.display()))?;
@@ -45,18 +148,15 @@ pub fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
         }
     }
     let mut script = format!("#!/bin/sh\n{HOOK_MARKER}: keeps backfill.process_model in step with this spec directory.\n");
-    if dsn.is_none() {
-        for name in [
-            "PGHOST",
-            "PGPORT",
-            "PGUSER",
-            "PGDATABASE",
-            "PGPASSFILE",
-            "PGAPPNAME",
-        ] {
-            if let Ok(value) = std::env::var(name) {
-                script.push_str(&format!("export {name}={}\n", shell_quote(&value)));
-            }
+    // The password file is no connection-string key here; for a URI, the parts of its
+    // authority that it leaves to the environment.
+    let mut exported = vec!["PGPASSFILE"];
+    if is_uri {
+        exported.extend(["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"]);
+    }
+    for name in exported {
+        if let Some(value) = environment(name) {
+            script.push_str(&format!("export {name}={}\n", shell_quote(&value)));
         }
     }
     script.push_str(&format!("{command} || true\n"));

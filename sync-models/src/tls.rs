@@ -239,7 +239,10 @@ impl TlsSettings {
 /// `dsn` without the settings named `keys`, and their values (in the order written). Both
 /// forms libpq takes: `key=value ...` (values quoted with '' and \ as libpq quotes them) and
 /// `postgresql://...?key=value&...` (percent-encoded).
-fn remove_settings(dsn: &str, keys: &[&str]) -> Result<(String, Vec<(String, String)>), String> {
+pub fn remove_settings(
+    dsn: &str,
+    keys: &[&str],
+) -> Result<(String, Vec<(String, String)>), String> {
     let mut taken = Vec::new();
     for prefix in ["postgresql://", "postgres://"] {
         if let Some(rest) = dsn.strip_prefix(prefix) {
