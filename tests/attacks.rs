@@ -733,3 +733,731 @@ fn the_git_hook_keeps_the_password_off_command_lines_and_out_of_other_files() {
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), old);
 }
+
+// Round 3: every object whose code PostgreSQL runs on a read or a write has an owner, and the
+// extension's own install must trust no schema it did not make.
+
+/// The message of a server error.
+fn message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_owned())
+}
+
+/// A plpgsql body that logs who ran it and tries to make ROLE a superuser.
+fn evil_body(role: &str, returns: &str) -> String {
+    format!(
+        "BEGIN
+             INSERT INTO public.evil_log VALUES (current_user);
+             BEGIN
+                 EXECUTE 'ALTER ROLE {role} SUPERUSER';
+             EXCEPTION WHEN OTHERS THEN NULL;
+             END;
+             RETURN {returns};
+         END"
+    )
+}
+
+/// H1: the application role owns the database and makes schema backfill before a superuser
+/// installs the extension, then plants overloads of the extension's internal functions that
+/// a call with loosely typed arguments resolves to. On 0.6.0 the install went into app's
+/// schema, and the next model update ran app's job_insert(..., oid) as the bootstrap
+/// superuser.
+#[test]
+fn a_schema_made_before_the_install_is_refused_and_no_overload_captures_a_call() {
+    let cluster = Cluster::start("atk-preschema", &[]);
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE ROLE app LOGIN").unwrap();
+    admin
+        .batch_execute("CREATE DATABASE app OWNER app")
+        .unwrap();
+    let mut app = cluster.connect_as("app", "app");
+    app.batch_execute("CREATE SCHEMA backfill").unwrap();
+    let mut db = cluster.connect("app");
+    let e = db.batch_execute("CREATE EXTENSION backfill").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    assert!(message(&e).contains("owned by role \"app\""), "{e}");
+
+    // A superuser's schema in which app, or PUBLIC, may create objects: refused as well.
+    app.batch_execute("DROP SCHEMA backfill").unwrap();
+    for grantee in ["app", "PUBLIC"] {
+        db.batch_execute(&format!(
+            "CREATE SCHEMA backfill; GRANT CREATE ON SCHEMA backfill TO {grantee}"
+        ))
+        .unwrap();
+        let e = db.batch_execute("CREATE EXTENSION backfill").unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{grantee}: {e}");
+        assert!(message(&e).contains(&format!("\"{grantee}\"")), "{e}");
+        db.batch_execute("DROP SCHEMA backfill").unwrap();
+    }
+    // The schema CREATE EXTENSION makes, or a superuser's that only superusers create in.
+    db.batch_execute("CREATE SCHEMA backfill; CREATE EXTENSION backfill")
+        .unwrap();
+    db.batch_execute(&format!(
+        "DROP EXTENSION backfill; CREATE EXTENSION backfill;
+         {}
+         {}",
+        bulk_sql(300),
+        spiff_grants("app")
+    ))
+    .unwrap();
+
+    // Were app ever let create in the schema (a DBA's grant), an overload of each internal
+    // function with the types a loosely typed call would prefer catches nothing: every call is
+    // schema-qualified with its exact types.
+    db.batch_execute(
+        "CREATE TABLE public.evil_log (by_role text);
+         GRANT INSERT ON public.evil_log TO PUBLIC;
+         GRANT CREATE ON SCHEMA backfill TO app;",
+    )
+    .unwrap();
+    let overloads = [
+        ("job_insert(text, jsonb, boolean, text, oid)", "bigint", "1"),
+        (
+            "job_insert(text, jsonb, boolean, text, integer)",
+            "bigint",
+            "1",
+        ),
+        (
+            "job_insert(varchar, jsonb, boolean, varchar, oid)",
+            "bigint",
+            "1",
+        ),
+        ("job_hold(bigint, timestamp)", "void", ""),
+        ("job_start(integer, integer, integer)", "void", ""),
+        ("job_fail(bigint, varchar)", "void", ""),
+        ("job_settle(integer)", "boolean", "true"),
+        ("job_finish(integer)", "record", "NULL"),
+        (
+            "coverage_record(text, text[], bigint[], bigint[], bigint[], oid)",
+            "void",
+            "",
+        ),
+        ("attachment_set(oid, oid)", "void", ""),
+        ("extract_values(anyelement, text[])", "text[]", "NULL"),
+        ("extract_values(jsonb, varchar[])", "text[]", "NULL"),
+    ];
+    for (signature, returns, value) in overloads {
+        app.batch_execute(&format!(
+            "CREATE FUNCTION backfill.{signature} RETURNS {returns} LANGUAGE plpgsql AS $$ {} $$",
+            evil_body("app", value)
+        ))
+        .unwrap_or_else(|e| panic!("planting {signature}: {}", message(&e)));
+    }
+    // Every internal call the extension makes: a job queued by a model update and by
+    // enqueue, run by a worker to its end with its coverage counted, an attach and a detach.
+    let nobody_ran = |db: &mut Client, when: &str| {
+        assert!(!is_superuser(db, "app"), "app became a superuser {when}");
+        let ran = one_i64(db, "SELECT count(*) FROM public.evil_log");
+        assert_eq!(ran, 0, "an overload of app's ran {when}");
+    };
+    db.batch_execute(
+        "UPDATE backfill.process_model
+            SET metadata_extraction_paths = '[{\"key\": \"number\", \"path\": \"invoice.number\"}]'
+          WHERE id = 'bulk/model'",
+    )
+    .unwrap();
+    nobody_ran(&mut db, "when a model update queued a job");
+    let job = one_i64(&mut db, "SELECT coalesce(max(id), 0) FROM backfill.job");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    let job: i64 = db
+        .query_one(
+            "SELECT backfill.enqueue('bulk/model', overwrite => true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    db.batch_execute(
+        "SELECT backfill.wait(max(id)) FROM backfill.job;
+         SELECT backfill.count_coverage('bulk/model');
+         SELECT backfill.attach('backfill'); SELECT backfill.detach();",
+    )
+    .unwrap();
+    nobody_ran(&mut db, "while jobs ran");
+    assert_eq!(rows_in(&mut db, "backfill", "number"), 300);
+}
+
+/// Tables a superuser owns and attached, in schema s, with `shared`, a schema typeowner may
+/// create in, and the log of who ran typeowner's code.
+fn superusers_tables_and_typeowner(db: &mut Client) {
+    db.batch_execute(&format!(
+        "CREATE ROLE typeowner LOGIN;
+         CREATE TABLE public.evil_log (by_role text);
+         GRANT INSERT ON public.evil_log TO PUBLIC;
+         CREATE SCHEMA shared;
+         GRANT USAGE, CREATE ON SCHEMA shared TO typeowner;
+         {}
+         SELECT backfill.attach('s');",
+        app_tables("s", "postgres", false)
+    ))
+    .unwrap();
+}
+
+/// H2: the metadata column of a superuser's tables is of a domain that typeowner owns, a role
+/// that controls no table; typeowner adds a CHECK calling its own function to the domain. On
+/// 0.6.0 the superuser's next model update ran that function as superuser once a row.
+#[test]
+fn a_domain_on_a_superusers_tables_never_runs_its_owners_check_as_the_superuser() {
+    let (cluster, mut db) = start_app("atk-domain", true, &[], &bulk_sql(300));
+    superusers_tables_and_typeowner(&mut db);
+    db.batch_execute(
+        "CREATE DOMAIN shared.meta AS varchar(255);
+         ALTER DOMAIN shared.meta OWNER TO typeowner;
+         ALTER TABLE s.process_instance_metadata ALTER COLUMN value TYPE shared.meta;",
+    )
+    .unwrap();
+    let mut typeowner = cluster.connect_as("typeowner", "app");
+    typeowner
+        .batch_execute(&format!(
+            "CREATE FUNCTION shared.chk(v text) RETURNS boolean LANGUAGE plpgsql AS $$ {} $$;
+             ALTER DOMAIN shared.meta ADD CHECK (shared.chk(VALUE));",
+            evil_body("typeowner", "true")
+        ))
+        .unwrap();
+
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "failed");
+    let last_error = one_text(
+        &mut db,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {job}"),
+    );
+    // The first of typeowner's objects named: the domain or the function its CHECK calls.
+    assert!(
+        last_error.contains("typeowner")
+            && (last_error.contains("type shared.meta") || last_error.contains("shared.chk")),
+        "{last_error}"
+    );
+    // The functions that read the tables refuse too, naming the domain and its owner.
+    for call in [
+        "SELECT backfill.attach('s')",
+        "SELECT backfill.latest_task_data(1)",
+        "SELECT * FROM backfill.preview('bulk/model', '[{\"key\": \"k\", \"path\": \"a\"}]')",
+        "SELECT * FROM backfill.preview_summary('bulk/model', '[{\"key\": \"k\", \"path\": \"a\"}]')",
+        "SELECT backfill.count_coverage('bulk/model')",
+    ] {
+        let e = db.batch_execute(call).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{call}: {e}");
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(
+            hint.contains("typeowner")
+                && (hint.contains("type shared.meta") || hint.contains("shared.chk")),
+            "{call}: {hint}"
+        );
+    }
+    assert!(!is_superuser(&mut db, "typeowner"));
+    assert_eq!(superuser_runs(&mut db), Vec::<String>::new());
+    assert_eq!(rows_in(&mut db, "s", "number"), 0);
+}
+
+/// H2, the trigger, and the cache: a superuser's trigger function on its tables, given to
+/// typeowner and rewritten by it while a job runs. The extension remembers what runs on the
+/// tables between batches; the function's new owner must reach the next batch's check.
+#[test]
+fn a_trigger_function_given_away_during_a_job_never_runs_as_the_superuser() {
+    let (cluster, mut db) = start_app(
+        "atk-trigger-fn",
+        true,
+        &["backfill.batch_size = 20", "backfill.batch_delay = 50"],
+        &bulk_sql(2_000),
+    );
+    superusers_tables_and_typeowner(&mut db);
+    db.batch_execute(
+        "CREATE FUNCTION shared.note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER note BEFORE INSERT ON s.process_instance_metadata
+             FOR EACH ROW EXECUTE FUNCTION shared.note();",
+    )
+    .unwrap();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the job's first batches", Duration::from_secs(60), || {
+        (rows_in(&mut db, "s", "number") > 0).then_some(())
+    });
+    // Given away while no batch is in flight: a batch waits for the lock, then finds the
+    // function's new owner.
+    let mut giver = cluster.connect("app");
+    giver
+        .batch_execute("BEGIN; LOCK TABLE s.process_instance_metadata IN SHARE MODE")
+        .unwrap();
+    wait_for(
+        "a batch to wait for the lock",
+        Duration::from_secs(60),
+        || {
+            (one_i64(
+                &mut db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE NOT l.granted AND a.backend_type = 'backfill worker'
+                AND l.relation = 's.process_instance_metadata'::regclass",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    giver
+        .batch_execute(&format!(
+            "ALTER FUNCTION shared.note() OWNER TO typeowner;
+             SET ROLE typeowner;
+             CREATE OR REPLACE FUNCTION shared.note() RETURNS trigger LANGUAGE plpgsql AS $$ {} $$;
+             RESET ROLE;
+             COMMIT;",
+            evil_body("typeowner", "NEW")
+        ))
+        .unwrap();
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "failed");
+    let last_error = one_text(
+        &mut db,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {job}"),
+    );
+    assert!(
+        last_error.contains("function shared.note()"),
+        "{last_error}"
+    );
+    assert!(!is_superuser(&mut db, "typeowner"));
+    assert_eq!(superuser_runs(&mut db), Vec::<String>::new());
+    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM public.evil_log"), 0);
+}
+
+/// H3: during a superuser's job that reads as spiff (the tables' owner), spiff's task table is
+/// handed to attacker, who puts a policy calling its own function on it, in one commit made
+/// while the job's batch waits for its lock. On 0.6.0 the check after the lock read the
+/// catalogs with the snapshot taken before it, and one batch ran the policy 100 times as spiff.
+#[test]
+fn a_handover_committed_while_a_batch_waits_for_its_lock_is_seen_by_its_check() {
+    let (cluster, mut db) = start_app(
+        "atk-handover",
+        true,
+        &["backfill.batch_size = 20", "backfill.batch_delay = 50"],
+        &bulk_sql(2_000),
+    );
+    db.batch_execute(&format!(
+        "CREATE ROLE spiff LOGIN;
+         CREATE ROLE attacker LOGIN;
+         CREATE SCHEMA attacker AUTHORIZATION attacker;
+         CREATE TABLE public.evil_log (by_role text);
+         GRANT INSERT ON public.evil_log TO PUBLIC;
+         {}
+         {}",
+        spiff_grants("spiff"),
+        app_tables("spiffa", "spiff", false)
+    ))
+    .unwrap();
+    cluster
+        .connect_as("spiff", "app")
+        .batch_execute("SELECT backfill.attach('spiffa'); GRANT USAGE ON SCHEMA spiffa TO attacker")
+        .unwrap();
+    // Queued by a superuser: it reads as spiff, whose tables they are.
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    wait_for("the job's first batches", Duration::from_secs(60), || {
+        (rows_in(&mut db, "spiffa", "number") > 0).then_some(())
+    });
+    let mut controller = cluster.connect("app");
+    controller
+        .batch_execute("BEGIN; LOCK TABLE spiffa.task IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    wait_for(
+        "a batch to wait for the lock",
+        Duration::from_secs(60),
+        || {
+            (one_i64(
+                &mut db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE NOT l.granted AND a.backend_type = 'backfill worker'
+                AND l.relation = 'spiffa.task'::regclass",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    controller
+        .batch_execute(&format!(
+            "ALTER TABLE spiffa.task OWNER TO attacker;
+             SET ROLE attacker;
+             CREATE FUNCTION attacker.spy() RETURNS boolean LANGUAGE plpgsql AS $$ {} $$;
+             GRANT SELECT ON spiffa.task TO spiff;
+             CREATE POLICY spy ON spiffa.task USING (attacker.spy());
+             ALTER TABLE spiffa.task ENABLE ROW LEVEL SECURITY;
+             RESET ROLE;
+             COMMIT;",
+            evil_body("attacker", "true")
+        ))
+        .unwrap();
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "failed");
+    let last_error = one_text(
+        &mut db,
+        &format!("SELECT last_error FROM backfill.job WHERE id = {job}"),
+    );
+    assert!(last_error.contains("attacker"), "{last_error}");
+    assert_eq!(
+        one_i64(&mut db, "SELECT count(*) FROM public.evil_log"),
+        0,
+        "attacker's policy ran"
+    );
+}
+
+/// H4: a role that may only connect names its session pg_restore. On 0.6.0 every job of the
+/// database was held while it stayed: a new job stayed queued.
+#[test]
+fn a_session_named_pg_restore_holds_jobs_only_when_its_role_could_restore() {
+    let (cluster, mut db) = start_app(
+        "atk-restore-name",
+        true,
+        &["backfill.batch_size = 20", "backfill.batch_delay = 20"],
+        &bulk_sql(2_000),
+    );
+    db.batch_execute("CREATE ROLE nobody LOGIN").unwrap();
+    let mut nobody = cluster.connect_as("nobody", "app");
+    nobody
+        .batch_execute("SET application_name = 'pg_restore'")
+        .unwrap();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    assert_eq!(rows_in(&mut db, "backfill", "number"), 2_000);
+    // A superuser's session of that name is a restore: a running job stops at a batch
+    // boundary until it is gone.
+    let job = add_path(&mut db, BULK, "status", "invoice.status");
+    wait_for("the job to be under way", Duration::from_secs(60), || {
+        (rows_in(&mut db, "backfill", "status") > 0).then_some(())
+    });
+    let mut restore = cluster.connect("app");
+    restore
+        .batch_execute("SET application_name = 'pg_restore'")
+        .unwrap();
+    // (The job, or a part of it when it was split.)
+    let stops = "stops at a batch boundary: pg_restore is restoring this database";
+    wait_for(
+        "the job to stop for the restore",
+        Duration::from_secs(60),
+        || cluster.log().contains(stops).then_some(()),
+    );
+    drop(restore);
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    assert_eq!(rows_in(&mut db, "backfill", "status"), 2_000);
+    drop(nobody);
+}
+
+/// H7: a CHECK constraint on the metadata table calls a function that writes another table,
+/// whose BEFORE trigger fills a column. On 0.6.0 the worker's fast path ran the batch in
+/// replica mode, and that trigger was skipped for every row it wrote.
+#[test]
+fn replica_mode_never_skips_a_trigger_that_code_on_the_tables_fires() {
+    let (_cluster, mut db) = start_app("atk-replica", true, &[], &bulk_sql(1_000));
+    db.batch_execute(
+        "CREATE TABLE public.written (process_instance_id bigint, seen boolean NOT NULL DEFAULT false);
+         CREATE FUNCTION public.mark_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN NEW.seen := true; RETURN NEW; END $$;
+         CREATE TRIGGER mark_seen BEFORE INSERT ON public.written
+             FOR EACH ROW EXECUTE FUNCTION public.mark_seen();
+         CREATE FUNCTION public.record(id bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.written (process_instance_id) VALUES (id); RETURN true; END $$;
+         ALTER TABLE backfill.process_instance_metadata
+             ADD CONSTRAINT recorded CHECK (public.record(process_instance_id));",
+    )
+    .unwrap();
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    let rows = rows_in(&mut db, "backfill", "number");
+    assert_eq!(rows, 1_000);
+    assert_eq!(
+        one_i64(&mut db, "SELECT count(*) FROM public.written WHERE seen"),
+        rows,
+        "the BEFORE trigger on public.written was skipped"
+    );
+}
+
+/// H8: sessions of a role that may only connect, blocked on an advisory lock, use no CPU. On
+/// 0.6.0 the throttle counted them as load and paused every worker about three times its
+/// batches' time.
+#[test]
+fn sessions_waiting_on_a_lock_are_no_load_for_the_throttle() {
+    // One worker a job: the throttle's log line is the job's own.
+    let (cluster, mut db) = start_app(
+        "atk-throttle",
+        true,
+        &["backfill.workers_per_job = 1"],
+        &bulk_sql(4_000),
+    );
+    db.batch_execute("CREATE ROLE nobody LOGIN").unwrap();
+    let mut holder = cluster.connect_as("nobody", "app");
+    holder.batch_execute("SELECT pg_advisory_lock(42)").unwrap();
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let mut waiter = cluster.connect_as("nobody", "app");
+            std::thread::spawn(move || {
+                let _ = waiter
+                    .batch_execute("SET statement_timeout = '3min'; SELECT pg_advisory_lock(42)");
+            })
+        })
+        .collect();
+    wait_for("four sessions waiting", Duration::from_secs(30), || {
+        (one_i64(
+            &mut db,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = 'nobody'",
+        ) == 4)
+            .then_some(())
+    });
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+    let prefix = format!("backfill worker: job {job}: ");
+    let (working, paused) = wait_for("the job's throttle line", Duration::from_secs(30), || {
+        let log = cluster.log();
+        let line = log.lines().find(|l| l.contains(&prefix))?;
+        let numbers: Vec<f64> = line[line.find(&prefix)? + prefix.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Some((numbers[1], numbers[2]))
+    });
+    assert!(
+        paused < 0.25 * working,
+        "paused {paused} s after batches of {working} s with only sessions waiting on a lock"
+    );
+    holder
+        .batch_execute("SELECT pg_advisory_unlock(42)")
+        .unwrap();
+    drop(holder);
+    for waiter in waiters {
+        waiter.join().unwrap();
+    }
+}
+
+/// H6: the hook was installed with verify-full from the environment (PGSSLMODE,
+/// PGSSLROOTCERT). On 0.6.0 it kept neither: a commit from a plain shell connected with
+/// sslmode=prefer, which sends the password to a server that offers no TLS.
+#[test]
+fn the_git_hook_keeps_the_tls_settings_it_was_installed_with() {
+    let (cluster, mut db) = start_app("atk-hook-tls", false, &[], &bulk_sql(20));
+    let spec = cluster.dir.join("spec");
+    write(
+        &spec.join("bulk/model/process_model.json"),
+        &model_json("Bulk", &[]),
+    );
+    git(&spec, &["init", "-q"]);
+    git(&spec, &["add", "-A"]);
+    git(&spec, &["commit", "-q", "-m", "models"]);
+    let spec_arg = spec.to_str().unwrap();
+    let root = cluster.dir.join("no-such-root.crt");
+    let tls = [
+        ("PGSSLMODE", "verify-full".to_owned()),
+        ("PGSSLROOTCERT", root.to_str().unwrap().to_owned()),
+    ];
+    let dsn_file = spec.join(".git/backfill-sync-models.dsn");
+
+    // A URI keeps its own settings, and gains the environment's in its query.
+    let uri = format!("postgresql://127.0.0.1:{}/app?user=postgres", cluster.port);
+    let (_, out, err) = run_sync(&["--install-git-hook", "--dsn", &uri, spec_arg], &tls);
+    assert!(err.contains("installed"), "{out}{err}");
+    let kept = std::fs::read_to_string(&dsn_file).unwrap();
+    assert!(
+        kept.contains("?user=postgres&") && kept.contains("sslmode=verify-full"),
+        "{kept}"
+    );
+
+    // The server here offers no TLS: the install's own sync is refused, as it must be; what
+    // matters is what the hook keeps.
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        cluster.port
+    );
+    let (_, out, err) = run_sync(&["--install-git-hook", "--dsn", &dsn, spec_arg], &tls);
+    assert!(err.contains("installed"), "{out}{err}");
+    let kept = std::fs::read_to_string(&dsn_file).unwrap();
+    assert!(
+        kept.contains("sslmode='verify-full'") && kept.contains("no-such-root.crt"),
+        "{kept}"
+    );
+    assert_eq!(mode(&dsn_file) & 0o077, 0);
+
+    // A commit from a shell without those variables: the hook still demands verify-full, so
+    // it does not connect, and nothing is synced.
+    let jobs = one_i64(&mut db, "SELECT count(*) FROM backfill.job");
+    write(
+        &spec.join("bulk/model/process_model.json"),
+        &model_json("Bulk", &[("number", "invoice.number")]),
+    );
+    git(&spec, &["commit", "-q", "-a", "-m", "add number"]);
+    assert_eq!(one_i64(&mut db, "SELECT count(*) FROM backfill.job"), jobs);
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT metadata_extraction_paths::text FROM backfill.process_model WHERE id = 'bulk/model'"
+        ),
+        "[]"
+    );
+
+    // A setting the command does not honour (a client certificate) refuses the install.
+    let (code, out, err) = run_sync(
+        &["--install-git-hook", "--dsn", &dsn, spec_arg],
+        &[("PGSSLCERT", "/etc/client.crt".to_owned())],
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("PGSSLCERT"), "{err}");
+}
+
+/// H5: the application role has the documented grant (UPDATE on the metadata table), which
+/// lets it lock the table IN SHARE MODE; it holds that lock in two databases. On 0.6.0 both
+/// worker slots (backfill.max_workers = 2) waited there, and a third database's job stayed
+/// queued.
+#[test]
+fn locks_held_in_two_databases_never_keep_a_third_ones_job_waiting() {
+    let cluster = Cluster::start("atk-slots", &["backfill.max_workers = 2"]);
+    let mut holders = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut db = cluster.create_db(name);
+        db.batch_execute(&format!(
+            "{}
+             CREATE ROLE app_{name} LOGIN;
+             GRANT USAGE ON SCHEMA backfill TO app_{name};
+             GRANT SELECT, INSERT, UPDATE ON backfill.process_instance_metadata TO app_{name};",
+            bulk_sql(500)
+        ))
+        .unwrap();
+        if name != "c" {
+            let mut holder = cluster.connect_as(&format!("app_{name}"), name);
+            holder
+                .batch_execute("BEGIN; LOCK TABLE backfill.process_instance_metadata IN SHARE MODE")
+                .unwrap();
+            holders.push(holder);
+            let waits_before = cluster.log().matches("waits for a lock").count();
+            add_path(&mut db, BULK, "number", "invoice.number");
+            wait_for(
+                &format!("the job of {name} to wait for the lock"),
+                Duration::from_secs(60),
+                || (cluster.log().matches("waits for a lock").count() > waits_before).then_some(()),
+            );
+        }
+    }
+    let mut c = cluster.connect("c");
+    let job = add_path(&mut c, BULK, "number", "invoice.number");
+    assert_eq!(ended(&mut c, job, Duration::from_secs(60)), "succeeded");
+    assert_eq!(rows_in(&mut c, "backfill", "number"), 500);
+    // The locks go: the jobs they held back end too.
+    for mut holder in holders {
+        holder.batch_execute("COMMIT").unwrap();
+    }
+    for name in ["a", "b"] {
+        let mut db = cluster.connect(name);
+        let job = one_i64(
+            &mut db,
+            "SELECT max(id) FROM backfill.job WHERE parent_id IS NULL",
+        );
+        assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
+        assert_eq!(rows_in(&mut db, "backfill", "number"), 500);
+    }
+}
+
+/// Every kind of object PostgreSQL runs code from on a read or a write of the tables counts
+/// its owner as one who controls them (the threat model in docs/security.md names this test
+/// for each): on a superuser's tables, each is accepted while the superuser owns it, and
+/// refused, naming it, once it belongs to a role without the superuser's privileges.
+#[test]
+fn every_kind_of_code_on_the_tables_counts_its_owner() {
+    let (_cluster, mut db) = start_app("atk-kinds", false, &[], &bulk_sql(20));
+    db.batch_execute(
+        "CREATE ROLE typeowner LOGIN;
+         CREATE SCHEMA shared;
+         GRANT USAGE ON SCHEMA shared TO typeowner;",
+    )
+    .unwrap();
+    // (kind, what makes it in schema S, what gives it away, what the refusal names)
+    let kinds: &[(&str, &str, &str, &str)] = &[
+        (
+            "trigger",
+            "CREATE FUNCTION shared.S_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER t BEFORE INSERT ON S.process_instance_metadata
+                 FOR EACH ROW EXECUTE FUNCTION shared.S_trg();",
+            "ALTER FUNCTION shared.S_trg() OWNER TO typeowner",
+            "function shared.s_trg()",
+        ),
+        (
+            "check constraint",
+            "CREATE FUNCTION shared.S_ok(bigint) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+             ALTER TABLE S.process_instance_metadata ADD CONSTRAINT c CHECK (shared.S_ok(process_instance_id));",
+            "ALTER FUNCTION shared.S_ok(bigint) OWNER TO typeowner",
+            "function shared.s_ok(bigint)",
+        ),
+        (
+            "default",
+            "CREATE FUNCTION shared.S_dflt() RETURNS text LANGUAGE sql AS 'SELECT ''x''';
+             ALTER TABLE S.process_instance_metadata ADD COLUMN extra text DEFAULT shared.S_dflt();",
+            "ALTER FUNCTION shared.S_dflt() OWNER TO typeowner",
+            "function shared.s_dflt()",
+        ),
+        (
+            "generated column",
+            "CREATE FUNCTION shared.S_gen(bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+             ALTER TABLE S.process_instance_metadata
+                 ADD COLUMN g bigint GENERATED ALWAYS AS (shared.S_gen(process_instance_id)) STORED;",
+            "ALTER FUNCTION shared.S_gen(bigint) OWNER TO typeowner",
+            "function shared.s_gen(bigint)",
+        ),
+        (
+            "index expression",
+            "CREATE FUNCTION shared.S_idx(text) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+             CREATE INDEX ON S.process_instance_metadata (shared.S_idx(key));",
+            "ALTER FUNCTION shared.S_idx(text) OWNER TO typeowner",
+            "function shared.s_idx(text)",
+        ),
+        (
+            "index predicate",
+            "CREATE FUNCTION shared.S_pred(text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+             CREATE INDEX ON S.task (process_instance_id) WHERE shared.S_pred(state);",
+            "ALTER FUNCTION shared.S_pred(text) OWNER TO typeowner",
+            "function shared.s_pred(text)",
+        ),
+        (
+            "policy",
+            "CREATE FUNCTION shared.S_pol() RETURNS boolean LANGUAGE sql AS 'SELECT true';
+             CREATE POLICY p ON S.task USING (shared.S_pol());
+             ALTER TABLE S.task ENABLE ROW LEVEL SECURITY;",
+            "ALTER FUNCTION shared.S_pol() OWNER TO typeowner",
+            "function shared.s_pol()",
+        ),
+        (
+            "rule",
+            "CREATE TABLE shared.S_sink (id bigint);
+             CREATE RULE r AS ON INSERT TO S.process_instance_metadata
+                 DO ALSO INSERT INTO shared.S_sink VALUES (NEW.process_instance_id);",
+            "ALTER TABLE shared.S_sink OWNER TO typeowner",
+            "table shared.s_sink",
+        ),
+        (
+            "operator",
+            "CREATE FUNCTION shared.S_eq(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 = $2';
+             CREATE OPERATOR shared.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = shared.S_eq);
+             ALTER TABLE S.process_instance_metadata ADD CONSTRAINT c CHECK (key OPERATOR(shared.===) key);",
+            "ALTER OPERATOR shared.=== (text, text) OWNER TO typeowner",
+            "operator shared.===(text,text)",
+        ),
+        (
+            "domain",
+            "CREATE DOMAIN shared.S_meta AS varchar(255);
+             ALTER TABLE S.process_instance_metadata ALTER COLUMN value TYPE shared.S_meta;",
+            "ALTER DOMAIN shared.S_meta OWNER TO typeowner",
+            "type shared.s_meta",
+        ),
+    ];
+    for (n, (kind, make, give, named)) in kinds.iter().enumerate() {
+        let schema = format!("s{n}");
+        let sql = |text: &str| {
+            text.replace("S_", &format!("{schema}_"))
+                .replace("S.", &format!("{schema}."))
+        };
+        let named = named.replace("s_", &format!("{schema}_"));
+        db.batch_execute(&format!(
+            "{}\n{}",
+            app_tables(&schema, "postgres", false),
+            sql(make)
+        ))
+        .unwrap_or_else(|e| panic!("{kind}: {}", message(&e)));
+        db.batch_execute(&format!("SELECT backfill.attach('{schema}')"))
+            .unwrap_or_else(|e| panic!("{kind}, the superuser's own: {}", message(&e)));
+        let give = sql(give);
+        db.batch_execute(&give).unwrap();
+        let e = db
+            .batch_execute(&format!("SELECT backfill.attach('{schema}')"))
+            .expect_err(kind);
+        assert_eq!(sqlstate(&e), "42501", "{kind}: {e}");
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(
+            hint.contains(&named) && hint.contains("typeowner"),
+            "{kind}: the hint names {named}: {hint}"
+        );
+        db.batch_execute("SELECT backfill.detach()").unwrap();
+    }
+}

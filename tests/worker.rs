@@ -595,6 +595,47 @@ fn batches_reach_the_job_row_without_walking_its_versions() {
     );
 }
 
+#[test]
+fn the_code_on_the_tables_is_walked_once_a_process_not_once_a_batch() {
+    // The walk that finds whose code runs on the tables (src/pg/table_code.rs) reads several
+    // catalogs: a process does it when it first looks at the tables, and again only after an
+    // invalidation of what it found; never per batch. (That an invalidation is seen:
+    // tests/attacks.rs, a_trigger_function_given_away_during_a_job_never_runs_as_the_superuser.)
+    let (cluster, mut db) = start(
+        "worker-walk",
+        &[
+            "backfill.batch_size = 10",
+            "shared_preload_libraries = 'backfill,pg_stat_statements'",
+            "pg_stat_statements.track = all",
+        ],
+    );
+    db.batch_execute(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER note BEFORE INSERT ON backfill.process_instance_metadata
+             FOR EACH ROW EXECUTE FUNCTION public.note();",
+    )
+    .unwrap();
+    let walks = |db: &mut Client| {
+        one_i64(
+            db,
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+              WHERE query LIKE '%WITH RECURSIVE reached(classid, objid)%'",
+        )
+    };
+    let before = walks(&mut db);
+    let job = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(wait_done(&cluster, job), "succeeded");
+    assert_complete(&mut db, job, &[("number", "invoice.number")]);
+    // The session whose update queued the job (its warning check), and the worker.
+    let once = walks(&mut db) - before;
+    assert!(
+        (1..=3).contains(&once),
+        "{once} walks for a job of {} batches",
+        N / 10
+    );
+}
+
 /// Scans of process_instance's primary key: the foreign-key triggers make one per row.
 fn instance_key_scans(db: &mut Client) -> i64 {
     one_i64(
