@@ -663,9 +663,9 @@ fn files_holding(dir: &Path, needle: &str, found: &mut Vec<std::path::PathBuf>) 
     }
 }
 
-#[test]
-fn the_git_hook_keeps_the_password_off_command_lines_and_out_of_other_files() {
-    let (cluster, mut db) = start_app("atk-hook", false, &[], &bulk_sql(20));
+/// A git repository of process models beside the cluster, with bulk/model (no paths yet)
+/// committed.
+fn spec_repository(cluster: &Cluster) -> std::path::PathBuf {
     let spec = cluster.dir.join("spec");
     write(
         &spec.join("bulk/model/process_model.json"),
@@ -674,6 +674,13 @@ fn the_git_hook_keeps_the_password_off_command_lines_and_out_of_other_files() {
     git(&spec, &["init", "-q"]);
     git(&spec, &["add", "-A"]);
     git(&spec, &["commit", "-q", "-m", "models"]);
+    spec
+}
+
+#[test]
+fn the_git_hook_keeps_the_password_off_command_lines_and_out_of_other_files() {
+    let (cluster, mut db) = start_app("atk-hook", false, &[], &bulk_sql(20));
+    let spec = spec_repository(&cluster);
     let secret = "s3cret-pw";
     let dsn = format!(
         "host=127.0.0.1 port={} user=postgres dbname=app password={secret}",
@@ -949,6 +956,36 @@ fn a_domain_on_a_superusers_tables_never_runs_its_owners_check_as_the_superuser(
     assert_eq!(rows_in(&mut db, "s", "number"), 0);
 }
 
+/// Once a job has written its first rows: a session of its own holding `table` locked in
+/// `mode` in an open transaction, returned when a worker's batch waits for that lock (so that
+/// what the session commits next lands while no batch is in flight).
+fn locked_while_a_batch_waits(
+    cluster: &Cluster,
+    db: &mut Client,
+    table: &str,
+    mode: &str,
+) -> Client {
+    let schema = table.split('.').next().unwrap();
+    wait_for("the job's first batches", Duration::from_secs(60), || {
+        (rows_in(db, schema, "number") > 0).then_some(())
+    });
+    let mut session = cluster.connect("app");
+    session
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))
+        .unwrap();
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+          WHERE NOT l.granted AND a.backend_type = 'backfill worker'
+            AND l.relation = '{table}'::regclass"
+    );
+    wait_for(
+        "a batch to wait for the lock",
+        Duration::from_secs(60),
+        || (one_i64(db, &waiting) > 0).then_some(()),
+    );
+    session
+}
+
 /// H2, the trigger, and the cache: a superuser's trigger function on its tables, given to
 /// typeowner and rewritten by it while a job runs. The extension remembers what runs on the
 /// tables between batches; the function's new owner must reach the next batch's check.
@@ -968,28 +1005,10 @@ fn a_trigger_function_given_away_during_a_job_never_runs_as_the_superuser() {
     )
     .unwrap();
     let job = add_path(&mut db, BULK, "number", "invoice.number");
-    wait_for("the job's first batches", Duration::from_secs(60), || {
-        (rows_in(&mut db, "s", "number") > 0).then_some(())
-    });
     // Given away while no batch is in flight: a batch waits for the lock, then finds the
     // function's new owner.
-    let mut giver = cluster.connect("app");
-    giver
-        .batch_execute("BEGIN; LOCK TABLE s.process_instance_metadata IN SHARE MODE")
-        .unwrap();
-    wait_for(
-        "a batch to wait for the lock",
-        Duration::from_secs(60),
-        || {
-            (one_i64(
-                &mut db,
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-              WHERE NOT l.granted AND a.backend_type = 'backfill worker'
-                AND l.relation = 's.process_instance_metadata'::regclass",
-            ) > 0)
-                .then_some(())
-        },
-    );
+    let mut giver =
+        locked_while_a_batch_waits(&cluster, &mut db, "s.process_instance_metadata", "SHARE");
     giver
         .batch_execute(&format!(
             "ALTER FUNCTION shared.note() OWNER TO typeowner;
@@ -1044,26 +1063,8 @@ fn a_handover_committed_while_a_batch_waits_for_its_lock_is_seen_by_its_check() 
         .unwrap();
     // Queued by a superuser: it reads as spiff, whose tables they are.
     let job = add_path(&mut db, BULK, "number", "invoice.number");
-    wait_for("the job's first batches", Duration::from_secs(60), || {
-        (rows_in(&mut db, "spiffa", "number") > 0).then_some(())
-    });
-    let mut controller = cluster.connect("app");
-    controller
-        .batch_execute("BEGIN; LOCK TABLE spiffa.task IN ACCESS EXCLUSIVE MODE")
-        .unwrap();
-    wait_for(
-        "a batch to wait for the lock",
-        Duration::from_secs(60),
-        || {
-            (one_i64(
-                &mut db,
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-              WHERE NOT l.granted AND a.backend_type = 'backfill worker'
-                AND l.relation = 'spiffa.task'::regclass",
-            ) > 0)
-                .then_some(())
-        },
-    );
+    let mut controller =
+        locked_while_a_batch_waits(&cluster, &mut db, "spiffa.task", "ACCESS EXCLUSIVE");
     controller
         .batch_execute(&format!(
             "ALTER TABLE spiffa.task OWNER TO attacker;
@@ -1222,14 +1223,7 @@ fn sessions_waiting_on_a_lock_are_no_load_for_the_throttle() {
 #[test]
 fn the_git_hook_keeps_the_tls_settings_it_was_installed_with() {
     let (cluster, mut db) = start_app("atk-hook-tls", false, &[], &bulk_sql(20));
-    let spec = cluster.dir.join("spec");
-    write(
-        &spec.join("bulk/model/process_model.json"),
-        &model_json("Bulk", &[]),
-    );
-    git(&spec, &["init", "-q"]);
-    git(&spec, &["add", "-A"]);
-    git(&spec, &["commit", "-q", "-m", "models"]);
+    let spec = spec_repository(&cluster);
     let spec_arg = spec.to_str().unwrap();
     let root = cluster.dir.join("no-such-root.crt");
     let tls = [
