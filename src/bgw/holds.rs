@@ -19,17 +19,11 @@ thread_local! {
 /// How soon a worker that left a database pg_restore is restoring looks again.
 pub(super) const RESTORE_LOOK_AGAIN: u64 = 5;
 
-/// Whether pg_restore is restoring this database (`shmem::restore_in_progress`): its jobs
+/// Whether pg_restore is restoring this database (`restore_in_progress`): its jobs
 /// must not read tables that are half loaded (`stopping`: the job this process would run a
 /// batch of next). The first time, the log says so.
 pub(super) fn held_by_restore(stopping: Option<i64>) -> bool {
-    // SAFETY: reads the transaction state of this process.
-    let restoring = if unsafe { pg_sys::IsTransactionState() } {
-        shmem::restore_in_progress()
-    } else {
-        in_own_transaction(shmem::restore_in_progress).unwrap_or(false)
-    };
-    if !restoring {
+    if !restore_in_progress() {
         RESTORE_NOTED.set(false);
         return false;
     }
@@ -42,6 +36,29 @@ pub(super) fn held_by_restore(stopping: Option<i64>) -> bool {
     }
     RESTORE_NOTED.set(true);
     true
+}
+
+/// Whether pg_restore is restoring this database: a session under its name whose role could
+/// restore the job table, a superuser's (its owner is one: only a superuser creates the
+/// extension). A session of any other role of that name holds nothing back. The roles are
+/// looked at (in a transaction, when none is open) only when there is such a session.
+pub(super) fn restore_in_progress() -> bool {
+    let roles = shmem::restore_sessions();
+    if roles.is_empty() {
+        return false;
+    }
+    // SAFETY: catalog-cache lookups, inside a transaction; the state read first.
+    let any_superuser = || {
+        roles
+            .iter()
+            .any(|&role| unsafe { pg_sys::superuser_arg(role) })
+    };
+    // SAFETY: reads the transaction state of this process.
+    if unsafe { pg_sys::IsTransactionState() } {
+        any_superuser()
+    } else {
+        in_own_transaction(any_superuser).unwrap_or(false)
+    }
 }
 
 /// Whether backfill.active_hours keeps batches from starting now (`stopping`: the job this

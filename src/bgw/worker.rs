@@ -6,7 +6,7 @@
 //! DROP EXTENSION never wait for one.
 
 use super::drain::{drain_one_job, Drained};
-use super::holds::RESTORE_LOOK_AGAIN;
+use super::holds::{restore_in_progress, RESTORE_LOOK_AGAIN};
 use super::lock_waits::{LockWaits, LOCK_AWAY_SECONDS};
 use super::session::{fix_session_settings, in_own_transaction, reload_config_if_asked};
 use super::trouble::{leave_for_a_while, Trouble};
@@ -286,7 +286,7 @@ pub(super) fn work_left() -> Work {
     if unfinished == 0 {
         return Work::None;
     }
-    if shmem::restore_in_progress() {
+    if restore_in_progress() {
         return Work::Later(RESTORE_LOOK_AGAIN);
     }
     let window = job::window_closed_for();

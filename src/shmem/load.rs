@@ -33,8 +33,8 @@ pub(super) fn with_client_sessions<R>(
 ///
 /// A session idle in a transaction uses no CPU, and neither does a statement that waits:
 /// for a lock (a heavyweight one: a row, a table, an advisory lock), in `pg_sleep` (a
-/// Timeout wait), in an extension's wait (where `backfill.wait` sleeps), for its client, or
-/// for another process. Counting those, an operator waiting for a job, an application
+/// Timeout wait), in an extension's wait (where `backfill.wait` sleeps), or for its client.
+/// Counting those, an operator waiting for a job, an application
 /// holding a transaction open, or any role that may connect blocking a few sessions on an
 /// advisory lock, would slow every job down several times over while using no CPU at all.
 pub fn busy_sessions() -> usize {
@@ -50,34 +50,31 @@ pub fn busy_sessions() -> usize {
     })
 }
 
-/// Whether pg_restore is connected to this database (its sessions' `application_name`, which
-/// it sets unless told otherwise): a restore loads the job table before, or after, the tables
-/// its jobs read, so no job starts or goes on in the database until it is gone.
-///
-/// Only a session of a role that could restore the job table counts: a superuser's (the
-/// table's owner is one, as only a superuser may create the extension). Any role that may
-/// connect can name its session pg_restore; it must not hold every job of the database.
-/// Reads the catalogs: call it inside a transaction.
-pub fn restore_in_progress() -> bool {
+/// The roles of the sessions connected to this database under pg_restore's name (its
+/// `application_name`, which it sets unless told otherwise). Whether one of them restores is
+/// for the caller to judge (`bgw::holds`): any role that may connect can take the name.
+pub fn restore_sessions() -> Vec<pg_sys::Oid> {
     // SAFETY: set in every backend connected to a database.
     let here = unsafe { pg_sys::MyDatabaseId };
-    with_client_sessions(|mut sessions| {
-        Iterator::any(&mut sessions, |status| {
-            status.st_databaseid == here
-                && !status.st_appname.is_null()
-                // SAFETY: a NUL-terminated name in the status snapshot.
-                && unsafe { std::ffi::CStr::from_ptr(status.st_appname) }.to_bytes()
-                    == b"pg_restore"
-                // SAFETY: a catalog-cache lookup inside a transaction (see above).
-                && unsafe { pg_sys::superuser_arg(status.st_userid) }
-        })
+    with_client_sessions(|sessions| {
+        sessions
+            .filter(|status| {
+                status.st_databaseid == here
+                    && !status.st_appname.is_null()
+                    // SAFETY: a NUL-terminated name in the status snapshot.
+                    && unsafe { std::ffi::CStr::from_ptr(status.st_appname) }.to_bytes()
+                        == b"pg_restore"
+            })
+            .map(|status| status.st_userid)
+            .collect()
     })
 }
 
 /// Whether the backend `pid` waits rather than works: its wait event's class, read as
 /// pg_stat_activity reads it (unlocked; a stale value only shifts one sample of the smoothed
 /// load). Reading from disk (IO) and short waits on shared-memory locks (LWLock) are part of
-/// working, and count.
+/// working, and count; so does a wait for another process (IPC), which is where a parallel
+/// query's leader waits while its workers, not counted here, work.
 pub(super) fn is_waiting(pid: i32) -> bool {
     const CLASS: u32 = 0xFF00_0000;
     // PG_WAIT_BUFFER_PIN, named PG_WAIT_BUFFERPIN from PostgreSQL 17 on.
@@ -97,7 +94,6 @@ pub(super) fn is_waiting(pid: i32) -> bool {
             | BUFFER_PIN
             | pg_sys::PG_WAIT_CLIENT
             | pg_sys::PG_WAIT_EXTENSION
-            | pg_sys::PG_WAIT_IPC
             | pg_sys::PG_WAIT_TIMEOUT
     )
 }
