@@ -30,25 +30,18 @@ pub(super) fn may_lock(role: Oid, instances: Oid) -> bool {
 /// CHECK, a default, an index expression, a domain or a policy calling a function that
 /// writes another table would write it with that table's triggers skipped.
 ///
-/// The metadata table is locked ROW EXCLUSIVE first, held to commit: that conflicts with what
-/// CREATE TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between
-/// this look and the batch's commit; and taking the lock processes the invalidations of
-/// whatever committed before it was granted, so the relation cache read here is current.
+/// `tables` are the batch's, from `Tables::locked_for`, which locked the metadata table ROW
+/// EXCLUSIVE before it looked at them, held to commit: that conflicts with what CREATE
+/// TRIGGER, CREATE RULE and ADD FOREIGN KEY take, so none of them can commit between this
+/// look and the batch's commit; and taking the lock processed the invalidations of whatever
+/// committed before it was granted, so `tables.code` and the relation cache read here are
+/// current.
 ///
 /// # Safety
-/// Inside a transaction.
+/// Inside a transaction, with `tables` as `Tables::locked_for` gave them to this batch (the
+/// metadata table locked ROW EXCLUSIVE).
 pub(super) unsafe fn fast_path_holds(tables: &Tables) -> bool {
-    // SAFETY: a relation lock inside a transaction, held to its end.
-    unsafe {
-        pg_sys::LockRelationOid(
-            tables.metadata,
-            pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
-        );
-    }
-    // Looked at after the lock, which processed the invalidations of what committed before it.
-    let code_runs = Tables::remembered(tables.schema)
-        .map_or(true, |now| now.code.iter().any(|code| code.is_function));
-    if code_runs {
+    if tables.code.iter().any(|code| code.is_function) {
         return false;
     }
     // SAFETY: catalog and relation-cache lookups inside a transaction; the relation is opened
