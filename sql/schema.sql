@@ -22,21 +22,20 @@ BEGIN
                   HINT = 'backfill installs into a schema only a superuser controls: drop schema backfill '
                          '(or rename it) and run CREATE EXTENSION backfill again, which creates it.';
     END IF;
-    SELECT g.rolname INTO creator
+    -- A grantee that is no role (0) is PUBLIC.
+    SELECT coalesce(g.rolname, 'PUBLIC') INTO creator
       FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) AS a
-      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
+      LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
      WHERE n.nspname OPERATOR(pg_catalog.=) 'backfill'
-       AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' AND NOT g.rolsuper
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' AND NOT coalesce(g.rolsuper, false)
+     ORDER BY g.rolname NULLS LAST
      LIMIT 1;
-    IF creator IS NOT NULL OR EXISTS (
-           SELECT FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) AS a
-            WHERE n.nspname OPERATOR(pg_catalog.=) 'backfill'
-              AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
-              AND a.grantee OPERATOR(pg_catalog.=) 0) THEN
-        RAISE EXCEPTION 'schema backfill already exists and role "%" may create objects in it',
-                        coalesce(creator, 'PUBLIC')
+    IF creator IS NOT NULL THEN
+        RAISE EXCEPTION 'schema backfill already exists and role "%" may create objects in it', creator
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'REVOKE CREATE ON SCHEMA backfill FROM ' || coalesce(pg_catalog.quote_ident(creator), 'PUBLIC')
+                  HINT = 'REVOKE CREATE ON SCHEMA backfill FROM '
+                         || CASE WHEN creator OPERATOR(pg_catalog.=) 'PUBLIC' THEN creator
+                                 ELSE pg_catalog.quote_ident(creator) END
                          || ', or drop the schema and let CREATE EXTENSION backfill create it.';
     END IF;
 END
