@@ -93,10 +93,7 @@ pub fn with_defaults(mut config: Config, defaults: &Config) -> Config {
     }
     // libpq's default database is PGDATABASE, or else the user's name (the one connecting).
     if config.get_dbname().is_none() {
-        let dbname = std::env::var("PGDATABASE")
-            .ok()
-            .filter(|name| !name.is_empty())
-            .or_else(|| config.get_user().map(str::to_owned));
+        let dbname = environment("PGDATABASE").or_else(|| config.get_user().map(str::to_owned));
         if let Some(dbname) = dbname {
             config.dbname(&dbname);
         }
@@ -116,16 +113,20 @@ pub fn with_defaults(mut config: Config, defaults: &Config) -> Config {
     config
 }
 
+/// A libpq environment variable's value; libpq takes an empty one as unset.
+pub fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 /// libpq's environment variables, as far as this command needs them.
 pub fn config_from_environment() -> Result<Config, String> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut config = Config::new();
-    let user = var("PGUSER")
-        .or_else(|| var("USER"))
+    let user = environment("PGUSER")
+        .or_else(|| environment("USER"))
         .unwrap_or_else(|| "postgres".into());
     config.user(&user);
-    config.dbname(var("PGDATABASE").as_deref().unwrap_or(&user));
-    match var("PGHOST") {
+    config.dbname(environment("PGDATABASE").as_deref().unwrap_or(&user));
+    match environment("PGHOST") {
         Some(hosts) => {
             for host in hosts.split(',') {
                 if host.starts_with('/') {
@@ -139,21 +140,21 @@ pub fn config_from_environment() -> Result<Config, String> {
             config.host_path("/var/run/postgresql");
         }
     }
-    if let Some(port) = var("PGPORT") {
+    if let Some(port) = environment("PGPORT") {
         config.port(
             port.parse()
                 .map_err(|_| format!("PGPORT is not a port: {port}"))?,
         );
     }
-    if let Some(password) = var("PGPASSWORD") {
+    if let Some(password) = environment("PGPASSWORD") {
         config.password(password);
     }
-    if let Some(name) = var("PGAPPNAME") {
+    if let Some(name) = environment("PGAPPNAME") {
         config.application_name(&name);
     } else {
         config.application_name("backfill-sync-models");
     }
-    if let Some(seconds) = var("PGCONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {
+    if let Some(seconds) = environment("PGCONNECT_TIMEOUT").and_then(|s| s.parse().ok()) {
         config.connect_timeout(std::time::Duration::from_secs(seconds));
     }
     Ok(config)

@@ -1,7 +1,7 @@
 //! The git post-commit hook that runs the sync after every commit to the spec directory.
 
-use crate::connect::{conninfo_quote, Target};
-use crate::tls::remove_settings;
+use crate::connect::{conninfo_quote, environment, Target};
+use crate::tls::{is_uri, remove_settings};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,10 +50,6 @@ const NOT_HONOURED: &[&str] = &[
     "PGSSLMAXPROTOCOLVERSION",
 ];
 
-fn environment(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// The connection string the hook connects with: `dsn` with every connection setting of the
 /// environment it leaves out, so that the hook's connection is this one whatever the
 /// environment of the process that commits (TLS settings included). `None` when nothing is
@@ -68,7 +64,7 @@ pub fn hook_connection(dsn: Option<&str>) -> Result<Option<String>, String> {
     let dsn = dsn.unwrap_or_default();
     let keys: Vec<&str> = FROM_ENVIRONMENT.iter().map(|(_, key)| *key).collect();
     let (_, given) = remove_settings(dsn, &keys)?;
-    let is_uri = dsn.starts_with("postgresql://") || dsn.starts_with("postgres://");
+    let is_uri = is_uri(dsn);
     let missing: Vec<(&str, String)> = FROM_ENVIRONMENT
         .iter()
         .filter(|(_, key)| !given.iter().any(|(k, _)| k == key))
@@ -126,9 +122,7 @@ pub fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
     let dsn_file = git_path(spec_dir, "backfill-sync-models.dsn")?;
     // The connection as it is now: the process that commits may have another environment.
     let secret = hook_connection(dsn)?;
-    let is_uri = secret
-        .as_deref()
-        .is_some_and(|c| c.starts_with("postgresql://") || c.starts_with("postgres://"));
+    let is_uri = secret.as_deref().is_some_and(is_uri);
     let command = sync_command(spec_dir, secret.as_ref().map(|_| dsn_file.as_path()))?;
     if refuse_symlink(&hook)? {
         let existing = fs::read_to_string(&hook).map_err(|e| format!("{}: {e}", hook.display()))?;

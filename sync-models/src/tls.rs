@@ -2,6 +2,7 @@
 //! `postgres` crate knows only `disable`, `prefer` and `require`, so these two settings are
 //! taken out of the connection string here and applied through OpenSSL.
 
+use crate::connect::environment;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
@@ -85,7 +86,6 @@ pub type Refusal = Arc<Mutex<Option<String>>>;
 impl TlsSettings {
     /// The settings of `dsn`, and `dsn` without them; `None` for no connection string.
     pub fn take_from(dsn: Option<&str>) -> Result<(Option<String>, TlsSettings), String> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let (rest, mode, root) = match dsn {
             Some(dsn) => {
                 let (rest, taken) = remove_settings(dsn, &["sslmode", "sslrootcert"])?;
@@ -100,13 +100,13 @@ impl TlsSettings {
             }
             None => (None, None, None),
         };
-        let root_cert = root
-            .or_else(|| env("PGSSLROOTCERT"))
-            .map(|root| match root.as_str() {
-                "system" => RootCert::System,
-                _ => RootCert::File(PathBuf::from(root)),
-            });
-        let mode = match mode.or_else(|| env("PGSSLMODE")) {
+        let root_cert =
+            root.or_else(|| environment("PGSSLROOTCERT"))
+                .map(|root| match root.as_str() {
+                    "system" => RootCert::System,
+                    _ => RootCert::File(PathBuf::from(root)),
+                });
+        let mode = match mode.or_else(|| environment("PGSSLMODE")) {
             Some(mode) => SslMode::parse(&mode)?,
             // libpq 16: sslrootcert=system makes verify-full the default.
             None if root_cert == Some(RootCert::System) => SslMode::VerifyFull,
@@ -236,6 +236,14 @@ impl TlsSettings {
     }
 }
 
+/// How a connection string in URI form begins (libpq takes both).
+const URI_PREFIXES: [&str; 2] = ["postgresql://", "postgres://"];
+
+/// Whether `dsn` is a URI (`postgresql://...`) rather than `key=value` settings.
+pub fn is_uri(dsn: &str) -> bool {
+    URI_PREFIXES.iter().any(|prefix| dsn.starts_with(prefix))
+}
+
 /// `dsn` without the settings named `keys`, and their values (in the order written). Both
 /// forms libpq takes: `key=value ...` (values quoted with '' and \ as libpq quotes them) and
 /// `postgresql://...?key=value&...` (percent-encoded).
@@ -244,7 +252,7 @@ pub fn remove_settings(
     keys: &[&str],
 ) -> Result<(String, Vec<(String, String)>), String> {
     let mut taken = Vec::new();
-    for prefix in ["postgresql://", "postgres://"] {
+    for prefix in URI_PREFIXES {
         if let Some(rest) = dsn.strip_prefix(prefix) {
             let Some((head, query)) = rest.split_once('?') else {
                 return Ok((dsn.to_owned(), taken));
