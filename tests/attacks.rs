@@ -10,7 +10,7 @@ mod common;
 
 use common::{
     add_path, bulk_sql, ended, git, model_json, no_worker_left, one_i64, one_text, run_sync,
-    spiff_grants, sqlstate, start_app, wait_for, write, Cluster,
+    spiff_grants, sqlstate, start_app, throttle_of, wait_for, write, Cluster,
 };
 use postgres::Client;
 use std::os::unix::fs::PermissionsExt;
@@ -91,16 +91,12 @@ fn is_superuser(db: &mut Client, role: &str) -> bool {
 
 /// Code of mallory's in SCHEMA that makes mallory a superuser when a superuser runs it, and
 /// records who ran it.
-const EVIL_FUNCTION: &str = "
-CREATE FUNCTION SCHEMA.evil() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO public.evil_log VALUES (current_user);
-    BEGIN
-        EXECUTE 'ALTER ROLE mallory SUPERUSER';
-    EXCEPTION WHEN OTHERS THEN NULL;
-    END;
-    RETURN true;
-END $$;";
+fn evil_function() -> String {
+    format!(
+        "CREATE FUNCTION SCHEMA.evil() RETURNS boolean LANGUAGE plpgsql AS $$ {} $$;",
+        evil_body("mallory", "true")
+    )
+}
 
 /// In SCHEMA, the tables `json_data` and `process_instance` replaced by views that call
 /// mallory's code (the tables stay, renamed, under the views).
@@ -145,7 +141,7 @@ fn an_attached_schemas_owner_cannot_make_a_superuser_run_its_code() {
         .batch_execute("SELECT backfill.attach('m')")
         .unwrap();
     mallory
-        .batch_execute(&format!("{EVIL_FUNCTION}{EVIL_VIEWS}").replace("SCHEMA", "m"))
+        .batch_execute(&format!("{}{EVIL_VIEWS}", evil_function()).replace("SCHEMA", "m"))
         .unwrap();
 
     // Every function of the extension that reads the attached tables, called by a superuser:
@@ -202,7 +198,7 @@ fn an_attached_schemas_owner_cannot_make_a_superuser_run_its_code() {
             "DROP TABLE m2.json_data;
              {}
              CREATE VIEW m2.json_data AS SELECT 'h'::text AS hash, '{{}}'::jsonb AS data WHERE m2.evil();",
-            EVIL_FUNCTION.replace("SCHEMA", "m2")
+            evil_function().replace("SCHEMA", "m2")
         ))
         .unwrap();
     let refused = db
@@ -1194,16 +1190,7 @@ fn sessions_waiting_on_a_lock_are_no_load_for_the_throttle() {
     });
     let job = add_path(&mut db, BULK, "number", "invoice.number");
     assert_eq!(ended(&mut db, job, Duration::from_secs(120)), "succeeded");
-    let prefix = format!("backfill worker: job {job}: ");
-    let (working, paused) = wait_for("the job's throttle line", Duration::from_secs(30), || {
-        let log = cluster.log();
-        let line = log.lines().find(|l| l.contains(&prefix))?;
-        let numbers: Vec<f64> = line[line.find(&prefix)? + prefix.len()..]
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        Some((numbers[1], numbers[2]))
-    });
+    let (working, paused) = throttle_of(&cluster, job);
     assert!(
         paused < 0.25 * working,
         "paused {paused} s after batches of {working} s with only sessions waiting on a lock"

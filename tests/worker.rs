@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    add_path, bulk_sql, in_background, one_i64, one_text, start_app, wait_ended, wait_for,
-    wrong_rows, Cluster,
+    add_path, bulk_sql, in_background, one_i64, one_text, start_app, throttle_of, wait_ended,
+    wait_for, wrong_rows, Cluster,
 };
 use postgres::Client;
 use std::process::Command;
@@ -796,22 +796,6 @@ fn without_lock_timeout_a_worker_batch_waits_ten_seconds_for_a_lock_then_again()
     blocker.batch_execute("ROLLBACK").unwrap();
     assert_eq!(wait_done(&cluster, job), "succeeded");
     assert_complete(&mut db, job, &[("number", "invoice.number")]);
-}
-
-/// The worker's log line for `job`: its batches' time and the throttle's pauses, in seconds.
-fn throttle_of(cluster: &Cluster, job: i64) -> (f64, f64) {
-    let prefix = format!("backfill worker: job {job}: ");
-    wait_for("the job's throttle line", Duration::from_secs(30), || {
-        let log = cluster.log();
-        let line = log.lines().find(|l| l.contains(&prefix))?;
-        let rest = &line[line.find(&prefix)? + prefix.len()..];
-        let numbers: Vec<f64> = rest
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        // "<batches> batches took <working> s; the adaptive throttle paused <paused> s ..."
-        Some((numbers[1], numbers[2]))
-    })
 }
 
 #[test]

@@ -744,3 +744,19 @@ pub fn git(repo: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The worker's log line for `job`: its batches' time and the throttle's pauses, in seconds.
+pub fn throttle_of(cluster: &Cluster, job: i64) -> (f64, f64) {
+    let prefix = format!("backfill worker: job {job}: ");
+    wait_for("the job's throttle line", Duration::from_secs(30), || {
+        let log = cluster.log();
+        let line = log.lines().find(|l| l.contains(&prefix))?;
+        let rest = &line[line.find(&prefix)? + prefix.len()..];
+        let numbers: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // "<batches> batches took <working> s; the adaptive throttle paused <paused> s ..."
+        Some((numbers[1], numbers[2]))
+    })
+}
