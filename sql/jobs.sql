@@ -80,7 +80,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO @extschema@.job (process_model_identifier, paths, overwrite, origin, queued_by, tables_schema)
     VALUES (model, paths, overwrite, origin, queued_by,
-            coalesce((SELECT a.schema_name FROM @extschema@.attachment a), '@extschema@'::regnamespace))
+            coalesce((SELECT a.schema_name FROM @extschema@.attachment a), '@extschema@'))
     RETURNING id
 $$;
 
@@ -146,7 +146,8 @@ SELECT m.id AS model,
 CREATE FUNCTION attachment_set(schema_name regnamespace, attached_by regrole) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO @extschema@.attachment (schema_name, attached_by) VALUES (schema_name, attached_by)
+    INSERT INTO @extschema@.attachment (schema_name, attached_by)
+    SELECT n.nspname, attached_by FROM pg_catalog.pg_namespace n WHERE n.oid = schema_name
     ON CONFLICT (only_one) DO UPDATE
        SET schema_name = EXCLUDED.schema_name, attached_by = EXCLUDED.attached_by,
            attached_at = EXCLUDED.attached_at

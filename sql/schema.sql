@@ -124,8 +124,9 @@ CREATE TABLE job (
     -- upgrade from 0.1.0 adds it there.)
     queued_by regrole NOT NULL,
     -- The schema of the four tables the job reads and writes: backfill's own, or the one
-    -- attached when it was queued. (Last: an upgrade from 0.2.0 adds it there.)
-    tables_schema regnamespace NOT NULL,
+    -- attached when it was queued. (Last: an upgrade from 0.2.0 adds it there.) A name, not a
+    -- regnamespace: pg_upgrade keeps no schema's OID and so refuses a table with that type.
+    tables_schema name NOT NULL,
     -- A job split across workers (backfill.workers_per_job) is a container: `parts` says how
     -- many, and each part is a row of its own with `parent_id` set, the job's paths, role and
     -- tables, its share of the id range (from its initial cursor, exclusive, to its
@@ -155,7 +156,8 @@ CREATE INDEX job_parent_id_idx ON job (parent_id);
 -- The application's tables jobs use instead of the ones above (backfill.attach): at most one
 -- row. Written by the extension only; readable by all.
 CREATE TABLE attachment (
-    schema_name regnamespace NOT NULL,
+    -- A name, as job.tables_schema is (pg_upgrade refuses regnamespace columns).
+    schema_name name NOT NULL,
     attached_by regrole NOT NULL,
     attached_at timestamptz NOT NULL DEFAULT now(),
     only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one)

@@ -1,15 +1,16 @@
 //! `ALTER EXTENSION backfill UPDATE` from every earlier release keeps data, queued jobs and
 //! jobs in progress, and leaves the same objects as a fresh install.
 //!
-//! The install scripts of 0.1.0 to 0.5.0 are frozen in tests/upgrade/ and copied next
+//! The install scripts of 0.1.0 to 0.6.0 are frozen in tests/upgrade/ and copied next
 //! to the current one by scripts/test; the library is the current one (it keeps every C
 //! symbol their scripts name).
 
 mod common;
 
-use common::{bulk_sql, one_i64, one_text, wrong_rows, Cluster};
+use common::{add_path, bulk_sql, one_i64, one_text, wait_ended, wait_for, wrong_rows, Cluster};
 use postgres::Client;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Every object of the extension in schema backfill (a test build adds functions of its own
 /// in schema tests), described in text: functions with their signature, result,
@@ -85,7 +86,10 @@ fn old_data(db: &mut Client, release: &str) -> i64 {
          INSERT INTO backfill.process_instance_metadata
                 (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
          SELECT i.id, 'status',
-                backfill.extract_metadata(backfill.latest_task_data(i.id),
+                backfill.extract_metadata(
+                    (SELECT d.data FROM backfill.task t JOIN backfill.json_data d ON d.hash = t.json_data_hash
+                      WHERE t.process_instance_id = i.id AND t.state = 'COMPLETED'
+                      ORDER BY t.end_in_seconds DESC NULLS LAST, t.guid DESC LIMIT 1),
                                           '[{{\"key\": \"status\", \"path\": \"invoice.status\"}}]') ->> 'status',
                 0, 0
            FROM backfill.process_instance i
@@ -120,7 +124,7 @@ fn jobs_complete_and_catalog_matches(cluster: &Cluster, db: &mut Client, rows_be
     assert_eq!(
         one_i64(
             db,
-            "SELECT count(*) FROM backfill.job WHERE tables_schema <> 'backfill'::regnamespace"
+            "SELECT count(*) FROM backfill.job WHERE tables_schema <> 'backfill'"
         ),
         0
     );
@@ -287,4 +291,165 @@ fn update_from_0_5_0_keeps_data_jobs_and_grants_and_matches_a_fresh_install() {
         "true"
     );
     jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+#[test]
+fn update_from_0_6_0_holds_schemas_by_name_keeps_grants_and_matches_a_fresh_install() {
+    let (cluster, mut db, rows_before) = old_release("upgrade-0.6", "0.6.0");
+    // A job on tables whose schema needs quoting, and one whose schema was dropped since.
+    db.batch_execute(
+        r#"CREATE SCHEMA "Odd ""App"".vx";
+           CREATE SCHEMA gone;
+           INSERT INTO backfill.job (process_model_identifier, paths, overwrite, origin, state,
+                                     queued_by, tables_schema)
+           VALUES ('x', '[]', false, 'manual', 'cancelled', 'postgres', '"Odd ""App"".vx"'::regnamespace),
+                  ('y', '[]', false, 'manual', 'cancelled', 'postgres', 'gone'::regnamespace);
+           DROP SCHEMA gone;
+           INSERT INTO backfill.attachment (schema_name, attached_by)
+           VALUES ('"Odd ""App"".vx"'::regnamespace, 'postgres');"#,
+    )
+    .unwrap();
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT string_agg(tables_schema, ' | ' ORDER BY id) FROM backfill.job WHERE id > 2"
+        )
+        .replace(|c: char| c.is_ascii_digit(), "N"),
+        r#"Odd "App".vx | NNNNN"#
+    );
+    assert_eq!(
+        one_text(&mut db, "SELECT schema_name::text FROM backfill.attachment"),
+        r#"Odd "App".vx"#
+    );
+    // Nothing of the extension's is of a type pg_upgrade refuses.
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+              WHERE c.relnamespace = 'backfill'::regnamespace AND a.attnum > 0
+                AND a.atttypid IN ('regcollation'::regtype, 'regconfig'::regtype,
+                                   'regdictionary'::regtype, 'regnamespace'::regtype,
+                                   'regoper'::regtype, 'regoperator'::regtype,
+                                   'regproc'::regtype, 'regprocedure'::regtype)"
+        ),
+        0
+    );
+    db.batch_execute("DELETE FROM backfill.job WHERE id > 2; DELETE FROM backfill.attachment")
+        .unwrap();
+    // What was granted on the progress view, which the update makes again, holds (in a
+    // database of its own: a grant taken back leaves an ACL a fresh install does not have).
+    let mut granted = cluster.create_db("granted");
+    granted
+        .batch_execute(
+            "DROP EXTENSION backfill;
+             CREATE EXTENSION backfill VERSION '0.6.0';
+             CREATE ROLE upgrade_watcher;
+             CREATE ROLE upgrade_delegate;
+             GRANT SELECT ON backfill.progress TO upgrade_watcher;
+             GRANT SELECT ON backfill.progress TO upgrade_delegate WITH GRANT OPTION;
+             ALTER EXTENSION backfill UPDATE;",
+        )
+        .unwrap();
+    assert_eq!(
+        one_text(
+            &mut granted,
+            "SELECT has_table_privilege('upgrade_watcher', 'backfill.progress', 'SELECT')::text
+                    || ' ' || has_table_privilege('upgrade_delegate', 'backfill.progress', 'SELECT WITH GRANT OPTION')::text
+                    || ' ' || has_table_privilege('upgrade_watcher', 'backfill.progress', 'SELECT WITH GRANT OPTION')::text"
+        ),
+        "true true false"
+    );
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+/// The package upgraded and the server restarted, `ALTER EXTENSION backfill UPDATE` not run
+/// yet: this build's library on a database whose objects are 0.6.0's. The library says so, in
+/// the log once, in check_worker and in every function's error, with what to run; the model
+/// updates of the application still queue jobs, which wait for the update and then run.
+#[test]
+fn a_library_newer_than_the_objects_says_so_and_its_jobs_wait_for_the_update() {
+    let cluster = Cluster::start("behind", &["log_min_messages = debug1"]);
+    let (mut db, notices) = cluster.create_db_with_notices("old");
+    db.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.6.0'")
+        .unwrap();
+    db.batch_execute(&bulk_sql(300)).unwrap();
+    let behind = format!(
+        "database \"old\" has backfill 0.6.0; the server runs backfill {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let hint = "Run ALTER EXTENSION backfill UPDATE in database \"old\"";
+
+    notices.lock().unwrap().clear();
+    assert!(!db
+        .query_one("SELECT backfill.check_worker()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    let said = notices.lock().unwrap().join("\n");
+    assert!(said.contains(&behind) && said.contains(hint), "{said}");
+
+    for call in [
+        "SELECT backfill.enqueue('bulk/model')",
+        "SELECT backfill.wait(1)",
+        "SELECT backfill.cancel(1)",
+        "SELECT backfill.count_coverage()",
+        "SELECT backfill.latest_task_data(1)",
+        "SELECT * FROM backfill.preview('bulk/model', '[{\"key\": \"n\", \"path\": \"invoice.number\"}]')",
+        "SELECT * FROM backfill.preview_summary('bulk/model', '[{\"key\": \"n\", \"path\": \"invoice.number\"}]')",
+        "CALL backfill.run(1)",
+        "SELECT backfill.attach('public')",
+        "SELECT backfill.detach()",
+    ] {
+        let e = db.batch_execute(call).unwrap_err();
+        let e = e.as_db_error().unwrap_or_else(|| panic!("{call}: {e}"));
+        assert_eq!(e.code().code(), "55000", "{call}: {}", e.message());
+        assert_eq!(e.message(), behind, "{call}");
+        assert!(e.hint().unwrap_or_default().starts_with(hint), "{call}");
+    }
+
+    // The application's model updates work and queue jobs; each asks for a worker, which
+    // leaves the database: the log says why once.
+    let jobs: Vec<i64> = [
+        ("n", "invoice.number"),
+        ("s", "invoice.status"),
+        ("t", "invoice.total"),
+    ]
+    .iter()
+    .map(|(key, path)| add_path(&mut db, "bulk/model", key, path))
+    .collect();
+    let left = "backfill worker leaves database \"old\": its extension objects are not those of the library";
+    wait_for(
+        "three workers to come and leave",
+        Duration::from_secs(120),
+        || (cluster.log().matches(left).count() >= 3).then_some(()),
+    );
+    let log = cluster.log();
+    assert_eq!(
+        log.matches(&format!("LOG:  backfill worker: {behind}; its jobs wait."))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        one_i64(
+            &mut db,
+            "SELECT count(*) FROM backfill.job WHERE state = 'queued'"
+        ),
+        3
+    );
+
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert!(db
+        .query_one("SELECT backfill.check_worker()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    for (job, (key, path)) in jobs.iter().zip([
+        ("n", "invoice.number"),
+        ("s", "invoice.status"),
+        ("t", "invoice.total"),
+    ]) {
+        assert_eq!(wait_ended(&cluster, "old", *job), "succeeded");
+        assert_eq!(wrong_rows(&mut db, "bulk/model", key, path), 0);
+    }
 }

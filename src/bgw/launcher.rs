@@ -27,6 +27,14 @@ pub fn init() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
+    // pg_upgrade starts the old server and the new one in binary-upgrade mode (more than once)
+    // while it copies their files: a batch then would move a job on a server it is copying.
+    // The postmaster reads its options (-b) before it loads this library.
+    // SAFETY: reading a postmaster global set from its options.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        log!("{LAUNCHER_TYPE} not started: the server is in binary-upgrade mode (pg_upgrade)");
+        return;
+    }
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("backfill")

@@ -11,8 +11,8 @@ use super::lock_waits::{LockWaits, LOCK_AWAY_SECONDS};
 use super::session::{fix_session_settings, in_own_transaction, reload_config_if_asked};
 use super::trouble::{leave_for_a_while, Trouble};
 use crate::job::{self, store};
-use crate::pg::query;
 use crate::pg::settings;
+use crate::pg::version;
 use crate::shmem::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -40,6 +40,10 @@ pub extern "C-unwind" fn backfill_worker_main(slot: pg_sys::Datum) {
         worker.serve();
     }
 }
+
+/// How soon a worker comes back to a database whose objects are another version's while it
+/// has unfinished jobs: they resume this soon after `ALTER EXTENSION backfill UPDATE`.
+const VERSION_LOOK_AGAIN_SECONDS: u64 = 10;
 
 /// A worker's state across the turns of its loop.
 struct Worker {
@@ -120,9 +124,29 @@ impl Worker {
     }
 
     fn turn(&mut self) -> Next {
-        match in_own_transaction(extension_installed) {
-            Ok(true) => self.announce(),
-            Ok(false) => {
+        match in_own_transaction(installed_objects) {
+            Ok(Objects::Current) => {
+                shmem::version_matches(self.database.to_u32());
+                self.announce();
+            }
+            Ok(Objects::Other { message, hint }) => {
+                // The library's statements would fail on the older tables: nothing runs here
+                // until ALTER EXTENSION backfill UPDATE (a look once a minute finds out).
+                if shmem::version_mismatch_to_say(self.database.to_u32()) {
+                    log!("{BACKEND_TYPE}: {message}; its jobs wait. {hint}");
+                }
+                debug1!(
+                    "{BACKEND_TYPE} leaves database \"{}\": its extension objects are not those of the library",
+                    self.name
+                );
+                // Jobs waiting for the update start soon after it, not at the next minute's
+                // look. (The query reads what every version's job table has.)
+                if in_own_transaction(store::any_unfinished).unwrap_or(false) {
+                    shmem::request_later(self.database, VERSION_LOOK_AGAIN_SECONDS);
+                }
+                return Next::Exit;
+            }
+            Ok(Objects::None) => {
                 // The launcher's pass over every database at its start meets many of these.
                 debug1!(
                     "{BACKEND_TYPE}: extension backfill is not installed in database \"{}\"; exiting",
@@ -262,9 +286,25 @@ pub(super) fn database_name() -> String {
         .into_owned()
 }
 
-pub(super) fn extension_installed() -> bool {
-    query::optional_value::<i32>("SELECT 1 FROM pg_extension WHERE extname = 'backfill'", &[])
-        .is_some()
+/// The extension's objects in the database, as the library sees them.
+pub(super) enum Objects {
+    None,
+    Current,
+    /// Another version's: what the log says, and what to do.
+    Other {
+        message: String,
+        hint: String,
+    },
+}
+
+pub(super) fn installed_objects() -> Objects {
+    match version::installed() {
+        None => Objects::None,
+        Some(installed) => match version::mismatch(&installed) {
+            None => Objects::Current,
+            Some((message, hint)) => Objects::Other { message, hint },
+        },
+    }
 }
 
 /// What this database's unfinished jobs ask of a worker.

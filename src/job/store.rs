@@ -151,7 +151,9 @@ pub fn unfinished_elsewhere(schema: Oid) -> i64 {
     as_job_table_owner(|| {
         optional_value::<i64>(
             "SELECT count(*) FROM backfill.job
-              WHERE state IN ('queued', 'running') AND tables_schema <> $1",
+              WHERE state IN ('queued', 'running')
+                AND tables_schema IS DISTINCT FROM
+                    (SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = $1)",
             &[schema.into()],
         )
     })
@@ -300,7 +302,9 @@ pub fn lock_owed_coverage(job_id: i64) -> Option<CoverageOwed> {
             let rows = client.update(
                 "SELECT process_model_identifier,
                         ARRAY(SELECT p ->> 'key' FROM jsonb_array_elements(paths) AS p),
-                        tables_schema::oid, queued_by::oid
+                        (SELECT n.oid FROM pg_catalog.pg_namespace n
+                          WHERE n.nspname = job.tables_schema),
+                        queued_by::oid
                    FROM backfill.job
                   WHERE id = $1 AND coverage_due AND state = 'succeeded'
                     FOR UPDATE SKIP LOCKED",
@@ -391,7 +395,8 @@ pub fn lock_sql(find: Find, skip_locked: bool) -> String {
         "SELECT process_model_identifier, state, paths, instances_total,
                 max_instance_id, last_instance_id, instances_processed,
                 set_config('synchronous_commit', 'off', true), ctid, queued_by,
-                tables_schema, parent_id, parts,
+                (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = job.tables_schema),
+                parent_id, parts,
                 (SELECT p.state FROM backfill.job p WHERE p.id = job.parent_id)
            FROM backfill.job WHERE {}id = $1 {}",
         match find {

@@ -1,5 +1,6 @@
 //! Infrastructure over PostgreSQL: errors with their SQLSTATEs, subtransactions, whose privileges,
-//! the settings, SPI helpers, and the four tables a job reads and writes.
+//! the settings, SPI helpers, the four tables a job reads and writes, and whether a database's
+//! objects are the loaded library's.
 
 pub mod citus;
 pub mod error;
@@ -11,4 +12,5 @@ pub mod table_checks;
 pub mod table_code;
 pub mod table_owners;
 pub mod tables;
+pub mod version;
 pub mod window;

@@ -169,7 +169,7 @@ impl Tables {
     fn read(schema: Oid) -> Result<Tables, Unusable> {
         let schema_name = schema_name(schema).ok_or_else(|| Unusable {
             code: PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-            message: format!("schema with OID {} does not exist", schema.to_u32()),
+            message: "the schema of the tables no longer exists (it was dropped or renamed)".into(),
             hint: "Attach the schema that holds the tables again, or detach.".into(),
         })?;
         let columns = read_columns(schema);
@@ -311,12 +311,15 @@ thread_local! {
 }
 
 /// The schema of the tables a job queued now would use: the attached one, or backfill.
+/// `Oid::INVALID` when the attached schema is gone (dropped, or renamed: the attachment
+/// holds its name), which `Tables::of_schema` then says.
 pub fn current_schema() -> Oid {
     query::optional_value::<Oid>(
-        "SELECT coalesce((SELECT a.schema_name FROM backfill.attachment a), 'backfill'::regnamespace)::oid",
+        "SELECT n.oid FROM pg_catalog.pg_namespace n
+          WHERE n.nspname = coalesce((SELECT a.schema_name FROM backfill.attachment a), 'backfill')",
         &[],
     )
-    .unwrap_or_else(|| error!("backfill: no schema for the tables"))
+    .unwrap_or(Oid::INVALID)
 }
 
 impl Tables {

@@ -1,7 +1,8 @@
 //! What backends, the launcher and the workers share in shared memory: the launcher's latch,
 //! one slot per worker (its database, state, pid and latch), and the databases waiting for a
 //! worker; waking a worker at commit and sleeping on a latch; the batch turn; the load the
-//! throttle reads; why no worker would run a job; the jobs waiting out a lock.
+//! throttle reads; why no worker would run a job; the jobs waiting out a lock; the databases
+//! whose objects are another version's.
 
 mod diagnostics;
 mod latch;
@@ -11,6 +12,7 @@ mod registry;
 mod requests;
 mod slots;
 mod turn;
+mod version_notes;
 
 pub use diagnostics::*;
 pub use latch::*;
@@ -20,3 +22,4 @@ pub use registry::{init, launcher_gone, launcher_ready, Purpose, LAUNCHER_TYPE, 
 pub use requests::*;
 pub use slots::*;
 pub use turn::*;
+pub use version_notes::*;

@@ -115,6 +115,9 @@ pub struct Registry {
     pub(super) lock_note_database: [AtomicU32; REQUEST_SLOTS],
     pub(super) lock_note_since: [AtomicI64; REQUEST_SLOTS],
     pub(super) lock_note_said: [AtomicI64; REQUEST_SLOTS],
+    /// Databases the log has said hold another version's objects (0: empty): see
+    /// `version_notes`.
+    pub(super) version_note_database: [AtomicU32; REQUEST_SLOTS],
 }
 
 impl Default for Registry {
@@ -134,6 +137,7 @@ impl Default for Registry {
             lock_note_database: std::array::from_fn(|_| AtomicU32::new(0)),
             lock_note_since: std::array::from_fn(|_| AtomicI64::new(0)),
             lock_note_said: std::array::from_fn(|_| AtomicI64::new(0)),
+            version_note_database: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::pg::error::{self, report_with_hint, require_primary, required};
 use crate::pg::privilege;
 use crate::pg::query;
 use crate::pg::tables::{Table, Tables};
+use crate::pg::version;
 use pgrx::prelude::*;
 
 /// From now on, jobs of this database read and write the tables of `schema_name` (an
@@ -13,6 +14,7 @@ use pgrx::prelude::*;
 /// lookups want when none serves them.
 #[pg_extern(volatile)]
 fn attach(schema_name: Option<&str>) {
+    version::require_current_objects();
     require_primary("backfill.attach");
     let name = required(schema_name, "backfill.attach", "schema_name");
     let c_name = std::ffi::CString::new(name).unwrap_or_default();
@@ -77,6 +79,7 @@ fn attach(schema_name: Option<&str>) {
 /// Allowed to whoever attached the tables, their owner, or a superuser.
 #[pg_extern(volatile)]
 fn detach() {
+    version::require_current_objects();
     require_primary("backfill.detach");
     let attached = query::optional_value::<pg_sys::Oid>(
         "SELECT attached_by::oid FROM backfill.attachment",
@@ -87,7 +90,8 @@ fn detach() {
         return;
     };
     let owns_tables = query::optional_value::<pg_sys::Oid>(
-        "SELECT schema_name::oid FROM backfill.attachment",
+        "SELECT n.oid FROM backfill.attachment a
+           JOIN pg_catalog.pg_namespace n ON n.nspname = a.schema_name",
         &[],
     )
     .and_then(|schema| Tables::of_schema(schema).ok())

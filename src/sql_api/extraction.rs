@@ -15,6 +15,7 @@ use crate::pg::privilege;
 use crate::pg::settings;
 use crate::pg::subxact::sqlstate_text;
 use crate::pg::tables::{Table, Tables};
+use crate::pg::version;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{Map, Value};
@@ -53,6 +54,7 @@ fn render_value(value: JsonbArg) -> Option<String> {
 /// another role controls).
 #[pg_extern(stable, parallel_unsafe)]
 fn latest_task_data(process_instance_id: Option<i64>) -> JsonbResult {
+    version::require_current_objects_once();
     let (tables, reader) = Tables::current_for_caller(&[Table::Tasks, Table::Data]);
     let sql = format!(
         "SELECT coalesce(d.data::jsonb, '{{}}') FROM (SELECT $1::bigint AS id) AS b {}",

@@ -6,6 +6,7 @@ use crate::job::{self, store, JobPath, JobState, Origin};
 use crate::pg::error::{self, invalid_parameter, report_with_hint, require_primary, required};
 use crate::pg::query;
 use crate::pg::tables::{Table, Tables};
+use crate::pg::version;
 use crate::shmem;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -22,6 +23,7 @@ fn enqueue(
     not_before: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> i64 {
     const ENQUEUE: &str = "backfill.enqueue";
+    version::require_current_objects();
     require_primary(ENQUEUE);
     let process_model_identifier = required(
         process_model_identifier,
@@ -106,6 +108,7 @@ pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
 /// coverage view; the number of keys counted.
 #[pg_extern(volatile)]
 fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i64 {
+    version::require_current_objects();
     require_primary("backfill.count_coverage");
     let models = Spi::connect(|client| {
         client
@@ -149,7 +152,8 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    match shmem::problem() {
+    let behind = version::installed().and_then(|installed| version::mismatch(&installed));
+    match behind.or_else(shmem::problem) {
         None => true,
         Some((message, hint)) => {
             report_with_hint(
@@ -172,6 +176,7 @@ fn worker_pid() -> Option<i32> {
 /// Stops a queued or running job at its next batch boundary. False when it had already ended.
 #[pg_extern(volatile)]
 fn cancel(job_id: Option<i64>) -> bool {
+    version::require_current_objects();
     require_primary("backfill.cancel");
     job::cancel(required(job_id, "backfill.cancel", "job_id"))
 }
@@ -181,6 +186,7 @@ fn cancel(job_id: Option<i64>) -> bool {
 /// it is in then (the coverage view's count_pending says whether a count is still to come).
 #[pg_extern(volatile)]
 fn wait(job_id: Option<i64>, timeout: default!(Option<Interval>, "'60 s'")) -> String {
+    version::require_current_objects();
     let job_id = required(job_id, "backfill.wait", "job_id");
     let timeout = required(timeout, "backfill.wait", "timeout");
     // SAFETY: reading the isolation level of the current transaction.

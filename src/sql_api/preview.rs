@@ -10,6 +10,7 @@ use crate::pg::privilege::as_role;
 use crate::pg::query;
 use crate::pg::subxact::in_subtransaction;
 use crate::pg::tables::{Table, Tables};
+use crate::pg::version;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -151,6 +152,7 @@ fn previewed(
     paths: Option<JsonB>,
     sample: Option<i32>,
 ) -> Option<Sampled> {
+    version::require_current_objects();
     let model = required(
         process_model_identifier,
         function,

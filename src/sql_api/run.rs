@@ -5,6 +5,7 @@ use crate::batch::{self, Batch, Begin, Runner};
 use crate::job::{self, store, JobState};
 use crate::pg::error::{self, require_primary, required};
 use crate::pg::settings;
+use crate::pg::version;
 use crate::shmem;
 use pgrx::prelude::*;
 
@@ -35,6 +36,7 @@ pub(super) fn held_for(job_id: i64) -> i64 {
 /// why not.
 #[pg_extern(volatile)]
 fn run_begin(job_id: Option<i64>) -> bool {
+    version::require_current_objects();
     require_primary("backfill.run");
     let job_id = required(job_id, "backfill.run", "job_id");
     job::check_acts_for(job_id, "run");

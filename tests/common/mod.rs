@@ -27,15 +27,22 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
     bindir: PathBuf,
+    libdir: PathBuf,
+    /// The lines the test added to postgresql.conf (the port aside).
+    conf: Vec<String>,
     running: bool,
 }
 
-fn pg_config(arg: &str) -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".to_owned());
-    let out = Command::new(&pg_config)
+/// The pg_config of the server the tests use (scripts/lib.sh's use_major exports it).
+pub fn default_pg_config() -> PathBuf {
+    PathBuf::from(std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".to_owned()))
+}
+
+fn pg_config_of(pg_config: &Path, arg: &str) -> PathBuf {
+    let out = Command::new(pg_config)
         .arg(arg)
         .output()
-        .expect("pg_config runs");
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", pg_config.display()));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -49,12 +56,18 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-/// Runs a PostgreSQL program as the cluster's (non-root) owner.
-fn run_as_owner(program: &Path, args: &[&str]) -> Output {
+/// Runs a PostgreSQL program as the cluster's (non-root) owner, with the libraries of
+/// `libdir` (its server's), from /.
+fn run_as_owner(libdir: &Path, program: &Path, args: &[&str]) -> Output {
+    run_as_owner_in(Path::new("/"), libdir, program, args)
+}
+
+/// `run_as_owner` from directory `cwd`.
+fn run_as_owner_in(cwd: &Path, libdir: &Path, program: &Path, args: &[&str]) -> Output {
     // The server's own libpq first: the relocatable servers the tests use for 16 to 18 load
     // libpqwalreceiver.so with a run path that does not exist here, which would find Debian's
     // libpq 15 and refuse a newer pg_basebackup's primary_conninfo (sslnegotiation).
-    let library_path = format!("LD_LIBRARY_PATH={}", pg_config("--libdir").display());
+    let library_path = format!("LD_LIBRARY_PATH={}", libdir.display());
     let mut cmd = if is_root() {
         let mut c = Command::new("sudo");
         c.args(["-n", "-u", "postgres", "--", "env", &library_path])
@@ -65,8 +78,8 @@ fn run_as_owner(program: &Path, args: &[&str]) -> Output {
         c.arg(&library_path).arg(program);
         c
     };
-    // From /: the account may not be allowed into the test's current directory.
-    cmd.current_dir("/")
+    // Not the test's current directory: the account may not be allowed into it.
+    cmd.current_dir(cwd)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
@@ -121,6 +134,19 @@ fn new_data_dir(root: &Path, name: &str) -> PathBuf {
 impl Cluster {
     /// initdb + start, with `extra_conf` lines appended to postgresql.conf.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        Cluster::start_on(&default_pg_config(), name, extra_conf)
+    }
+
+    /// `start` with the server whose pg_config is `pg_config`.
+    pub fn start_on(pg_config: &Path, name: &str, extra_conf: &[&str]) -> Cluster {
+        let mut cluster = Cluster::init_on(pg_config, name, extra_conf);
+        cluster.pg_start();
+        cluster
+    }
+
+    /// A new data directory (initdb) with the test's settings, not started.
+    fn init_on(pg_config: &Path, name: &str, extra_conf: &[&str]) -> Cluster {
+        let pg_config = |arg| pg_config_of(pg_config, arg);
         let sharedir = pg_config("--sharedir");
         assert!(
             sharedir.join("extension/backfill.control").exists(),
@@ -141,10 +167,12 @@ impl Cluster {
         }
         let dir = new_data_dir(&root, name);
         let bindir = pg_config("--bindir");
+        let libdir = pg_config("--libdir");
         let dir_text = dir.to_str().unwrap().to_owned();
         check(
             "initdb",
             run_as_owner(
+                &libdir,
                 &bindir.join("initdb"),
                 &[
                     "-D",
@@ -161,7 +189,6 @@ impl Cluster {
         );
         let port = free_port();
         let mut conf = vec![
-            format!("port = {port}"),
             "listen_addresses = '127.0.0.1'".to_owned(),
             "unix_socket_directories = ''".to_owned(),
             "shared_preload_libraries = 'backfill'".to_owned(),
@@ -174,30 +201,75 @@ impl Cluster {
         conf.extend(extra_conf.iter().map(|s| s.to_string()));
         let conf_path = dir.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf_path).unwrap();
-        text.push_str("\n# test cluster\n");
+        text.push_str(&format!("\n# test cluster\nport = {port}\n"));
         text.push_str(&conf.join("\n"));
         text.push('\n');
         fs::write(&conf_path, text).unwrap();
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             port,
             bindir,
+            libdir,
+            conf,
             running: false,
-        };
-        cluster.pg_start();
-        cluster
+        }
+    }
+
+    /// pg_upgrade of this (stopped) cluster to the server of `pg_config`, as a DBA runs it:
+    /// `--check` first, then the upgrade (`--copy`: this cluster stays as it was). The new
+    /// cluster has this one's settings and is not started. Panics with pg_upgrade's output
+    /// when either run fails.
+    pub fn pg_upgrade_to(&self, pg_config: &Path, name: &str) -> Cluster {
+        assert!(!self.running, "pg_upgrade needs the old cluster stopped");
+        let conf: Vec<&str> = self.conf.iter().map(String::as_str).collect();
+        let new = Cluster::init_on(pg_config, name, &conf);
+        // pg_upgrade writes its scripts into the current directory and needs it writable.
+        let root = self.dir.parent().unwrap();
+        let work = new_data_dir(root, &format!("{name}-work"));
+        let (old_port, new_port) = (free_port().to_string(), free_port().to_string());
+        let (old_data, new_data) = (self.dir.to_str().unwrap(), new.dir.to_str().unwrap());
+        let (old_bin, new_bin) = (self.bindir.to_str().unwrap(), new.bindir.to_str().unwrap());
+        for check_only in [true, false] {
+            let mut args = vec![
+                "-b", old_bin, "-B", new_bin, "-d", old_data, "-D", new_data, "-p", &old_port,
+                "-P", &new_port, "-U", "postgres", "--copy",
+            ];
+            if check_only {
+                args.push("--check");
+            }
+            let out = run_as_owner_in(&work, &new.libdir, &new.bindir.join("pg_upgrade"), &args);
+            let output_dir = new.dir.join("pg_upgrade_output.d");
+            assert!(
+                out.status.success(),
+                "pg_upgrade{} failed:\n{}\n{}\n(its logs: {})",
+                if check_only { " --check" } else { "" },
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                output_dir.display()
+            );
+        }
+        let _ = fs::remove_dir_all(&work);
+        new
     }
 
     pub fn pg_start(&mut self) {
+        self.pg_start_with("");
+    }
+
+    /// Starts the server with `options` for the postmaster (pg_ctl -o: "-c name=value ...").
+    pub fn pg_start_with(&mut self, options: &str) {
         let dir = self.dir.to_str().unwrap().to_owned();
         let log = self.dir.join("server.log");
         let out = run_as_owner(
+            &self.libdir,
             &self.bindir.join("pg_ctl"),
             &[
                 "-D",
                 &dir,
                 "-l",
                 log.to_str().unwrap(),
+                "-o",
+                options,
                 "-w",
                 "-t",
                 "60",
@@ -215,7 +287,11 @@ impl Cluster {
         let dir = self.dir.to_str().unwrap().to_owned();
         check(
             "pg_ctl promote",
-            run_as_owner(&self.bindir.join("pg_ctl"), &["-D", &dir, "-w", "promote"]),
+            run_as_owner(
+                &self.libdir,
+                &self.bindir.join("pg_ctl"),
+                &["-D", &dir, "-w", "promote"],
+            ),
         );
     }
 
@@ -225,6 +301,7 @@ impl Cluster {
         check(
             "pg_ctl stop",
             run_as_owner(
+                &self.libdir,
                 &self.bindir.join("pg_ctl"),
                 &["-D", &dir, "-m", mode, "-w", "-t", "60", "stop"],
             ),
@@ -239,7 +316,7 @@ impl Cluster {
     /// Runs PostgreSQL's program `name` (pg_dump, pg_restore, ...) as the cluster's owner;
     /// its output, whatever its exit status.
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
-        run_as_owner(&self.bindir.join(name), args)
+        run_as_owner(&self.libdir, &self.bindir.join(name), args)
     }
 
     /// A hot standby of this cluster (pg_basebackup, streaming), started on a port of its
@@ -280,6 +357,8 @@ impl Cluster {
             dir,
             port,
             bindir: self.bindir.clone(),
+            libdir: self.libdir.clone(),
+            conf: self.conf.clone(),
             running: false,
         };
         standby.pg_start();
@@ -441,6 +520,7 @@ impl Drop for Cluster {
         if self.running {
             let dir = self.dir.to_str().unwrap().to_owned();
             let _ = run_as_owner(
+                &self.libdir,
                 &self.bindir.join("pg_ctl"),
                 &["-D", &dir, "-m", "immediate", "-w", "stop"],
             );
