@@ -5,6 +5,7 @@
 //! binary jsonb with PostgreSQL's own lookup, and only the value found is converted. A json
 //! argument is lent as its text, for `jsontext` to read.
 
+use crate::extract::found::{BUILT_VALUES, KEPT_CODE_POINTS};
 use crate::extract::value::{PyStr, Value as PyValue};
 use indexmap::IndexMap;
 use pgrx::callconv::{Arg, ArgAbi};
@@ -212,10 +213,21 @@ impl JsonbArg {
         unsafe { &raw mut (*self.jsonb.as_ptr()).root }
     }
 
+    /// The size of the document in bytes (binary jsonb, about its text's size).
+    pub fn bytes(&self) -> usize {
+        // SAFETY: `jsonb` points at a detoasted varlena for the whole call (4-byte header).
+        unsafe { pgrx::varsize_any(self.jsonb.as_ptr().cast()) }
+    }
+
     /// The value at a dotted path (objects only), or `None` when nothing is there. Any depth
     /// of document works: the walk follows the path in place, without converting what it
     /// passes, and converts what it finds without recursion.
-    pub fn lookup_dotted(&self, segments: &[String]) -> Option<PyValue> {
+    ///
+    /// Only what rendering can show of the value found is converted (`found`'s rule: its first
+    /// BUILT_VALUES values, of a string its first KEPT_CODE_POINTS code points), with a
+    /// stand-in as deep as the rest where the value is nested deeper than `str_depth` (Python's
+    /// `str()` of it fails however much is shown).
+    pub fn lookup_dotted(&self, segments: &[String], str_depth: usize) -> Option<PyValue> {
         let mut container = self.root();
         let (last, parents) = segments.split_last()?;
         for segment in parents {
@@ -228,31 +240,29 @@ impl JsonbArg {
         }
         object_member(container, last).map(|found| match found.type_ {
             // SAFETY: a jbvBinary value carries a container.
-            pg_sys::jbvType::jbvBinary => {
-                convert(unsafe { found.val.binary.data }, Deeper::Keep).unwrap_or(PyValue::Null)
-            }
-            _ => scalar(&found),
+            pg_sys::jbvType::jbvBinary => shown(unsafe { found.val.binary.data }, str_depth),
+            _ => scalar(&found, KEPT_CODE_POINTS),
         })
     }
 
     /// The whole document.
     pub fn to_value(&self) -> PyValue {
-        convert(self.root(), Deeper::Keep).unwrap_or(PyValue::Null)
+        convert(self.root(), Deeper::Keep, usize::MAX).map_or(PyValue::Null, |(value, _)| value)
     }
 
     /// The whole document as serde_json's value, containers below CAPPED_DEPTH levels replaced
     /// by empty arrays: enough to read metadata_extraction_paths (two levels down) however
     /// deep a hostile value goes.
     pub fn to_serde_capped(&self) -> serde_json::Value {
-        convert(self.root(), Deeper::Empty(CAPPED_DEPTH))
-            .unwrap_or(PyValue::Null)
+        convert(self.root(), Deeper::Empty(CAPPED_DEPTH), usize::MAX)
+            .map_or(PyValue::Null, |(value, _)| value)
             .to_serde()
     }
 
     /// The whole document for JSONPath evaluation, and how deep it is nested; `TooDeep` when
     /// more than `limit` containers are nested in one another.
     pub fn to_serde_within(&self, limit: usize) -> Result<(serde_json::Value, usize), TooDeep> {
-        let value = convert(self.root(), Deeper::Refuse(limit))?;
+        let (value, _) = convert(self.root(), Deeper::Refuse(limit), usize::MAX)?;
         let depth = value.str_levels();
         Ok((value.to_serde(), depth))
     }
@@ -279,11 +289,74 @@ enum Open {
     Dict(IndexMap<PyStr, PyValue>, PyStr),
 }
 
+/// What rendering can show of a container: its first BUILT_VALUES values; when there were
+/// more and it is nested deeper than `str_depth`, with a stand-in for the rest as deep as it
+/// (last, where no rendering reaches), so that `str()`'s limit applies as to the whole.
+fn shown(container: *mut pg_sys::JsonbContainer, str_depth: usize) -> PyValue {
+    let Ok((mut value, cut)) = convert(container, Deeper::Keep, BUILT_VALUES) else {
+        return PyValue::Null;
+    };
+    if cut {
+        let levels = levels_of(container);
+        if levels > str_depth {
+            let mut stand_in = PyValue::List(Vec::new());
+            for _ in 2..levels {
+                stand_in = PyValue::List(vec![stand_in]);
+            }
+            match &mut value {
+                PyValue::List(items) => items.push(stand_in),
+                PyValue::Dict(members) => {
+                    // jsonb holds no U+0000: no key of the document is this one.
+                    members.insert(PyStr::from("\0"), stand_in);
+                }
+                _ => {}
+            }
+        }
+    }
+    value
+}
+
+/// `Value::str_levels` of a container, read in place: one pass, no copy.
+fn levels_of(container: *mut pg_sys::JsonbContainer) -> usize {
+    use pg_sys::JsonbIteratorToken as T;
+    let (mut depth, mut levels) = (0usize, 0usize);
+    // SAFETY: as in `convert`: the container lives for the call, values are read by their tag.
+    unsafe {
+        let mut iterator = pg_sys::JsonbIteratorInit(container);
+        let mut slot = MaybeUninit::<pg_sys::JsonbValue>::zeroed();
+        loop {
+            match pg_sys::JsonbIteratorNext(&mut iterator, slot.as_mut_ptr(), false) {
+                T::WJB_DONE => return levels,
+                T::WJB_BEGIN_ARRAY if slot.assume_init_ref().val.array.rawScalar => {}
+                T::WJB_BEGIN_ARRAY | T::WJB_BEGIN_OBJECT => {
+                    depth += 1;
+                    levels = levels.max(depth);
+                }
+                T::WJB_END_ARRAY | T::WJB_END_OBJECT => depth = depth.saturating_sub(1),
+                T::WJB_VALUE | T::WJB_ELEM => levels = levels.max(depth + 1),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Converts a container with jsonb's iterator and a stack of its own: no recursion, however
-/// deep the document. Objects keep jsonb's key order.
-fn convert(container: *mut pg_sys::JsonbContainer, deeper: Deeper) -> Result<PyValue, TooDeep> {
+/// deep the document. Objects keep jsonb's key order. At most `budget` values are converted,
+/// and strings are then cut to KEPT_CODE_POINTS code points; the flag says whether any value
+/// was left out.
+fn convert(
+    container: *mut pg_sys::JsonbContainer,
+    deeper: Deeper,
+    budget: usize,
+) -> Result<(PyValue, bool), TooDeep> {
     use pg_sys::JsonbIteratorToken as T;
     let mut stack: Vec<Open> = Vec::new();
+    let mut converted = 0usize;
+    let keep_chars = if budget == usize::MAX {
+        usize::MAX
+    } else {
+        KEPT_CODE_POINTS
+    };
     // SAFETY: the container lives for the whole call; the iterator and its values point into
     // it, and each value is read only for the type tag that selects its union member.
     unsafe {
@@ -298,8 +371,25 @@ fn convert(container: *mut pg_sys::JsonbContainer, deeper: Deeper) -> Result<PyV
             };
             let token = pg_sys::JsonbIteratorNext(&mut iterator, slot.as_mut_ptr(), skip_nested);
             let value = slot.assume_init_ref();
+            if converted >= budget && !stack.is_empty() {
+                // The rest cannot be shown: close what is open.
+                let mut done = close(stack.pop());
+                while let Some(open) = stack.pop() {
+                    let mut parent = vec![open];
+                    add(&mut parent, done);
+                    done = close(parent.pop());
+                }
+                return Ok((done, true));
+            }
+            if matches!(
+                token,
+                T::WJB_BEGIN_ARRAY | T::WJB_BEGIN_OBJECT | T::WJB_VALUE | T::WJB_ELEM
+            ) && !(token == T::WJB_BEGIN_ARRAY && value.val.array.rawScalar)
+            {
+                converted += 1;
+            }
             match token {
-                T::WJB_DONE => return Ok(PyValue::Null),
+                T::WJB_DONE => return Ok((PyValue::Null, false)),
                 T::WJB_BEGIN_ARRAY => stack.push(Open::List {
                     items: Vec::new(),
                     raw_scalar: value.val.array.rawScalar,
@@ -307,7 +397,7 @@ fn convert(container: *mut pg_sys::JsonbContainer, deeper: Deeper) -> Result<PyV
                 T::WJB_BEGIN_OBJECT => stack.push(Open::Dict(IndexMap::new(), PyStr::default())),
                 T::WJB_KEY => {
                     if let Some(Open::Dict(_, key)) = stack.last_mut() {
-                        *key = PyStr::from(string_of(value).as_str());
+                        *key = capped(value, keep_chars);
                     }
                 }
                 T::WJB_VALUE | T::WJB_ELEM => {
@@ -317,28 +407,36 @@ fn convert(container: *mut pg_sys::JsonbContainer, deeper: Deeper) -> Result<PyV
                             _ => PyValue::List(Vec::new()),
                         }
                     } else {
-                        scalar(value)
+                        scalar(value, keep_chars)
                     };
                     add(&mut stack, item);
                 }
                 T::WJB_END_ARRAY | T::WJB_END_OBJECT => {
-                    let done = match stack.pop() {
-                        None => return Ok(PyValue::Null),
-                        Some(Open::List {
-                            mut items,
-                            raw_scalar: true,
-                        }) => items.pop().unwrap_or(PyValue::Null),
-                        Some(Open::List { items, .. }) => PyValue::List(items),
-                        Some(Open::Dict(members, _)) => PyValue::Dict(members),
-                    };
                     if stack.is_empty() {
-                        return Ok(done);
+                        return Ok((PyValue::Null, false));
+                    }
+                    let done = close(stack.pop());
+                    if stack.is_empty() {
+                        return Ok((done, false));
                     }
                     add(&mut stack, done);
                 }
                 _ => {}
             }
         }
+    }
+}
+
+/// The value of a container whose end has come (or is not to be read).
+fn close(open: Option<Open>) -> PyValue {
+    match open {
+        None => PyValue::Null,
+        Some(Open::List {
+            mut items,
+            raw_scalar: true,
+        }) => items.pop().unwrap_or(PyValue::Null),
+        Some(Open::List { items, .. }) => PyValue::List(items),
+        Some(Open::Dict(members, _)) => PyValue::Dict(members),
     }
 }
 
@@ -352,11 +450,12 @@ fn add(stack: &mut [Open], item: PyValue) {
     }
 }
 
-/// The text of a jbvString value.
+/// The text of a jbvString value, its first `keep` code points and, when there are more, a
+/// quote of each kind the rest holds (`found::capped_string`'s rule).
 ///
 /// # Safety
 /// `value` is a jbvString whose `val.string` points into a container that outlives the call.
-unsafe fn string_of(value: &pg_sys::JsonbValue) -> String {
+unsafe fn string_of(value: &pg_sys::JsonbValue, keep: usize) -> PyStr {
     // SAFETY (caller): value is a jbvString pointing into a live container.
     let bytes = unsafe {
         std::slice::from_raw_parts(
@@ -364,7 +463,27 @@ unsafe fn string_of(value: &pg_sys::JsonbValue) -> String {
             value.val.string.len as usize,
         )
     };
-    String::from_utf8_lossy(bytes).into_owned()
+    // jsonb holds UTF-8 text.
+    let text = std::str::from_utf8(bytes).unwrap_or_default();
+    let end = text
+        .char_indices()
+        .nth(keep)
+        .map_or(text.len(), |(at, _)| at);
+    let mut out = PyStr::from(&text[..end]);
+    let rest = &text[end..];
+    if rest.contains('\'') {
+        out.push_str("'");
+    }
+    if rest.contains('"') {
+        out.push_str("\"");
+    }
+    out
+}
+
+/// A key's text (`string_of`).
+fn capped(value: &pg_sys::JsonbValue, keep: usize) -> PyStr {
+    // SAFETY: the iterator gives keys as jbvString values pointing into the live container.
+    unsafe { string_of(value, keep) }
 }
 
 /// `container -> key` when the container is an object.
@@ -391,12 +510,12 @@ fn object_member(container: *mut pg_sys::JsonbContainer, key: &str) -> Option<pg
 }
 
 /// A scalar jsonb value (null, boolean, string or number).
-fn scalar(value: &pg_sys::JsonbValue) -> PyValue {
+fn scalar(value: &pg_sys::JsonbValue, keep_chars: usize) -> PyValue {
     // SAFETY: each union member is read only for the type tag that selects it.
     unsafe {
         match value.type_ {
             pg_sys::jbvType::jbvBool => PyValue::Bool(value.val.boolean),
-            pg_sys::jbvType::jbvString => PyValue::Str(PyStr::from(string_of(value).as_str())),
+            pg_sys::jbvType::jbvString => PyValue::Str(string_of(value, keep_chars)),
             pg_sys::jbvType::jbvNumeric => {
                 let text = direct_function_call::<&CStr>(
                     pg_sys::numeric_out,

@@ -12,11 +12,12 @@
 //! with the document's depth.
 
 use crate::extract::document::{extract, jsonpath_values};
+use crate::extract::found;
 use crate::extract::lexer::Lexer;
 pub use crate::extract::lexer::{Fault, TextError, MAX_INT_DIGITS};
 use crate::extract::paths::PathExpr;
 use crate::extract::python::PythonVersion;
-use crate::extract::value::{PyStr, Value};
+use crate::extract::value::{room_for_whole, PyStr, Value};
 use indexmap::IndexMap;
 
 /// The value at each path in `text`, in order; `None` where nothing is there (JSON `null` is
@@ -45,14 +46,18 @@ pub fn values_at(
     }
     let mut found = vec![None; paths.len()];
     let depth = scan(text, &root, python.load_depth(), &mut found)?;
+    // str() of a value nested deeper than Python's str() goes fails, whatever is shown: a
+    // value that may be is built whole, so that the limit applies exactly.
+    let may_be_too_deep = depth + 1 > python.str_depth();
     let mut values: Vec<Option<Value>> = found
         .into_iter()
         .map(|span| {
-            span.map(|(start, end)| build(&text[start..end]))
+            span.map(|(start, end)| found_value(&text[start..end], may_be_too_deep, python))
                 .transpose()
         })
         .collect::<Result<_, _>>()?;
     if !queries.is_empty() {
+        room_for_whole(text.len()).map_err(|bytes| TextError::NoRoom { bytes })?;
         let document = build(text)?.to_serde();
         let exprs: Vec<&PathExpr> = queries.iter().map(|(_, path)| *path).collect();
         let matches = jsonpath_values(document, depth, &exprs);
@@ -76,6 +81,8 @@ fn through_serde(
     if has_digit_run_longer_than(text.as_bytes(), MAX_INT_DIGITS) {
         return None;
     }
+    // Without the room, the long way says so.
+    room_for_whole(text.len()).ok()?;
     let document: serde_json::Value = serde_json::from_str(text).ok()?;
     let mut values: Vec<Option<Value>> = paths
         .iter()
@@ -243,9 +250,23 @@ fn scan(
     }
 }
 
+/// The value a dotted path found (`text`, checked by `scan`): what rendering can show of it
+/// (`found`), or the whole of it when it may be nested deeper than Python's `str()` goes.
+fn found_value(
+    text: &str,
+    may_be_too_deep: bool,
+    python: PythonVersion,
+) -> Result<Value, TextError> {
+    if may_be_too_deep && found::nesting(text)? + 1 > python.str_depth() {
+        room_for_whole(text.len()).map_err(|bytes| TextError::NoRoom { bytes })?;
+        return build(text);
+    }
+    found::build_found(text)
+}
+
 /// Builds the value of a text `scan` has checked, without recursion: Python's dict keeps the
 /// place of a key's first appearance and its last value, as IndexMap's insert does.
-fn build(text: &str) -> Result<Value, TextError> {
+pub(crate) fn build(text: &str) -> Result<Value, TextError> {
     enum Open {
         List(Vec<Value>),
         Dict(IndexMap<PyStr, Value>, PyStr),

@@ -16,6 +16,9 @@ pub enum TextError {
     TooDeep { limit: usize },
     /// An integer longer than `int()` reads (ValueError).
     IntTooLong { digits: usize },
+    /// Building the whole value (a JSONPath's document, a value nested deeper than `str()`
+    /// goes) would take more memory than this process may have: `bytes`, at most.
+    NoRoom { bytes: usize },
 }
 
 /// What is wrong where a text is not JSON. Small (with the offset, a TextError fits in two

@@ -2,6 +2,7 @@
 //! No SPI, no shared memory (`jsonb` reads a jsonb datum in place).
 
 pub mod document;
+pub mod found;
 pub mod jsonb;
 pub mod jsontext;
 pub mod lexer;

@@ -86,6 +86,22 @@ impl Iterator for CodePoints<'_> {
     }
 }
 
+/// The most memory a whole value built from JSON text (or from jsonb) takes, per byte of the
+/// text, with serde_json's copy of it for a JSONPath: an item of one or two bytes (`0,`) is a
+/// value of 64 bytes and serde_json's of 80, a vector holds up to twice what it needs and
+/// holds the old and the new while it grows.
+pub const WHOLE_BYTES_PER_TEXT_BYTE: usize = 160;
+
+/// Whether this process may take the memory to build the whole value of `text_bytes` of JSON
+/// (WHOLE_BYTES_PER_TEXT_BYTE each): `Err` with that many bytes when an allocation of that size
+/// fails. Rust aborts the process when an allocation fails, where PostgreSQL raises an error
+/// (a container's memory limit, `ulimit -v`): what is built whole is asked for here first.
+pub fn room_for_whole(text_bytes: usize) -> Result<(), usize> {
+    let bytes = text_bytes.saturating_mul(WHOLE_BYTES_PER_TEXT_BYTE);
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| bytes)
+}
+
 /// What `json.loads` makes of a JSON value.
 #[derive(Debug, PartialEq)]
 pub enum Value {

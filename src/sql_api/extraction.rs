@@ -8,7 +8,7 @@ use crate::extract::jsontext::{self, TextError, MAX_INT_DIGITS};
 use crate::extract::paths::PathExpr;
 use crate::extract::python::PythonVersion;
 use crate::extract::render::{render, Style, Unstorable};
-use crate::extract::value::Value as PyValue;
+use crate::extract::value::{room_for_whole, Value as PyValue};
 use crate::job::{self};
 use crate::pg::error::{self, invalid_parameter};
 use crate::pg::privilege;
@@ -152,6 +152,7 @@ fn text_paths(task_data: &JsonTextArg, paths: &[String]) -> Result<Vec<Option<St
                 ),
                 "SpiffWorkflow cannot read this instance's data either; it gets no rows.",
             ),
+            TextError::NoRoom { bytes } => no_room(bytes),
             TextError::Invalid { at, why } => Fault::new(
                 PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
                 format!(
@@ -182,7 +183,9 @@ pub(super) fn jsonb_values(
     let mut values: Vec<Option<PyValue>> = exprs
         .iter()
         .map(|expr| match &**expr {
-            PathExpr::Dotted(segments) => task_data.lookup_dotted(segments),
+            PathExpr::Dotted(segments) => {
+                task_data.lookup_dotted(segments, style.python.str_depth())
+            }
             PathExpr::JsonPath(_) => None,
         })
         .collect();
@@ -193,6 +196,7 @@ pub(super) fn jsonb_values(
         .map(|(i, expr)| (i, &**expr))
         .collect();
     if !queries.is_empty() {
+        room_for_whole(task_data.bytes()).map_err(no_room)?;
         // A document Python would not read is not searched either.
         let (document, depth) = task_data
             .to_serde_within(style.python.load_depth())
@@ -210,6 +214,20 @@ pub(super) fn jsonb_values(
             None => Ok(None),
         })
         .collect()
+}
+
+/// A document too large to search with a JSONPath (or a value too deep to render) in the
+/// memory this process may have: 53200, as PostgreSQL's own allocations fail.
+fn no_room(bytes: usize) -> Fault {
+    Fault::new(
+        PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+        format!(
+            "out of memory: reading this task data whole (for a JSONPath, or a value nested \
+             deeper than Python's str() goes) takes up to {} MB, which this process cannot have",
+            bytes.div_ceil(1 << 20)
+        ),
+        "Dotted paths read any document in little memory; or raise the memory limit of the server's processes.",
+    )
 }
 
 /// What an instance's data cannot give: the error a job counts for the instance and skips it.
