@@ -7,12 +7,13 @@ use pgrx::prelude::*;
 /// Errors caused by one instance's data (bad values, constraint or trigger failures raised for
 /// that row); anything else is a failure of the batch as a whole.
 /// Program limits (class 54) count among them: a document too deep for JSONPath, a value too
-/// big for a row.
+/// big for a row; so does out_of_memory (53200): a document that takes more memory than the
+/// process may have (a container's limit) fails again alone, and is that instance's error.
 pub(crate) fn is_instance_failure(failure: &Failure) -> bool {
     matches!(
         &failure.sqlstate[..2],
         "22" | "23" | "P0" | "2F" | "38" | "39" | "54"
-    )
+    ) || failure.sqlstate == "53200"
 }
 
 /// Failures that a retry cannot cure: the job's role lacks a privilege (42501), or a table,

@@ -313,6 +313,35 @@ impl Cluster {
         self.connect_as("postgres", db)
     }
 
+    /// Limits the address space of the postmaster, and so of every process it starts from now
+    /// on (crash restarts included), to `above` bytes more than it has now, as a container's
+    /// memory limit does (`prlimit --as`, run as the cluster's account: root is refused).
+    pub fn limit_address_space(&self, above: u64) {
+        let pid = fs::read_to_string(self.dir.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kilobytes: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmSize:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse().ok())
+            .expect("the postmaster's VmSize");
+        let limit = kilobytes * 1024 + above;
+        check(
+            "prlimit",
+            run_as_owner(
+                &self.libdir,
+                Path::new("/usr/bin/prlimit"),
+                &[&format!("--pid={pid}"), &format!("--as={limit}:unlimited")],
+            ),
+        );
+    }
+
     /// Runs PostgreSQL's program `name` (pg_dump, pg_restore, ...) as the cluster's owner;
     /// its output, whatever its exit status.
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
