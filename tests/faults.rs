@@ -159,6 +159,11 @@ fn a_job_waits_out_every_lock_that_conflicts_with_a_batch() {
         wait_for("the job to be under way", Duration::from_secs(60), || {
             (processed(&mut db, job) >= 300).then_some(())
         });
+        // Where the application's UPDATEs start: past every instance done so far.
+        let cursor = one_i64(
+            &mut db,
+            "SELECT coalesce(max(process_instance_id), 0) FROM backfill.process_instance_metadata",
+        );
         let mut blocker = cluster.connect(database);
         blocker
             .batch_execute(&format!(
@@ -169,20 +174,17 @@ fn a_job_waits_out_every_lock_that_conflicts_with_a_batch() {
             .query_one("SELECT pg_backend_pid()", &[])
             .unwrap()
             .get(0);
-        jobs.push((database, job, db, blocker, holder));
+        jobs.push((database, job, db, blocker, holder, cursor));
     }
     let locked_at = Instant::now();
     // The application updates instances the job has yet to reach, as SpiffWorkflow saves an
     // instance; the longest wait of each database's.
     let applications: Vec<_> = cases
         .iter()
-        .zip(&mut jobs)
+        .zip(&jobs)
         .filter(|((_, _, _, measured), _)| *measured)
-        .map(|((database, ..), (_, _, db, _, _))| {
-            let cursor = one_i64(
-                db,
-                "SELECT max(process_instance_id) FROM backfill.process_instance_metadata",
-            );
+        .map(|((database, ..), (_, _, _, _, _, cursor))| {
+            let cursor = *cursor;
             let mut app = cluster.connect(database);
             let database = database.to_string();
             thread::spawn(move || {
@@ -205,7 +207,7 @@ fn a_job_waits_out_every_lock_that_conflicts_with_a_batch() {
             })
         })
         .collect();
-    for (database, job, _, _, holder) in &jobs {
+    for (_, job, _, _, holder, _) in &jobs {
         let said = format!("held by process {holder}");
         wait_for("the worker to say what it waits for", HELD, || {
             cluster
@@ -218,11 +220,10 @@ fn a_job_waits_out_every_lock_that_conflicts_with_a_batch() {
                 })
                 .then_some(())
         });
-        let _ = database;
     }
     // Each job waits for as long as its lock is held; none fails.
     while locked_at.elapsed() < HELD {
-        for (database, job, db, _, _) in &mut jobs {
+        for (database, job, db, _, _, _) in &mut jobs {
             let state = one_text(
                 db,
                 &format!("SELECT state FROM backfill.job WHERE id = {job}"),
@@ -238,13 +239,14 @@ fn a_job_waits_out_every_lock_that_conflicts_with_a_batch() {
     }
     for application in applications {
         let (database, longest) = application.join().unwrap();
+        println!("{database}: the application's longest UPDATE took {longest:?}");
         // A batch takes milliseconds; 0.6.0 held instances for the whole wait.
         assert!(
             longest < Duration::from_secs(3),
             "{database}: an application UPDATE waited {longest:?}"
         );
     }
-    for (database, job, mut db, mut blocker, _) in jobs {
+    for (database, job, mut db, mut blocker, _, _) in jobs {
         blocker.batch_execute("ROLLBACK").unwrap();
         assert_eq!(
             ended(&mut db, job, Duration::from_secs(120)),

@@ -47,7 +47,15 @@ fn a_huge_value_under_a_memory_limit_is_an_error_or_a_value_never_a_crash() {
         ),
         expected()
     );
-    // The same document as json text, as SpiffWorkflow's json_data holds it.
+    // The same document as json text, as SpiffWorkflow's json_data holds it: the backend's
+    // peak resident memory grows by PostgreSQL's own copies of the text (the cast's), not by
+    // a tree of six million values (0.6.0: 1.1 GB).
+    let text_bytes = one_i64(
+        &mut client,
+        "SELECT octet_length(data::text)::bigint FROM backfill.json_data WHERE hash = 'huge'",
+    );
+    let pid = one_i64(&mut client, "SELECT pg_backend_pid()::bigint");
+    let before = peak_resident(pid);
     assert_eq!(
         one_text(
             &mut client,
@@ -55,6 +63,16 @@ fn a_huge_value_under_a_memory_limit_is_an_error_or_a_value_never_a_crash() {
                FROM backfill.json_data WHERE hash = 'huge'"
         ),
         expected()
+    );
+    let grown = peak_resident(pid) - before;
+    println!(
+        "json text of {} MB: the backend's peak resident memory grew by {} MB",
+        text_bytes >> 20,
+        grown >> 20
+    );
+    assert!(
+        grown < 4 * text_bytes + (32 << 20),
+        "grew by {grown} bytes for {text_bytes} bytes of text"
     );
     for query in [
         "SELECT backfill.extract_values(backfill.latest_task_data(1), ARRAY['$.invoice.number'])",
@@ -118,4 +136,16 @@ fn a_huge_value_under_a_memory_limit_is_an_error_or_a_value_never_a_crash() {
     assert_eq!(one_i64(&mut bystander, "SELECT 1::bigint"), 1);
     let log = cluster.log();
     assert!(!log.contains("terminated by signal"), "{log}");
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_resident(pid: i64) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse::<i64>().ok())
+        .expect("VmHWM")
+        * 1024
 }

@@ -439,7 +439,30 @@ fn a_library_newer_than_the_objects_says_so_and_its_jobs_wait_for_the_update() {
         3
     );
 
+    // docs/operating.md's query for the databases still behind finds this one, and not
+    // one up to date.
+    let behind_query = behind_query();
+    assert_eq!(
+        one_text(&mut db, &format!("SELECT string_agg(concat_ws('|', current_database, extversion, default_version), ',') FROM ({behind_query}) AS q")),
+        format!("old|0.6.0|{}", env!("CARGO_PKG_VERSION"))
+    );
+    let mut current = cluster.create_db("current");
+    assert_eq!(
+        one_i64(
+            &mut current,
+            &format!("SELECT count(*) FROM ({behind_query}) AS q")
+        ),
+        0
+    );
+
     db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(
+        one_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM ({behind_query}) AS q")
+        ),
+        0
+    );
     assert!(db
         .query_one("SELECT backfill.check_worker()", &[])
         .unwrap()
@@ -452,4 +475,14 @@ fn a_library_newer_than_the_objects_says_so_and_its_jobs_wait_for_the_update() {
         assert_eq!(wait_ended(&cluster, "old", *job), "succeeded");
         assert_eq!(wrong_rows(&mut db, "bulk/model", key, path), 0);
     }
+}
+
+/// The query docs/operating.md gives for "the databases still behind" (run in each database).
+fn behind_query() -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
+    let marker = "psql -XAt -d \"$db\" -c \"";
+    let start = doc.find(marker).expect("docs/operating.md's query") + marker.len();
+    let end = start + doc[start..].find('"').unwrap();
+    doc[start..end].to_owned()
 }
