@@ -24,8 +24,12 @@ pub fn installed() -> Option<String> {
 /// What is wrong when the objects are `installed` and the library is LIBRARY_VERSION: a
 /// message and a hint; `None` when they match.
 pub fn mismatch(installed: &str) -> Option<(String, String)> {
+    let order = compare(installed, LIBRARY_VERSION);
+    if order == Ordering::Equal {
+        return None;
+    }
     let database = current_database();
-    match compare(installed, LIBRARY_VERSION) {
+    match order {
         Ordering::Equal => None,
         Ordering::Less => Some((
             format!(
