@@ -226,61 +226,6 @@ fn skip_value(lexer: &mut Lexer, deepest: &mut usize) -> Result<(), TextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::python::PythonVersion;
-    use crate::extract::render::{render, Style, ValueFormat};
-
-    fn both(text: &str) -> [Option<String>; 2] {
-        let full = crate::extract::jsontext::build(text).unwrap();
-        let cut = build_found(text).unwrap();
-        [ValueFormat::Python, ValueFormat::Json].map(|format| {
-            let style = Style {
-                format,
-                python: PythonVersion::V3_13,
-            };
-            let whole = render(&full, style).unwrap();
-            assert_eq!(
-                render(&cut, style).unwrap(),
-                whole,
-                "{format:?} of {text:.200}"
-            );
-            whole
-        })
-    }
-
-    #[test]
-    fn what_is_built_renders_as_the_whole_value() {
-        let many = |item: &str, n: usize| format!("[{}]", vec![item; n].join(", "));
-        let long = "x".repeat(400);
-        for text in [
-            many("\"s\"", 5000),
-            many("[1, [2, [3]]]", 2000),
-            many(&many("0", 300), 300),
-            format!("\"{long}\""),
-            format!("\"{long}'\""),
-            format!("\"{long}\\\"\""),
-            format!("[\"{long}'\", 1]"),
-            format!("[\"{long}'\\\"\", 1]"),
-            format!("[\"it's{long}\"]"),
-            format!("{{\"a\": 1, \"{long}\": 2, \"b\": 3, \"a\": [4]}}"),
-            format!("{{\"{long}\": 1, \"{long}\": 2}}"),
-            r#"{"a": 1, "b": {"c": 2, "c": [3, 4]}, "a": {"x": "y"}}"#.to_owned(),
-            format!(
-                "{{{}}}",
-                (0..3000)
-                    .map(|i| format!("\"k{}\": {i}", i % 700))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            format!(
-                "[{}1.5]",
-                "1.0000000000000000000000000000000000000000000000000000000000001, ".repeat(3)
-            ),
-            format!("[-{}.5e-3, 0.{}1e400]", "9".repeat(500), "0".repeat(100)),
-            "[-0.0, 1e400, -1e400, 12.50, 1E5, {}, [], \"\", \"\\u0000\", \"\\ud800\"]".to_owned(),
-        ] {
-            both(&text);
-        }
-    }
 
     #[test]
     fn a_huge_found_value_builds_a_few_hundred_values() {

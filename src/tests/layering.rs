@@ -24,6 +24,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
             &["paths", "unicode_tables", "value"],
             &["python", "lexer", "document"],
             &["render"],
+            &["found"],
             &["jsonb", "jsontext"],
         ],
     ),
@@ -32,7 +33,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
         &[
             &["error", "privilege", "subxact", "window"],
             &["settings", "query"],
-            &["citus", "table_code"],
+            &["citus", "table_code", "version"],
             &["tables"],
             &["table_owners", "table_checks"],
         ],
@@ -41,7 +42,7 @@ const FILES: &[(&str, &[&[&str]])] = &[
         "shmem",
         &[
             &["registry", "latch", "load"],
-            &["turn", "lock_notes"],
+            &["turn", "lock_notes", "version_notes"],
             &["slots"],
             &["requests", "diagnostics"],
         ],
