@@ -12,7 +12,7 @@ use super::session::{fix_session_settings, in_own_transaction, reload_config_if_
 use super::trouble::{leave_for_a_while, Trouble};
 use crate::job::{self, store};
 use crate::pg::settings;
-use crate::pg::version;
+use crate::pg::version::{self, Objects};
 use crate::shmem::{self, Purpose, WORKER_TYPE as BACKEND_TYPE};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -124,7 +124,7 @@ impl Worker {
     }
 
     fn turn(&mut self) -> Next {
-        match in_own_transaction(installed_objects) {
+        match in_own_transaction(version::objects) {
             Ok(Objects::Current) => {
                 shmem::version_matches(self.database.to_u32());
                 self.announce();
@@ -284,27 +284,6 @@ pub(super) fn database_name() -> String {
     unsafe { CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
         .to_string_lossy()
         .into_owned()
-}
-
-/// The extension's objects in the database, as the library sees them.
-pub(super) enum Objects {
-    None,
-    Current,
-    /// Another version's: what the log says, and what to do.
-    Other {
-        message: String,
-        hint: String,
-    },
-}
-
-pub(super) fn installed_objects() -> Objects {
-    match version::installed() {
-        None => Objects::None,
-        Some(installed) => match version::mismatch(&installed) {
-            None => Objects::Current,
-            Some((message, hint)) => Objects::Other { message, hint },
-        },
-    }
 }
 
 /// What this database's unfinished jobs ask of a worker.

@@ -14,50 +14,62 @@ use std::cmp::Ordering;
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The version of the extension's objects in this database, `None` where it is not installed.
-pub fn installed() -> Option<String> {
+fn installed() -> Option<String> {
     query::optional_value::<String>(
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'backfill'",
         &[],
     )
 }
 
-/// What is wrong when the objects are `installed` and the library is LIBRARY_VERSION: a
-/// message and a hint; `None` when they match.
-pub fn mismatch(installed: &str) -> Option<(String, String)> {
-    let order = compare(installed, LIBRARY_VERSION);
-    if order == Ordering::Equal {
-        return None;
-    }
+/// The extension's objects in this database, as the library sees them.
+pub enum Objects {
+    None,
+    Current,
+    /// Another version's: what to say, and what to do.
+    Other {
+        message: String,
+        hint: String,
+    },
+}
+
+/// This database's objects: none, the library's version's, or another's.
+pub fn objects() -> Objects {
+    let Some(installed) = installed() else {
+        return Objects::None;
+    };
+    let newer = match compare(&installed, LIBRARY_VERSION) {
+        Ordering::Equal => return Objects::Current,
+        Ordering::Less => false,
+        Ordering::Greater => true,
+    };
     let database = current_database();
-    match order {
-        Ordering::Equal => None,
-        Ordering::Less => Some((
-            format!(
-                "database \"{database}\" has backfill {installed}; the server runs backfill {LIBRARY_VERSION}"
-            ),
-            format!(
-                "Run ALTER EXTENSION backfill UPDATE in database \"{database}\"; until then its jobs wait and backfill's functions there refuse to run."
-            ),
-        )),
-        Ordering::Greater => Some((
+    let (message, hint) = if newer {
+        (
             format!(
                 "database \"{database}\" has backfill {installed}, newer than the backfill {LIBRARY_VERSION} the server runs"
             ),
             format!(
                 "Install the package of backfill {installed} for this server and restart it; until then the jobs of database \"{database}\" wait."
             ),
-        )),
-    }
+        )
+    } else {
+        (
+            format!(
+                "database \"{database}\" has backfill {installed}; the server runs backfill {LIBRARY_VERSION}"
+            ),
+            format!(
+                "Run ALTER EXTENSION backfill UPDATE in database \"{database}\"; until then its jobs wait and backfill's functions there refuse to run."
+            ),
+        )
+    };
+    Objects::Other { message, hint }
 }
 
 /// Raises 55000 (object_not_in_prerequisite_state) with what to do when this database's
-/// objects are not the library's: `function` would otherwise fail inside, on a column or a
+/// objects are not the library's: the caller would otherwise fail inside, on a column or a
 /// function its objects do not have yet.
 pub fn require_current_objects() {
-    let Some(installed) = installed() else {
-        return;
-    };
-    if let Some((message, hint)) = mismatch(&installed) {
+    if let Objects::Other { message, hint } = objects() {
         error::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             message,

@@ -152,7 +152,10 @@ fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i
 /// says what to change. CREATE EXTENSION calls it.
 #[pg_extern(volatile)]
 fn check_worker() -> bool {
-    let behind = version::installed().and_then(|installed| version::mismatch(&installed));
+    let behind = match version::objects() {
+        version::Objects::Other { message, hint } => Some((message, hint)),
+        version::Objects::None | version::Objects::Current => None,
+    };
     match behind.or_else(shmem::problem) {
         None => true,
         Some((message, hint)) => {
