@@ -103,10 +103,10 @@ pub fn count_owed_coverage(job_id: i64) {
 pub(super) fn fail(job: &Job, failure: &Failure, attempts: u32) -> Batch {
     let message = failure.with_hint();
     warning!(
-        "backfill: {} failed after {attempts} attempt{} of the batch after instance {}: {message}",
+        "backfill: {} failed after {attempts} attempt{} of {}: {message}",
         job.label(),
         if attempts == 1 { "" } else { "s" },
-        job.cursor.map_or("<start>".to_owned(), |c| c.to_string())
+        job.next_batch()
     );
     fail_job(job.id, &message);
     Batch::Finished(JobState::Failed)

@@ -30,6 +30,14 @@ impl Job {
         }
     }
 
+    /// "the first batch" or "the batch after instance 4100", for log lines.
+    pub(super) fn next_batch(&self) -> String {
+        match self.cursor {
+            Some(cursor) => format!("the batch after instance {cursor}"),
+            None => "the first batch".to_owned(),
+        }
+    }
+
     /// A part whose job failed or was cancelled stops too: true when this one was, just now.
     pub(super) fn stopped_with_its_job(&self) -> bool {
         let Some((parent, state)) = &self.parent else {

@@ -111,9 +111,9 @@ pub fn run_batch(job_id: i64, runner: Runner) -> Batch {
             Err(failure) => {
                 let delay = FIRST_RETRY_DELAY * 2u32.pow(attempt - 1);
                 warning!(
-                    "backfill: job {job_id}: batch after instance {} failed (attempt {attempt} of {BATCH_ATTEMPTS}), \
+                    "backfill: job {job_id}: {} failed (attempt {attempt} of {BATCH_ATTEMPTS}), \
                      retrying in {:.1} s: {failure}",
-                    job.cursor.map_or("<start>".to_owned(), |c| c.to_string()),
+                    job.next_batch(),
                     delay.as_secs_f64(),
                 );
                 crate::shmem::sleep(delay);
