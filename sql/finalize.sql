@@ -10,6 +10,14 @@ CREATE TRIGGER enqueue_backfill_on_model_update
     WHEN (OLD.metadata_extraction_paths IS DISTINCT FROM NEW.metadata_extraction_paths)
     EXECUTE FUNCTION enqueue_backfill_on_model_update();
 
+-- A model that arrives with paths while it has instances (a first sync on an existing
+-- deployment) gets a catch-up job: its instances are filled where they have no row.
+CREATE TRIGGER enqueue_catch_up_on_model_insert
+    AFTER INSERT ON process_model
+    FOR EACH ROW
+    WHEN (NEW.metadata_extraction_paths IS DISTINCT FROM '[]'::jsonb)
+    EXECUTE FUNCTION enqueue_catch_up_on_model_insert();
+
 -- Job rows, however they got there (queued, split, restored from a dump), get a worker.
 CREATE TRIGGER wake_for_new_jobs
     AFTER INSERT ON job
@@ -59,20 +67,23 @@ ALTER FUNCTION detach() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION worker_pid() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION window_opens_at() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION count_coverage(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION catch_up(text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION preview(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION preview_summary(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION validate_metadata_extraction_paths() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enqueue_backfill_on_model_update() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enqueue_catch_up_on_model_insert() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION wake_for_new_jobs() SET search_path = pg_catalog, pg_temp;
 
 -- Queuing, running, cancelling and watching jobs is granted, not open to every role (README,
 -- "Privileges"). A job runs with the privileges of the role that queued it, and job rows are
--- written by the extension alone: no role but the owner has any privilege on backfill.job.
+-- written by the extension alone: no role but the owner may write backfill.job (SELECT may be
+-- granted, to read jobs).
 REVOKE ALL ON FUNCTION enqueue(text, text[], boolean, timestamptz), cancel(bigint), wait(bigint, interval),
                        run_begin(bigint), run_batch(bigint), run_end(bigint), worker_pid(),
                        check_worker(), attach(text), detach(), sync_process_models(jsonb),
                        preview(text, jsonb, integer), preview_summary(text, jsonb, integer),
-                       count_coverage(text)
+                       count_coverage(text), catch_up(text)
     FROM PUBLIC;
 REVOKE ALL ON PROCEDURE run(bigint) FROM PUBLIC;
 
@@ -90,7 +101,7 @@ COMMENT ON TABLE @extschema@.process_instance_metadata IS
 COMMENT ON TABLE @extschema@.job IS
     'Backfill jobs: what each fills, its committed cursor and counters, and the role it runs as; a job split across workers has a row per part (parent_id). Written by the extension only.';
 COMMENT ON VIEW @extschema@.progress IS
-    'One row per job (a split job''s parts summed into it): state, processed/total, percent, rate, ETA, elapsed, errors, parts, and what keeps it waiting (not_before, active_hours) until when.';
+    'One row per job (a split job''s parts summed into it): state, processed/total, percent, rate, ETA, elapsed, errors, parts, what keeps it waiting (not_before, active_hours) until when, and when it last moved (progressed_at).';
 COMMENT ON TABLE @extschema@.attachment IS
     'The schema whose process_instance, task, json_data and process_instance_metadata jobs use instead of backfill''s own (backfill.attach); no row: backfill''s own.';
 COMMENT ON FUNCTION @extschema@.latest_task_data(bigint) IS
@@ -119,6 +130,8 @@ COMMENT ON FUNCTION @extschema@.preview(text, jsonb, integer) IS
     'What a backfill with these paths would write for a sample of the model''s instances spread over its id range, next to the value there now (outcome insert, keep, replace, none or error); writes nothing, reads with the caller''s privileges.';
 COMMENT ON FUNCTION @extschema@.preview_summary(text, jsonb, integer) IS
     'Per key over a sample of the model''s instances: how many would get a value, get nothing or fail, and the estimate for the whole model; writes nothing.';
+COMMENT ON FUNCTION @extschema@.catch_up(text) IS
+    'Queues, for the model (NULL: every model with paths) if it has instances, a job that fills every (instance, key) of its current paths without a row and keeps the rows there (overwrite off); one row (model, job_id) per job queued. The jobs run as the calling role.';
 COMMENT ON FUNCTION @extschema@.count_coverage(text) IS
     'Counts now, exactly and with the caller''s privileges, the coverage of the model''s (NULL: every model''s) current keys for the coverage view; returns the number of keys counted.';
 COMMENT ON FUNCTION @extschema@.window_opens_at() IS
@@ -145,6 +158,8 @@ COMMENT ON FUNCTION @extschema@.validate_metadata_extraction_paths() IS
     'Trigger: rejects a malformed metadata_extraction_paths with 22023 naming the element.';
 COMMENT ON FUNCTION @extschema@.enqueue_backfill_on_model_update() IS
     'Trigger: queues one job for the keys an UPDATE added (fill) or re-pointed (overwrite).';
+COMMENT ON FUNCTION @extschema@.enqueue_catch_up_on_model_insert() IS
+    'Trigger: queues a catch-up job (fill where an instance has no row) for a model inserted with paths while it has instances.';
 COMMENT ON FUNCTION @extschema@.wake_for_new_jobs() IS
     'Trigger: asks for a worker when the transaction that inserted job rows (queued, split, restored) commits.';
 COMMENT ON PROCEDURE @extschema@.run(bigint) IS

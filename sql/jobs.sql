@@ -37,7 +37,9 @@ SELECT j.id,
             WHEN w.opens_at IS NOT NULL THEN 'active_hours' END AS waiting_for,
        CASE WHEN j.state NOT IN ('queued', 'running') THEN NULL
             WHEN j.not_before > now() THEN j.not_before
-            ELSE w.opens_at END AS resumes_at
+            ELSE w.opens_at END AS resumes_at,
+       -- When the job (or any of its parts) last moved: started, resumed, committed a batch.
+       greatest(j.progressed_at, c.progressed_at) AS progressed_at
   FROM job j
  CROSS JOIN (SELECT @extschema@.window_opens_at() AS opens_at) AS w
  CROSS JOIN LATERAL (SELECT coalesce(j.finished_at, now()) - j.started_at AS elapsed) AS t
@@ -47,15 +49,17 @@ SELECT j.id,
               sum(r.updated)::bigint AS updated,
               sum(r.errors)::bigint AS errors,
               (array_agg(r.last_error ORDER BY r.id DESC) FILTER (WHERE r.last_error IS NOT NULL))[1]
-                  AS last_error
-         FROM (SELECT j.instances_processed, j.instances_updated, j.errors, NULL::text, j.id
+                  AS last_error,
+              max(r.progressed_at) AS progressed_at
+         FROM (SELECT j.instances_processed, j.instances_updated, j.errors, NULL::text, j.id,
+                      NULL::timestamptz
                 WHERE j.parts IS NULL
                UNION ALL
                SELECT part.instances_processed, part.instances_updated, part.errors,
-                      part.last_error, part.id
+                      part.last_error, part.id, part.progressed_at
                  FROM job part
                 WHERE part.parent_id = j.id AND j.parts IS NOT NULL)
-              AS r(processed, updated, errors, last_error, id)) AS c
+              AS r(processed, updated, errors, last_error, id, progressed_at)) AS c
  WHERE j.parent_id IS NULL;
 
 -- A job's parts go with it (job.parent_id has no foreign key: see sql/schema.sql).
@@ -165,7 +169,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE @extschema@.job
        SET state = 'running', started_at = now(), finished_at = NULL, last_error = NULL,
-           instances_total = total, max_instance_id = job_start.max_instance_id
+           instances_total = total, max_instance_id = job_start.max_instance_id,
+           progressed_at = now()
      WHERE id = job_id
 $$;
 
@@ -176,9 +181,10 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE @extschema@.job
        SET state = 'running', started_at = coalesce(started_at, now()), finished_at = NULL,
-           last_error = NULL
+           last_error = NULL, progressed_at = now()
      WHERE id = job_id;
-    UPDATE @extschema@.job j SET state = 'running', finished_at = NULL, last_error = NULL
+    UPDATE @extschema@.job j SET state = 'running', finished_at = NULL, last_error = NULL,
+                                 progressed_at = now()
       FROM @extschema@.job part
      WHERE part.id = job_id AND j.id = part.parent_id AND j.state <> 'running';
 $$;
@@ -193,7 +199,7 @@ AS $$
     UPDATE @extschema@.job
        SET state = 'running', started_at = now(), finished_at = NULL, last_error = NULL,
            instances_total = total, max_instance_id = job_split.max_instance_id,
-           parts = cardinality(uppers)
+           parts = cardinality(uppers), progressed_at = now()
      WHERE id = job_id;
     INSERT INTO @extschema@.job (process_model_identifier, paths, overwrite, origin, queued_by,
                                  tables_schema, parent_id, instances_total, max_instance_id,

@@ -144,7 +144,11 @@ CREATE TABLE job (
     -- success, cleared where the count is recorded (or its failure warned of), in the
     -- transaction after. backfill.wait waits for it; the coverage view shows it as
     -- count_pending. (Last: an upgrade from 0.5.0 adds it there.)
-    coverage_due boolean NOT NULL DEFAULT false
+    coverage_due boolean NOT NULL DEFAULT false,
+    -- When the job last moved: its start or resume, and each batch it committed. Monitoring
+    -- alerts on a running job that has not moved for minutes. (Last: an upgrade from 0.7.0
+    -- adds it there.)
+    progressed_at timestamptz
 );
 -- Runners look for work oldest first among the few unfinished jobs.
 CREATE INDEX job_unfinished_idx ON job (id) WHERE state IN ('queued', 'running');

@@ -1,7 +1,7 @@
 //! `ALTER EXTENSION backfill UPDATE` from every earlier release keeps data, queued jobs and
 //! jobs in progress, and leaves the same objects as a fresh install.
 //!
-//! The install scripts of 0.1.0 to 0.6.0 are frozen in tests/upgrade/ and copied next
+//! The install scripts of 0.1.0 to 0.7.0 are frozen in tests/upgrade/ and copied next
 //! to the current one by scripts/test; the library is the current one (it keeps every C
 //! symbol their scripts name).
 
@@ -361,6 +361,45 @@ fn update_from_0_6_0_holds_schemas_by_name_keeps_grants_and_matches_a_fresh_inst
         ),
         "true true false"
     );
+    jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
+}
+
+#[test]
+fn update_from_0_7_0_catches_up_a_model_inserted_with_paths_and_matches_a_fresh_install() {
+    let (cluster, mut db, rows_before) = old_release("upgrade-0.7", "0.7.0");
+    let jobs = |db: &mut Client| one_i64(db, "SELECT count(*) FROM backfill.job");
+    let before = jobs(&mut db);
+    // A model inserted with paths while it has instances: 0.7.0 queues nothing.
+    db.batch_execute(
+        "INSERT INTO backfill.process_instance (id, process_model_identifier, status)
+         VALUES (900001, 'late/model', 'complete');
+         INSERT INTO backfill.process_model (id, metadata_extraction_paths)
+         VALUES ('late/model', '[{\"key\": \"k\", \"path\": \"k\"}]')",
+    )
+    .unwrap();
+    assert_eq!(jobs(&mut db), before);
+    db.batch_execute("ALTER EXTENSION backfill UPDATE").unwrap();
+    assert_eq!(version(&mut db), env!("CARGO_PKG_VERSION"));
+    db.batch_execute(
+        "INSERT INTO backfill.process_instance (id, process_model_identifier, status)
+         VALUES (900002, 'later/model', 'complete');
+         INSERT INTO backfill.process_model (id, metadata_extraction_paths)
+         VALUES ('later/model', '[{\"key\": \"k\", \"path\": \"k\"}]')",
+    )
+    .unwrap();
+    assert_eq!(
+        one_text(
+            &mut db,
+            "SELECT process_model_identifier || ' ' || state FROM backfill.job ORDER BY id DESC LIMIT 1"
+        ),
+        "later/model queued"
+    );
+    db.batch_execute(
+        "DELETE FROM backfill.job WHERE id > 2;
+         DELETE FROM backfill.process_model WHERE id IN ('late/model', 'later/model');
+         DELETE FROM backfill.process_instance WHERE id > 900000",
+    )
+    .unwrap();
     jobs_complete_and_catalog_matches(&cluster, &mut db, rows_before);
 }
 

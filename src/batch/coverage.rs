@@ -70,3 +70,17 @@ pub fn count_and_record(model: &str, keys: &[String], tables: &Tables, role: Oid
     .unwrap_or_else(|e| error!("backfill: could not record the coverage of model {model}: {e}"));
     counted
 }
+
+/// Whether `model` has any instance in `tables`, read with the privileges of `role` (who must
+/// be able to read the instance table).
+pub fn has_instances(model: &str, tables: &Tables, role: Oid) -> bool {
+    let sql = format!(
+        "SELECT EXISTS (SELECT FROM {instances} WHERE process_model_identifier = $1)",
+        instances = tables.sql_name("process_instance"),
+    );
+    as_role(role, || {
+        Spi::get_one_with_args::<bool>(&sql, &[model.into()])
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read the instances of model {model}: {e}"))
+    .unwrap_or(false)
+}

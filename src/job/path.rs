@@ -3,6 +3,8 @@
 
 use crate::extract::paths::{parse_paths_checking, MetadataPath};
 use crate::pg::error::invalid_parameter;
+use pgrx::prelude::*;
+use pgrx::JsonB;
 use serde_json::{json, Value};
 
 /// One path a job fills, and whether it replaces rows that already exist.
@@ -110,6 +112,32 @@ pub fn paths_of_model(model: &str) -> Value {
         &[model.into()],
     )
     .unwrap_or_else(|| invalid_parameter(&format!("process model \"{model}\" does not exist")))
+}
+
+/// Every model (or only `model`: ERROR 22023 when there is no such model) with its
+/// metadata_extraction_paths as stored (unvalidated), in id order.
+pub fn models(model: Option<&str>) -> Vec<(String, Value)> {
+    let models = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id, metadata_extraction_paths FROM backfill.process_model
+                  WHERE $1::text IS NULL OR id = $1 ORDER BY id",
+                None,
+                &[model.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("backfill: could not read the process models: {e}"));
+    if let (Some(model), true) = (model, models.is_empty()) {
+        invalid_parameter(&format!("process model \"{model}\" does not exist"));
+    }
+    models
 }
 
 #[cfg(test)]

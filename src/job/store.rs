@@ -442,7 +442,8 @@ pub const ADVANCE_SQL: &str = "UPDATE backfill.job
                                       instances_processed = instances_processed + $3,
                                       instances_updated = instances_updated + $4,
                                       errors = errors + $5,
-                                      last_error = coalesce($6, last_error)
+                                      last_error = coalesce($6, last_error),
+                                      progressed_at = now()
                                 WHERE ctid = $7 AND id = $1
                             RETURNING ctid";
 

@@ -9,7 +9,6 @@ use crate::pg::tables::{Table, Tables};
 use crate::pg::version;
 use crate::shmem;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use std::time::{Duration, Instant};
 
 /// Queues a manual backfill of `keys` (NULL: all) of the model's current paths. With
@@ -110,26 +109,7 @@ pub(crate) fn window_opens_at() -> Option<TimestampWithTimeZone> {
 fn count_coverage(process_model_identifier: default!(Option<&str>, "NULL")) -> i64 {
     version::require_current_objects();
     require_primary("backfill.count_coverage");
-    let models = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT id, metadata_extraction_paths FROM backfill.process_model
-                  WHERE $1::text IS NULL OR id = $1 ORDER BY id",
-                None,
-                &[process_model_identifier.into()],
-            )?
-            .map(|row| {
-                Ok((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| error!("backfill: could not read the process models: {e}"));
-    if let (Some(model), true) = (process_model_identifier, models.is_empty()) {
-        invalid_parameter(&format!("process model \"{model}\" does not exist"));
-    }
+    let models = job::models(process_model_identifier);
     // Counted with the privileges reading the tables has for the caller (its own, or their
     // owner's), and recorded as that role's count.
     let (tables, role) = Tables::current_for_caller(&[Table::Instances, Table::Metadata]);

@@ -1,6 +1,7 @@
 //! The entry points SQL calls: the functions of schema `backfill`, preview, and the triggers.
 
 mod attach;
+mod catch_up;
 mod extraction;
 pub mod jobs;
 mod preview;

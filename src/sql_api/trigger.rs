@@ -1,5 +1,6 @@
 //! Triggers on `backfill.process_model` and `backfill.job`.
 
+use super::catch_up;
 use crate::extract::jsonb::JsonbArg;
 use crate::extract::paths::parse_paths_lenient;
 use crate::job::{self, JobPath, Origin};
@@ -36,6 +37,12 @@ fn paths_of(row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<Option<Value>,
         .map_err(|e| TriggerError::Column(e.to_string()))
 }
 
+fn model_of(row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<String, TriggerError> {
+    row.get_by_name("id")
+        .map_err(|e| TriggerError::Column(e.to_string()))?
+        .ok_or(TriggerError::NoRow("model id"))
+}
+
 /// BEFORE INSERT OR UPDATE: rejects a malformed `metadata_extraction_paths` with 22023, so
 /// the row stays as it was and nothing is enqueued.
 #[pg_trigger]
@@ -58,10 +65,7 @@ fn enqueue_backfill_on_model_update<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     let old = trigger.old().ok_or(TriggerError::NoRow("OLD"))?;
     let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
-    let model: String = new
-        .get_by_name("id")
-        .map_err(|e| TriggerError::Column(e.to_string()))?
-        .ok_or(TriggerError::NoRow("model id"))?;
+    let model = model_of(&new)?;
     let old_paths = paths_of(&old)?
         .map(|paths| parse_paths_lenient(&paths))
         .unwrap_or_default();
@@ -83,6 +87,32 @@ fn enqueue_backfill_on_model_update<'a>(
     let job_id = job::insert_job(&model, &changes, Origin::ModelUpdate);
     notice!("backfill job {job_id} queued for {model}: {keys}");
     warn_if_no_worker(job_id);
+    Ok(None)
+}
+
+/// AFTER INSERT (with paths): a model that arrives with paths while it has instances (a first
+/// sync on an existing deployment) gets a catch-up job for its instances, in the inserting
+/// transaction.
+#[pg_trigger]
+fn enqueue_catch_up_on_model_insert<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    let new = trigger.new().ok_or(TriggerError::NoRow("NEW"))?;
+    let model = model_of(&new)?;
+    let paths = paths_of(&new)?
+        .map(|paths| job::valid_paths(&paths))
+        .unwrap_or_default();
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    if !settings::enabled() {
+        notice!(
+            "backfill.enabled is off: no catch-up job queued for {model}; \
+             SELECT backfill.catch_up('{model}') queues one later"
+        );
+        return Ok(None);
+    }
+    catch_up::queue(&model, &paths, Origin::ModelUpdate);
     Ok(None)
 }
 
