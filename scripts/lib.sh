@@ -102,10 +102,11 @@ install_debian_packages() {
 setup_toolchain() {
     local majors=("${@:-$PG_MAJOR}")
     # python3 writes SpiffWorkflow's task data (json.dumps) and the tests' reference values; git
-    # is what backfill-sync-models' hook is tested with; dpkg-dev builds the packages; OpenSSL is
-    # what backfill-sync-models speaks TLS with, and its command line makes the tests' certificates.
+    # is what backfill-sync-models' hook is tested with; dpkg-dev builds the packages;
+    # backfill-sync-models connects through libpq (libpq-dev, found by pkg-config); OpenSSL's
+    # command line makes the tests' certificates.
     install_debian_packages postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo \
-        python3 git libssl-dev openssl
+        python3 git libpq-dev openssl
     command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
     if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
         say "installing cargo-pgrx $PGRX_VERSION (takes about 4 minutes)"

@@ -675,3 +675,136 @@ fn the_spiffworkflow_page_lists_the_grants_these_tests_use() {
         "docs/spiffworkflow.md must contain:\n{SPIFF_GRANTS}"
     );
 }
+
+/// The first day on a deployment years old: instances that predate their model's keys, and
+/// values the live engine wrote for those saved since. Attaching and the first sync fill every
+/// gap as SpiffWorkflow's own backfill would, and leave the live values as they are; so do
+/// `backfill.catch_up` and the sync command's `--catch-up` later.
+#[test]
+fn the_first_sync_on_an_existing_deployment_catches_up_and_keeps_the_live_values() {
+    let cluster = Cluster::start("spiff-catch-up", &[]);
+    let mut spiff = spiff_database(&cluster, "spiff", 20_000);
+    // The live engine wrote values of two keys for the instances it saved since they existed.
+    spiff
+        .batch_execute(
+            "INSERT INTO app.process_instance_metadata
+                    (process_instance_id, key, value, created_at_in_seconds, updated_at_in_seconds)
+             SELECT id, 'number', 'live-' || id, 1, 1 FROM app.process_instance
+              WHERE process_model_identifier = 'finance/invoice' AND id % 9 = 0
+             UNION ALL
+             SELECT id, 'total', 'live-' || id, 1, 1 FROM app.process_instance
+              WHERE process_model_identifier = 'finance/invoice' AND id % 7 = 0",
+        )
+        .unwrap();
+    let live: Rows = stored(&mut spiff, INVOICE, &keys(PATHS));
+    assert!(live.len() > 1_000, "{} live values", live.len());
+    let written: std::collections::HashSet<(i64, String)> =
+        live.iter().map(|(id, key, _)| (*id, key.clone())).collect();
+    let mut expected: Rows = reference(&mut spiff, INVOICE, PATHS)
+        .into_iter()
+        .filter(|(id, key, _)| !written.contains(&(*id, key.clone())))
+        .chain(live.iter().cloned())
+        .collect();
+    expected.sort();
+    spiff.execute("SELECT backfill.attach('app')", &[]).unwrap();
+
+    // The first sync inserts the model with its paths: a catch-up job, which --wait follows.
+    let spec = cluster.dir.join("spec");
+    write(
+        &spec.join("finance/invoice/process_model.json"),
+        &model_json("Invoice", PATHS),
+    );
+    write(
+        &spec.join("new/model/process_model.json"),
+        &model_json("New", &[("days", "days")]),
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=spiff dbname=spiff",
+        cluster.port
+    );
+    let spec_arg = spec.to_str().unwrap();
+    let (code, out, err) = run_sync(&["--dsn", &dsn, "--wait", spec_arg], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("inserted  finance/invoice"), "{out}");
+    let job = one_i64(
+        &mut spiff,
+        "SELECT max(id) FROM backfill.job WHERE process_model_identifier = 'finance/invoice'",
+    );
+    assert_eq!(
+        one_text(
+            &mut spiff,
+            &format!("SELECT state || ' ' || origin || ' ' || paths::text FROM backfill.job WHERE id = {job}")
+        ),
+        format!(
+            "succeeded model_update {}",
+            one_text(
+                &mut spiff,
+                &format!(
+                    "SELECT jsonb_agg(jsonb_build_object('key', k, 'path', p, 'overwrite', false))::text
+                       FROM (VALUES {}) AS v(k, p)",
+                    PATHS
+                        .iter()
+                        .map(|(k, p)| format!("('{k}', '{p}')"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            )
+        )
+    );
+    // new/model has no instance: no job for it.
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            "SELECT count(*) FROM backfill.job WHERE process_model_identifier = 'new/model'"
+        ),
+        0
+    );
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &keys(PATHS)), &expected);
+
+    // Gaps made later (rows lost, a restore of part of the table) are filled on demand, and
+    // the rows there kept.
+    let remove_some = |db: &mut Client| {
+        db.batch_execute(
+            "DELETE FROM app.process_instance_metadata
+              WHERE process_instance_id % 3 = 0 AND value NOT LIKE 'live-%'",
+        )
+        .unwrap()
+    };
+    remove_some(&mut spiff);
+    assert!(stored(&mut spiff, INVOICE, &keys(PATHS)).len() < expected.len());
+    let queued: Vec<(String, i64)> = spiff
+        .query("SELECT model, job_id FROM backfill.catch_up()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].0, INVOICE);
+    assert_eq!(wait_done(&mut spiff, queued[0].1), "succeeded");
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &keys(PATHS)), &expected);
+    assert_eq!(
+        spiff
+            .query("SELECT * FROM backfill.catch_up('new/model')", &[])
+            .unwrap()
+            .len(),
+        0
+    );
+    let e = spiff
+        .query("SELECT * FROM backfill.catch_up('no/such-model')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+
+    // And by the sync command, for models already in the database.
+    remove_some(&mut spiff);
+    let (code, out, err) = run_sync(&["--dsn", &dsn, "--catch-up", "--wait", spec_arg], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("catch-up  finance/invoice (job "), "{out}");
+    assert_rows_equal(&stored(&mut spiff, INVOICE, &keys(PATHS)), &expected);
+    assert_eq!(
+        one_i64(
+            &mut spiff,
+            "SELECT count(*) FROM backfill.job WHERE parent_id IS NULL AND state <> 'succeeded'"
+        ),
+        0
+    );
+}

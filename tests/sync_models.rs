@@ -1,9 +1,13 @@
 //! backfill-sync-models as an operator runs it: `--watch` next to a spec directory that
-//! SpiffWorkflow (or an editor) writes, `--wait` and `--wait-only` following jobs, and TLS.
+//! SpiffWorkflow (or an editor) writes, `--wait` and `--wait-only` following jobs, and its
+//! connections, made as libpq makes them (TLS, client certificates, .pgpass, service files,
+//! sockets, several hosts).
 
 mod common;
 
-use common::{bulk_sql, model_json, one_i64, start_app, sync_command, write, Cluster};
+use common::{
+    bulk_sql, model_json, one_i64, spiff_grants, start_app, sync_command, write, Cluster,
+};
 use postgres::Client;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -344,83 +348,127 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-#[test]
-fn tls_as_libpq_means_sslmode_and_sslrootcert() {
-    let (mut cluster, mut db) = start_app("sync-tls", false, &[], &bulk_sql(10));
-    let certs = cluster.dir.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_ca(&certs, "ca");
-    make_ca(&certs, "other-ca");
-    // The server's certificate names localhost only (no IP address), signed by ca.
+/// A certificate `name`.crt (with `name`.key, mode 600) for `subject`, signed by ca, in
+/// `dir`; `extensions` (subjectAltName ...) when given.
+fn make_signed(dir: &Path, name: &str, subject: &str, extensions: Option<&str>) {
     openssl(
-        &certs,
+        dir,
         &[
             "req",
             "-new",
             "-nodes",
             "-subj",
-            "/CN=localhost",
+            subject,
             "-keyout",
-            "server.key",
+            &format!("{name}.key"),
             "-out",
-            "server.csr",
+            &format!("{name}.csr"),
         ],
     );
-    std::fs::write(certs.join("san.ext"), "subjectAltName = DNS:localhost\n").unwrap();
-    openssl(
+    let mut args = vec![
+        "x509".to_owned(),
+        "-req".into(),
+        "-in".into(),
+        format!("{name}.csr"),
+        "-CA".into(),
+        "ca.crt".into(),
+        "-CAkey".into(),
+        "ca.key".into(),
+        "-CAcreateserial".into(),
+        "-days".into(),
+        "2".into(),
+        "-out".into(),
+        format!("{name}.crt"),
+    ];
+    if let Some(extensions) = extensions {
+        std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
+        args.extend(["-extfile".to_owned(), format!("{name}.ext")]);
+    }
+    openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join(format!("{name}.key")),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// A port nothing listens on (one just freed).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn connections_as_libpq_makes_them() {
+    let (mut cluster, mut db) = start_app("sync-tls", false, &[], &bulk_sql(10));
+    let certs = cluster.dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_ca(&certs, "ca");
+    make_ca(&certs, "other-ca");
+    // The server's certificate names localhost only (no IP address); a client's names the
+    // role certuser, whose connections must show it.
+    make_signed(
         &certs,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ],
+        "server",
+        "/CN=localhost",
+        Some("subjectAltName = DNS:localhost\n"),
     );
-    // The server reads its key as its own account, which alone may read it.
+    make_signed(&certs, "client", "/CN=certuser", None);
+    // The server reads its files as its own account, which alone may read its key.
     let owner = {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&cluster.dir).unwrap();
         (meta.uid(), meta.gid())
     };
-    for file in ["server.crt", "server.key"] {
+    for file in ["server.crt", "server.key", "ca.crt"] {
         let to = cluster.dir.join(file);
         std::fs::copy(certs.join(file), &to).unwrap();
         std::os::unix::fs::chown(&to, Some(owner.0), Some(owner.1)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // A Unix-domain socket too, in a directory of the server's account.
+    let sockets = cluster.dir.join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    std::os::unix::fs::chown(&sockets, Some(owner.0), Some(owner.1)).unwrap();
     for setting in [
-        "ssl = on",
-        "ssl_cert_file = 'server.crt'",
-        "ssl_key_file = 'server.key'",
+        "ssl = on".to_owned(),
+        "ssl_cert_file = 'server.crt'".into(),
+        "ssl_key_file = 'server.key'".into(),
+        "ssl_ca_file = 'ca.crt'".into(),
+        format!("unix_socket_directories = '{}'", sockets.display()),
     ] {
         db.batch_execute(&format!("ALTER SYSTEM SET {setting}"))
             .unwrap();
     }
-    // Only TLS connections from the network: a connection that is not encrypted is refused.
+    db.batch_execute(&format!(
+        "CREATE ROLE certuser LOGIN; CREATE ROLE scramuser LOGIN PASSWORD 'pw:with\\colon';
+         {}; {}",
+        spiff_grants("certuser"),
+        spiff_grants("scramuser")
+    ))
+    .unwrap();
+    // From the network only TLS: a client certificate for certuser, a password for
+    // scramuser, trust for the others; the socket trusts.
     let hba = cluster.dir.join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(
         &hba,
-        rules
-            .lines()
-            .map(|line| match line.starts_with("host ") {
-                true => line.replacen("host ", "hostssl ", 1),
-                false => line.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+        format!(
+            "hostssl app certuser 127.0.0.1/32 cert\nhostssl app scramuser 127.0.0.1/32 scram-sha-256\n{}",
+            rules
+                .lines()
+                .map(|line| match line.starts_with("host ") {
+                    true => line.replacen("host ", "hostssl ", 1),
+                    false => line.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
     )
     .unwrap();
     drop(db);
@@ -430,18 +478,21 @@ fn tls_as_libpq_means_sslmode_and_sslrootcert() {
     let spec = cluster.dir.join("spec");
     write(&model_file(&spec, "bulk/model"), &model_json("Bulk", &[]));
     let spec_arg = spec.to_str().unwrap().to_owned();
-    // A home without ~/.postgresql/root.crt.
+    // A home without ~/.postgresql/root.crt, and none of libpq's variables but those given.
     let home = cluster.dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let ca = certs.join("ca.crt").to_str().unwrap().to_owned();
-    let other_ca = certs.join("other-ca.crt").to_str().unwrap().to_owned();
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (ca, other_ca) = (file("ca.crt"), file("other-ca.crt"));
     let port = cluster.port;
     let sync = |dsn: &str, env: &[(&str, &str)]| {
         let out = Command::new(sync_command())
             .args(["--dsn", dsn, &spec_arg])
             .env("HOME", &home)
-            .env_remove("PGSSLMODE")
-            .env_remove("PGSSLROOTCERT")
+            .envs(
+                std::env::vars()
+                    .filter(|(k, _)| k.starts_with("PG"))
+                    .map(|(k, _)| (k, String::new())),
+            )
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -490,8 +541,7 @@ fn tls_as_libpq_means_sslmode_and_sslrootcert() {
     );
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("the server's certificate was refused (sslmode=verify-full)")
-            && err.contains("mismatch"),
+        err.contains("does not match host name \"127.0.0.1\""),
         "{err}"
     );
     let (code, err) = sync(
@@ -514,11 +564,7 @@ fn tls_as_libpq_means_sslmode_and_sslrootcert() {
         &[],
     );
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("the server's certificate was refused (sslmode=verify-full)")
-            && err.contains("issuer certificate"),
-        "{err}"
-    );
+    assert!(err.contains("certificate verify failed"), "{err}");
     // require with a root certificate file checks the chain, as libpq's does.
     let (code, err) = sync(
         &at(
@@ -528,6 +574,99 @@ fn tls_as_libpq_means_sslmode_and_sslrootcert() {
         &[],
     );
     assert_eq!(code, Some(2), "{err}");
+
+    // A client certificate: certuser's connection is refused without it and accepted with it.
+    let as_certuser = |rest: &str| {
+        format!("host=127.0.0.1 port={port} user=certuser dbname=app sslmode=verify-ca sslrootcert={ca} {rest}")
+    };
+    let (code, err) = sync(&as_certuser(""), &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("certificate"), "{err}");
+    let (code, err) = sync(
+        &as_certuser(&format!(
+            "sslcert={} sslkey={}",
+            file("client.crt"),
+            file("client.key")
+        )),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // The same from PGSSLCERT and PGSSLKEY.
+    let (code, err) = sync(
+        &as_certuser(""),
+        &[
+            ("PGSSLCERT", &file("client.crt")),
+            ("PGSSLKEY", &file("client.key")),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    // scram-sha-256 with the password from a password file (PGPASSFILE, mode 600), its
+    // escaped colon and backslash read as libpq reads them.
+    let passfile = cluster.dir.join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!("127.0.0.1:{port}:app:scramuser:pw\\:with\\\\colon\n"),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let as_scramuser =
+        format!("host=127.0.0.1 port={port} user=scramuser dbname=app sslmode=require");
+    let passfile_text = passfile.to_str().unwrap();
+    let (code, err) = sync(&as_scramuser, &[("PGPASSFILE", passfile_text)]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = sync(&as_scramuser, &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("password"), "{err}");
+
+    // A service file names all of it.
+    let services = cluster.dir.join("pg_service.conf");
+    std::fs::write(
+        &services,
+        format!("[spiff]\nhost=localhost\nport={port}\nuser=postgres\ndbname=app\nsslmode=verify-full\nsslrootcert={ca}\n"),
+    )
+    .unwrap();
+    let (code, err) = sync(
+        "service=spiff",
+        &[("PGSERVICEFILE", services.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = sync(
+        "",
+        &[
+            ("PGSERVICEFILE", services.to_str().unwrap()),
+            ("PGSERVICE", "spiff"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    // A Unix-domain socket never uses TLS, whatever sslmode says (libpq's rule).
+    let (code, err) = sync(&at(sockets.to_str().unwrap(), "sslmode=verify-full"), &[]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // Two hosts, the first down: the second is used; target_session_attrs is honoured.
+    let two = format!(
+        "host=127.0.0.1,localhost port={},{port} user=postgres dbname=app sslmode=verify-ca sslrootcert={ca} target_session_attrs=read-write connect_timeout=5",
+        closed_port()
+    );
+    let (code, err) = sync(&two, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = sync(&two.replace("read-write", "standby"), &[]);
+    assert_eq!(code, Some(2), "{err}");
+
+    // What libpq does not know is refused, naming the setting.
+    let (code, err) = sync(&at("127.0.0.1", "sslcrt=/x"), &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid connection option \"sslcrt\""),
+        "{err}"
+    );
+    let (code, err) = sync(&at("127.0.0.1", "sslmode=verify-everything"), &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sslmode"), "{err}");
 }
 
 /// On a terminal, a progress bar a job: run under `script`, which gives the command a

@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: backfill-sync-models [--dsn DSN | --dsn-file FILE] [--install-git-hook] [--wait] SPEC_DIR
+usage: backfill-sync-models [--dsn DSN | --dsn-file FILE] [--install-git-hook] [--catch-up] [--wait] SPEC_DIR
        backfill-sync-models [--dsn DSN | --dsn-file FILE] --watch SPEC_DIR
        backfill-sync-models [--dsn DSN | --dsn-file FILE] --wait-only [JOB_ID...]
 
 Reads every process_model.json under SPEC_DIR (SpiffWorkflow's BPMN spec directory) and syncs
 the models' display_name and metadata_extraction_paths into backfill.process_model. A model
-whose paths changed queues a backfill job, as an UPDATE of backfill.process_model does.
+whose paths changed queues a backfill job, as an UPDATE of backfill.process_model does; a
+model inserted with paths while it has instances queues a catch-up job (its instances without
+a row for a key get one).
 
   --dsn DSN           connection string (\"host=... dbname=... user=...\" or postgresql://...);
                       what it leaves out comes from PGHOST, PGPORT, PGUSER, PGDATABASE,
@@ -23,6 +25,10 @@ whose paths changed queues a backfill job, as an UPDATE of backfill.process_mode
                       sync after every commit (SpiffWorkflow commits there on every save),
                       then sync once; a connection string or PGPASSWORD given now is kept in
                       a file of mode 600 in the repository's git directory
+  --catch-up          also queue a catch-up job (backfill.catch_up) for every model of
+                      SPEC_DIR that was already in the database, has paths and has
+                      instances: each (instance, key) without a row gets one, the rows
+                      there are kept
   --wait              after the sync, follow the jobs it queued to their end: a progress bar
                       a job on a terminal, a line every 5 seconds otherwise
   --watch             sync, then follow changes to the process_model.json files below
@@ -38,8 +44,13 @@ for failed or was cancelled.
 /// What the command is asked to do.
 #[derive(Debug, PartialEq)]
 pub enum Mode {
-    /// Sync once, then (`Then::Wait`) follow the jobs queued, or not.
-    Sync { spec_dir: PathBuf, then: Then },
+    /// Sync once (and queue the catch-up of the models already there, or not), then
+    /// (`Then::Wait`) follow the jobs queued, or not.
+    Sync {
+        spec_dir: PathBuf,
+        catch_up: bool,
+        then: Then,
+    },
     /// Sync, then follow the spec directory until a signal.
     Watch { spec_dir: PathBuf },
     /// Follow these jobs (all unfinished ones when empty).
@@ -68,6 +79,7 @@ pub fn parse_args(raw: Vec<String>) -> Result<Args, String> {
     let mut wait = false;
     let mut watch = false;
     let mut wait_only = false;
+    let mut catch_up = false;
     let mut operands = Vec::new();
     let mut raw = raw.into_iter();
     while let Some(arg) = raw.next() {
@@ -82,6 +94,7 @@ pub fn parse_args(raw: Vec<String>) -> Result<Args, String> {
             }
             "--install-git-hook" => install_hook = true,
             "--wait" => wait = true,
+            "--catch-up" => catch_up = true,
             "--watch" => watch = true,
             "--wait-only" => wait_only = true,
             _ if arg.starts_with('-') => return Err(format!("unknown option {arg}")),
@@ -92,9 +105,9 @@ pub fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         return Err("--dsn and --dsn-file exclude each other".into());
     }
     let mode = if wait_only {
-        if watch || wait || install_hook {
+        if watch || wait || install_hook || catch_up {
             return Err(
-                "--wait-only syncs nothing: it takes no --watch, --wait or --install-git-hook"
+                "--wait-only syncs nothing: it takes no --watch, --wait, --catch-up or --install-git-hook"
                     .into(),
             );
         }
@@ -114,6 +127,11 @@ pub fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         }
         match (watch, wait) {
             (true, true) => return Err("--watch never ends: it takes no --wait".into()),
+            (true, false) if catch_up => {
+                return Err(
+                    "--watch takes no --catch-up: run one sync with --catch-up first".into(),
+                )
+            }
             (true, false) if install_hook => {
                 return Err(
                     "--watch and --install-git-hook are two ways of doing the same: choose one"
@@ -121,13 +139,10 @@ pub fn parse_args(raw: Vec<String>) -> Result<Args, String> {
                 )
             }
             (true, false) => Mode::Watch { spec_dir },
-            (false, true) => Mode::Sync {
+            (false, wait) => Mode::Sync {
                 spec_dir,
-                then: Then::WaitForJobs,
-            },
-            (false, false) => Mode::Sync {
-                spec_dir,
-                then: Then::Exit,
+                catch_up,
+                then: if wait { Then::WaitForJobs } else { Then::Exit },
             },
         }
     };
@@ -156,6 +171,7 @@ mod tests {
             args.mode,
             Mode::Sync {
                 spec_dir: "spec".into(),
+                catch_up: false,
                 then: Then::Exit
             }
         );
@@ -173,9 +189,20 @@ mod tests {
             parse(&["--wait", "spec"]).unwrap().mode,
             Mode::Sync {
                 spec_dir: "spec".into(),
+                catch_up: false,
                 then: Then::WaitForJobs
             }
         );
+        assert_eq!(
+            parse(&["--catch-up", "--wait", "spec"]).unwrap().mode,
+            Mode::Sync {
+                spec_dir: "spec".into(),
+                catch_up: true,
+                then: Then::WaitForJobs
+            }
+        );
+        assert!(parse(&["--watch", "--catch-up", "spec"]).is_err());
+        assert!(parse(&["--wait-only", "--catch-up"]).is_err());
         assert_eq!(
             parse(&["--watch", "spec"]).unwrap().mode,
             Mode::Watch {

@@ -1,7 +1,6 @@
 //! The git post-commit hook that runs the sync after every commit to the spec directory.
 
-use crate::connect::{conninfo_quote, environment, Target};
-use crate::tls::{is_uri, remove_settings};
+use crate::pq::{conninfo_quote, environment_settings, parse_conninfo};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,104 +8,30 @@ use std::process::Command;
 /// Marks a hook this command wrote, so it may replace it and no other.
 const HOOK_MARKER: &str = "# installed by backfill-sync-models";
 
-/// libpq's environment variables for connection settings, with their connection-string keys:
-/// what the hook's connection must keep of the installing one's (a plain shell that commits
-/// has none of them, and its connection would fall back to sslmode=prefer).
-const FROM_ENVIRONMENT: &[(&str, &str)] = &[
-    ("PGHOST", "host"),
-    ("PGHOSTADDR", "hostaddr"),
-    ("PGPORT", "port"),
-    ("PGUSER", "user"),
-    ("PGDATABASE", "dbname"),
-    ("PGPASSWORD", "password"),
-    ("PGAPPNAME", "application_name"),
-    ("PGCONNECT_TIMEOUT", "connect_timeout"),
-    ("PGOPTIONS", "options"),
-    ("PGSSLMODE", "sslmode"),
-    ("PGSSLROOTCERT", "sslrootcert"),
-    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
-    ("PGCHANNELBINDING", "channel_binding"),
-];
-
-/// Keys a URI gives in its authority and path, not in its query: for a URI, those of the
-/// environment stay in the environment the hook exports.
-const URI_AUTHORITY: &[&str] = &["host", "hostaddr", "port", "user", "dbname"];
-
-/// libpq settings this command does not honour: a hook installed with one of them in effect
-/// would connect without it, so the install is refused.
-const NOT_HONOURED: &[&str] = &[
-    "PGSSLCERT",
-    "PGSSLKEY",
-    "PGSSLPASSWORD",
-    "PGSSLCRL",
-    "PGSSLCRLDIR",
-    "PGSSLNEGOTIATION",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGREQUIRESSL",
-    "PGREQUIREAUTH",
-    "PGGSSENCMODE",
-    "PGSSLMINPROTOCOLVERSION",
-    "PGSSLMAXPROTOCOLVERSION",
-];
-
-/// The connection string the hook connects with: `dsn` with every connection setting of the
-/// environment it leaves out, so that the hook's connection is this one whatever the
-/// environment of the process that commits (TLS settings included). `None` when nothing is
-/// set, and the hook connects as libpq's defaults say.
+/// The connection string the hook connects with: every setting `dsn` gives (a URI's too),
+/// with every setting libpq's environment gives now that `dsn` leaves out (`PGSSLMODE`,
+/// `PGSSLCERT`, `PGSERVICE`, ...), so that the hook's connection is this one whatever the
+/// environment of the process that commits. `None` when nothing is set, and the hook connects
+/// as libpq's defaults say.
 pub fn hook_connection(dsn: Option<&str>) -> Result<Option<String>, String> {
-    if let Some(name) = NOT_HONOURED.iter().find(|name| environment(name).is_some()) {
-        return Err(format!(
-            "{name} is set, and backfill-sync-models does not honour it: a hook installed now \
-             would connect without it (unset it, or run the sync another way)"
-        ));
-    }
-    let dsn = dsn.unwrap_or_default();
-    let keys: Vec<&str> = FROM_ENVIRONMENT.iter().map(|(_, key)| *key).collect();
-    let (_, given) = remove_settings(dsn, &keys)?;
-    let is_uri = is_uri(dsn);
-    let missing: Vec<(&str, String)> = FROM_ENVIRONMENT
-        .iter()
-        .filter(|(_, key)| !given.iter().any(|(k, _)| k == key))
-        .filter(|(_, key)| !(is_uri && URI_AUTHORITY.contains(key)))
-        .filter_map(|(name, key)| environment(name).map(|value| (*key, value)))
+    let given = parse_conninfo(dsn.unwrap_or_default())
+        .map_err(|why| format!("invalid connection string: {why}"))?;
+    let missing: Vec<(String, String)> = environment_settings()
+        .into_iter()
+        .filter(|(key, _)| !given.iter().any(|(k, _)| k == key))
         .collect();
-    let connection = if is_uri {
-        let mut uri = dsn.to_owned();
-        for (key, value) in &missing {
-            uri.push(if uri.contains('?') { '&' } else { '?' });
-            uri.push_str(&format!("{key}={}", percent_encode(value)));
-        }
-        uri
-    } else {
-        let mut pairs: Vec<String> = missing
-            .iter()
-            .map(|(key, value)| format!("{key}={}", conninfo_quote(value)))
-            .collect();
-        if !dsn.trim().is_empty() {
-            pairs.push(dsn.trim().to_owned());
-        }
-        pairs.join(" ")
-    };
+    let connection = given
+        .iter()
+        .chain(&missing)
+        .map(|(key, value)| format!("{key}={}", conninfo_quote(value)))
+        .collect::<Vec<_>>()
+        .join(" ");
     if connection.is_empty() {
         return Ok(None);
     }
-    // What the hook will read must be what this command can connect with.
-    Target::new(Some(&connection))
-        .map_err(|e| format!("the hook could not connect as this: {e}"))?;
+    // What the hook will read must be what this command can read.
+    parse_conninfo(&connection).map_err(|e| format!("the hook could not connect as this: {e}"))?;
     Ok(Some(connection))
-}
-
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Writes a post-commit hook that runs this sync, in the git repository holding `spec_dir`.
@@ -122,7 +47,6 @@ pub fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
     let dsn_file = git_path(spec_dir, "backfill-sync-models.dsn")?;
     // The connection as it is now: the process that commits may have another environment.
     let secret = hook_connection(dsn)?;
-    let is_uri = secret.as_deref().is_some_and(is_uri);
     let command = sync_command(spec_dir, secret.as_ref().map(|_| dsn_file.as_path()))?;
     if refuse_symlink(&hook)? {
         let existing = fs::read_to_string(&hook).map_err(|e| format!("{}: {e}", hook.display()))?;
@@ -142,14 +66,9 @@ pub fn install_hook(spec_dir: &Path, dsn: Option<&str>) -> Result<(), String> {
         }
     }
     let mut script = format!("#!/bin/sh\n{HOOK_MARKER}: keeps backfill.process_model in step with this spec directory.\n");
-    // The password file is no connection-string key here; for a URI, the parts of its
-    // authority that it leaves to the environment.
-    let mut exported = vec!["PGPASSFILE"];
-    if is_uri {
-        exported.extend(["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"]);
-    }
-    for name in exported {
-        if let Some(value) = environment(name) {
+    // Where libpq finds service files: no connection-string key names them.
+    for name in ["PGSERVICEFILE", "PGSYSCONFDIR"] {
+        if let Some(value) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
             script.push_str(&format!("export {name}={}\n", shell_quote(&value)));
         }
     }

@@ -12,9 +12,9 @@ mod args;
 mod connect;
 mod hook;
 mod out;
+mod pq;
 mod spec;
 mod sync;
-mod tls;
 mod wait;
 mod watch;
 
@@ -79,14 +79,18 @@ fn run(args: &Args) -> Result<Exit, String> {
                 wait::Ended::NotAllSucceeded => Exit::JobsNotSucceeded,
             })
         }
-        Mode::Sync { spec_dir, then } => {
+        Mode::Sync {
+            spec_dir,
+            catch_up,
+            then,
+        } => {
             let spec_dir = canonical(spec_dir)?;
             if args.install_hook {
                 hook::install_hook(&spec_dir, dsn.as_deref())?;
             }
             let models = spec::read_models(&spec_dir)?;
             let mut client = target.connect()?;
-            let synced = sync::sync(&mut client, &models).map_err(|e| describe(&e))?;
+            let synced = sync::sync(&mut client, &models, *catch_up).map_err(|e| describe(&e))?;
             let jobs_ended = match then {
                 Then::WaitForJobs => wait::follow(&mut client, &synced.jobs)?,
                 Then::Exit => wait::Ended::AllSucceeded,

@@ -5,8 +5,8 @@
 //! `backfill.coverage` after this command sees the job's figures.
 
 use crate::out;
+use crate::pq::{bigint_array, Client, DbError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use postgres::Client;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -87,20 +87,20 @@ fn seconds(seconds: f64) -> String {
 }
 
 /// The jobs queued or running now (for `--wait-only` without ids), oldest first.
-pub fn unfinished_jobs(client: &mut Client) -> Result<Vec<i64>, postgres::Error> {
+pub fn unfinished_jobs(client: &mut Client) -> Result<Vec<i64>, DbError> {
     Ok(client
         .query(
             "SELECT id FROM backfill.job WHERE state IN ('queued', 'running') AND parent_id IS NULL ORDER BY id",
             &[],
         )?
         .iter()
-        .map(|row| row.get(0))
+        .filter_map(|row| row.get(0))
         .collect())
 }
 
 /// Follows `jobs` until each has ended.
 pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
-    let describe = |e: postgres::Error| crate::connect::describe(&e);
+    let describe = |e: DbError| crate::connect::describe(&e);
     let terminal = std::io::stdout().is_terminal();
     let bars = MultiProgress::with_draw_target(if terminal {
         ProgressDrawTarget::stdout()
@@ -170,7 +170,10 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
             }
             // Its end, and the coverage it owes: backfill.wait returns once that is counted.
             client
-                .query_one("SELECT backfill.wait($1, '60 s')", &[&id])
+                .query(
+                    "SELECT backfill.wait($1::bigint, '60 s')",
+                    &[&id.to_string()],
+                )
                 .map_err(describe)?;
             all_succeeded &= job.state == "succeeded";
             match bar_of.remove(&id) {
@@ -197,29 +200,29 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
     })
 }
 
-fn read(client: &mut Client, jobs: &[i64]) -> Result<BTreeMap<i64, Seen>, postgres::Error> {
+fn read(client: &mut Client, jobs: &[i64]) -> Result<BTreeMap<i64, Seen>, DbError> {
     let rows = client.query(
         "SELECT id, model, state, coalesce(processed, 0), total, instances_per_second::float8,
                 extract(epoch FROM eta)::float8, extract(epoch FROM elapsed)::float8,
                 coalesce(errors, 0), last_error
-           FROM backfill.progress WHERE id = ANY ($1)",
-        &[&jobs],
+           FROM backfill.progress WHERE id = ANY ($1::bigint[])",
+        &[&bigint_array(jobs)],
     )?;
     Ok(rows
         .iter()
         .map(|row| {
             (
-                row.get(0),
+                row.get(0).unwrap_or_default(),
                 Seen {
-                    model: row.get(1),
-                    state: row.get(2),
-                    processed: row.get(3),
+                    model: row.text(1).unwrap_or_default().to_owned(),
+                    state: row.text(2).unwrap_or_default().to_owned(),
+                    processed: row.get(3).unwrap_or_default(),
                     total: row.get(4),
                     rate: row.get(5),
                     eta: row.get(6),
                     elapsed: row.get(7),
-                    errors: row.get(8),
-                    last_error: row.get(9),
+                    errors: row.get(8).unwrap_or_default(),
+                    last_error: row.text(9).map(str::to_owned),
                 },
             )
         })

@@ -9,10 +9,10 @@
 
 use crate::connect::{describe, Target};
 use crate::out;
+use crate::pq::Client;
 use crate::spec::{read_models, Models};
 use crate::sync::sync;
 use notify::{Event, EventKind, RecursiveMode, Watcher};
-use postgres::Client;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
@@ -214,7 +214,7 @@ impl Watch<'_> {
             models: to_send,
             unreadable: unreadable.clone(),
         };
-        if let Err(e) = sync(client, &models) {
+        if let Err(e) = sync(client, &models, false) {
             if client.is_closed() {
                 self.client = None;
                 self.synced = None;
