@@ -825,3 +825,85 @@ fn preview_and_counts_read_with_the_callers_privileges() {
         assert_eq!(sqlstate(&error), "42501", "{denied}");
     }
 }
+
+/// The queries of docs/operating.md's "Alerting", in order: a failed job, a stalled one, a
+/// database behind the library.
+fn alert_queries() -> Vec<String> {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
+    let section = &page[page.find("## Alerting").expect("operating.md has Alerting")..];
+    let block = section
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("Alerting has an sql block");
+    let queries: Vec<String> = block.split("\n\n").map(|q| q.trim().to_owned()).collect();
+    assert_eq!(queries.len(), 3, "{block}");
+    queries
+}
+
+fn alerted(db: &mut Client, query: &str) -> Vec<String> {
+    db.simple_query(query)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_alerting_queries_find_a_failed_job_a_stalled_one_and_a_database_behind() {
+    let (cluster, mut db) = start_app("alerts", true, &[], &bulk_sql(1_000));
+    let queries = alert_queries();
+    let (failed, stalled, behind) = (
+        &queries[0],
+        &queries[1].replace("10 minutes", "2 seconds"),
+        &queries[2],
+    );
+    assert!(stalled.contains("2 seconds"), "{stalled}");
+    let fine = add_path(&mut db, BULK, "number", "invoice.number");
+    assert_eq!(wait_ended(&cluster, "app", fine), "succeeded");
+    for query in [failed, stalled, behind] {
+        assert_eq!(alerted(&mut db, query), Vec::<String>::new(), "{query}");
+    }
+
+    // Stalled: its batches wait for a lock the application holds.
+    let mut blocker = cluster.connect("app");
+    blocker
+        .batch_execute(
+            "BEGIN; LOCK TABLE backfill.process_instance_metadata IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    let waits = add_path(&mut db, BULK, "status", "invoice.status");
+    wait_for(
+        "the stalled job to be alerted",
+        Duration::from_secs(60),
+        || (alerted(&mut db, stalled) == vec![waits.to_string()]).then_some(()),
+    );
+    blocker.batch_execute("COMMIT").unwrap();
+    assert_eq!(wait_ended(&cluster, "app", waits), "succeeded");
+    assert_eq!(alerted(&mut db, stalled), Vec::<String>::new());
+
+    // Failed: recording its first batch fails, every attempt.
+    db.batch_execute(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'the auditors refuse'; END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON backfill.job FOR EACH ROW
+             WHEN (NEW.instances_processed > 0) EXECUTE FUNCTION public.refuse();",
+    )
+    .unwrap();
+    let refused = add_path(&mut db, BULK, "total", "invoice.total");
+    assert_eq!(wait_ended(&cluster, "app", refused), "failed");
+    assert_eq!(alerted(&mut db, failed), vec![refused.to_string()]);
+    db.batch_execute("DROP TRIGGER refuse ON backfill.job")
+        .unwrap();
+
+    // Behind: a database whose objects are an older release's.
+    let mut old = cluster.create_db("old");
+    old.batch_execute("DROP EXTENSION backfill; CREATE EXTENSION backfill VERSION '0.7.0'")
+        .unwrap();
+    assert_eq!(alerted(&mut old, behind), vec!["0.7.0".to_owned()]);
+    assert_eq!(alerted(&mut db, behind), Vec::<String>::new());
+}

@@ -18,12 +18,14 @@ const RECIPE: &str = "
 GRANT USAGE ON SCHEMA backfill TO ROLE;
 GRANT SELECT, INSERT, UPDATE ON backfill.process_model TO ROLE;
 GRANT SELECT ON backfill.job, backfill.progress, backfill.coverage TO ROLE;
-GRANT EXECUTE ON FUNCTION backfill.enqueue(text, text[], boolean, timestamptz), backfill.cancel(bigint),
+GRANT EXECUTE ON FUNCTION backfill.sync_process_models(jsonb),
+                          backfill.enqueue(text, text[], boolean, timestamptz), backfill.cancel(bigint),
                           backfill.wait(bigint, interval), backfill.run_begin(bigint),
                           backfill.run_batch(bigint), backfill.run_end(bigint),
                           backfill.worker_pid(), backfill.preview(text, jsonb, integer),
                           backfill.preview_summary(text, jsonb, integer),
-                          backfill.count_coverage(text)
+                          backfill.count_coverage(text), backfill.catch_up(text),
+                          backfill.check_worker()
     TO ROLE;
 GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO ROLE;
 GRANT SELECT ON backfill.process_instance, backfill.task, backfill.json_data TO ROLE;

@@ -378,6 +378,11 @@ impl Cluster {
 
     /// Runs PostgreSQL's program `name` (pg_dump, pg_restore, ...) as the cluster's owner;
     /// its output, whatever its exit status.
+    /// The directory of the server's programs (psql among them).
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
         run_as_owner(&self.libdir, &self.bindir.join(name), args)
     }
@@ -634,7 +639,8 @@ GRANT EXECUTE ON FUNCTION backfill.attach(text), backfill.detach(),
                           backfill.run_batch(bigint), backfill.run_end(bigint),
                           backfill.worker_pid(), backfill.preview(text, jsonb, integer),
                           backfill.preview_summary(text, jsonb, integer),
-                          backfill.count_coverage(text)
+                          backfill.count_coverage(text), backfill.catch_up(text),
+                          backfill.check_worker()
     TO spiff;
 GRANT EXECUTE ON PROCEDURE backfill.run(bigint) TO spiff;";
 

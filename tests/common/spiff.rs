@@ -50,12 +50,17 @@ pub fn spiff_tables(cluster: &Cluster, db: &str) -> Client {
 
 /// The psql script of scripts/spiff_data.py for `instances` instances from id `first`.
 pub fn generate(instances: usize, first: i64) -> String {
+    generate_in("app", instances, first)
+}
+
+/// `generate`, into the tables of `schema`.
+pub fn generate_in(schema: &str, instances: usize, first: i64) -> String {
     let out = Command::new("python3")
         .arg(repo().join("scripts/spiff_data.py"))
         .args([
             "generate",
             "--schema",
-            "app",
+            schema,
             "--instances",
             &instances.to_string(),
         ])
