@@ -66,7 +66,10 @@ const FILES: &[(&str, &[&[&str]])] = &[
     ),
     (
         "sql_api",
-        &[&["attach", "extraction", "jobs", "preview", "run", "trigger"]],
+        &[
+            &["attach", "catch_up", "extraction", "jobs", "preview", "run"],
+            &["trigger"],
+        ],
     ),
     (
         "bgw",
