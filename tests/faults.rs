@@ -90,6 +90,40 @@ fn a_restored_job_resumes_by_itself_and_its_dump_warns_of_nothing() {
         wrong_rows(&mut restored, BULK, "number", "invoice.number"),
         0
     );
+    // Restoring queues nothing of its own: the model rows it loads (which have paths and
+    // instances) are no first sync. By pg_restore (COPY) above, and here by psql from a plain
+    // dump of INSERTs.
+    let jobs =
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM backfill.job WHERE parent_id IS NULL";
+    assert_eq!(one_text(&mut restored, jobs), job.to_string());
+    let plain = cluster.dir.join("app.sql");
+    let out = cluster.tool(
+        "pg_dump",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "--inserts",
+            "-f",
+            plain.to_str().unwrap(),
+            "app",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE restored_plain")
+        .unwrap();
+    cluster.psql(
+        "postgres",
+        "restored_plain",
+        &std::fs::read_to_string(&plain).unwrap(),
+    );
+    let mut restored_plain = cluster.connect("restored_plain");
+    assert_eq!(one_text(&mut restored_plain, jobs), job.to_string());
     assert_eq!(ended(&mut db, job, Duration::from_secs(60)), "succeeded");
 }
 

@@ -102,7 +102,11 @@ fn enqueue_catch_up_on_model_insert<'a>(
     let paths = paths_of(&new)?
         .map(|paths| job::valid_paths(&paths))
         .unwrap_or_default();
-    if paths.is_empty() {
+    // A dump being restored (pg_restore, or psql with a plain dump) brings its jobs and
+    // metadata rows with it, and a job queued now would take an id the restore's own job rows
+    // are about to bring. Its rows come by COPY, or (pg_dump --inserts) by INSERTs after the
+    // script turned check_function_bodies off, as every dump's script does first.
+    if paths.is_empty() || loading_by_copy() || !checking_function_bodies() {
         return Ok(None);
     }
     if !settings::enabled() {
@@ -114,6 +118,63 @@ fn enqueue_catch_up_on_model_insert<'a>(
     }
     catch_up::queue(&model, &paths, Origin::ModelUpdate);
     Ok(None)
+}
+
+fn checking_function_bodies() -> bool {
+    // SAFETY: reading a setting of this backend.
+    unsafe { pg_sys::check_function_bodies }
+}
+
+/// Whether the statement the client sent is a COPY (comments and blanks before it aside).
+fn loading_by_copy() -> bool {
+    // SAFETY: debug_query_string is NULL or the NUL-terminated text of the statement this
+    // backend is executing for its client, alive while it runs.
+    let statement = unsafe {
+        let text = pg_sys::debug_query_string;
+        if text.is_null() {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(text).to_string_lossy()
+    };
+    is_copy(&statement)
+}
+
+/// Whether `statement` is a COPY, after any blanks and comments.
+fn is_copy(statement: &str) -> bool {
+    let mut rest = statement;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, next)| next);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, next)| next);
+        } else {
+            break;
+        }
+    }
+    rest.get(..4)
+        .is_some_and(|word| word.eq_ignore_ascii_case("copy"))
+        && !rest[4..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_copy;
+
+    #[test]
+    fn a_copy_is_told_from_other_statements() {
+        assert!(is_copy("COPY backfill.process_model (id) FROM stdin;"));
+        assert!(is_copy(
+            "  -- models\n/* all */ copy process_model FROM '/x'"
+        ));
+        assert!(!is_copy(
+            "INSERT INTO backfill.process_model VALUES ('copy')"
+        ));
+        assert!(!is_copy("SELECT * FROM backfill.sync_process_models('[]')"));
+        assert!(!is_copy("copyright"));
+        assert!(!is_copy(""));
+        assert!(!is_copy("/* COPY"));
+    }
 }
 
 /// AFTER INSERT on `backfill.job`, once a statement: whatever inserted job rows (a queued job,
