@@ -11,5 +11,5 @@ pub mod store;
 pub use active_hours::window_closed_for;
 pub use claim::{claim, holds_claim, is_free, release_claim, Claim};
 pub use path::{models, paths_of_model, valid_paths, JobPath, Origin};
-pub use queue::{cancel, check_acts_for, insert_job, no_such_job};
+pub use queue::{cancel, check_acts_for, no_such_job, queue_job};
 pub use state::JobState;

@@ -1,10 +1,10 @@
 //! The paths a job fills: what a change of a model's `metadata_extraction_paths` asks for,
 //! as stored in `backfill.job.paths`.
 
+use crate::extract::jsonb::JsonbArg;
 use crate::extract::paths::{parse_paths_checking, MetadataPath};
 use crate::pg::error::invalid_parameter;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
 /// One path a job fills, and whether it replaces rows that already exist.
@@ -107,15 +107,14 @@ pub fn valid_paths(value: &Value) -> Vec<MetadataPath> {
 /// The metadata_extraction_paths of `model` as stored (unvalidated), or ERROR 22023 when
 /// there is no such model.
 pub fn paths_of_model(model: &str) -> Value {
-    crate::pg::query::optional_jsonb(
-        "SELECT metadata_extraction_paths FROM backfill.process_model WHERE id = $1",
-        &[model.into()],
-    )
-    .unwrap_or_else(|| invalid_parameter(&format!("process model \"{model}\" does not exist")))
+    models(Some(model))
+        .pop()
+        .map(|(_, paths)| paths)
+        .unwrap_or_default()
 }
 
 /// Every model (or only `model`: ERROR 22023 when there is no such model) with its
-/// metadata_extraction_paths as stored (unvalidated), in id order.
+/// metadata_extraction_paths as stored (unvalidated, converted with bounded work), in id order.
 pub fn models(model: Option<&str>) -> Vec<(String, Value)> {
     let models = Spi::connect(|client| {
         client
@@ -128,7 +127,10 @@ pub fn models(model: Option<&str>) -> Vec<(String, Value)> {
             .map(|row| {
                 Ok((
                     row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or_default(),
+                    // Converted in place, bounded however deep a value someone stored.
+                    row.get::<JsonbArg>(2)?
+                        .map(|paths| paths.to_serde_capped())
+                        .unwrap_or_default(),
                 ))
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()

@@ -12,10 +12,22 @@ use pgrx::prelude::*;
 
 /// Inserts a queued job in the current transaction and returns its id. The job will run with
 /// the privileges of the current role, which is recorded with it.
-pub fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
+fn insert_job(model: &str, paths: &[JobPath], origin: Origin) -> i64 {
     let role = privilege::current_role();
     let id = store::insert(model, paths, origin, role);
     warn_if_refused(id, role);
+    id
+}
+
+/// `insert_job`, then what every statement that queues a job says: a NOTICE naming the job and
+/// its keys (followed by `more`), and a WARNING when no worker will run it.
+pub fn queue_job(model: &str, paths: &[JobPath], origin: Origin, more: &str) -> i64 {
+    let id = insert_job(model, paths, origin);
+    notice!(
+        "backfill job {id} queued for {model}: {}{more}",
+        JobPath::describe(paths)
+    );
+    crate::shmem::warn_if_no_worker(id);
     id
 }
 

@@ -1,9 +1,7 @@
 //! Queries whose result shape pgrx's `Spi::get_*` helpers do not cover.
 
-use crate::extract::jsonb::JsonbArg;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use serde_json::Value;
 
 /// The first column of the first row of `sql`, a read, or `None` when it returns no row (or
 /// NULL). (pgrx's `Spi::get_one` reports an empty result as an error.) It sees what a
@@ -27,23 +25,6 @@ pub fn optional_value<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]
     // SAFETY: pops what was pushed above.
     .finally(|| unsafe { pg_sys::PopActiveSnapshot() })
     .execute()
-    .unwrap_or_else(|e: pgrx::spi::Error| error!("backfill: query failed: {e}: {sql}"))
-}
-
-/// The jsonb in the first column of the first row of `sql`, converted while the row is at hand
-/// with JsonbArg::to_serde_capped (bounded work however deep the value); `None` when there is
-/// no row or it is NULL.
-pub fn optional_jsonb(sql: &str, args: &[DatumWithOid]) -> Option<Value> {
-    Spi::connect(|client| {
-        let table = client.select(sql, Some(1), args)?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        Ok(table
-            .first()
-            .get::<JsonbArg>(1)?
-            .map(|value| value.to_serde_capped()))
-    })
     .unwrap_or_else(|e: pgrx::spi::Error| error!("backfill: query failed: {e}: {sql}"))
 }
 

@@ -327,12 +327,14 @@ impl Tables {
     /// `reading` locked (`locked`), and the role whose privileges reading them has for the
     /// current role (`reader`); raises what makes them unusable or refused.
     pub fn current_for_caller(reading: &[Table]) -> (Tables, Oid) {
-        Tables::locked(current_schema(), reading)
-            .and_then(|tables| {
-                let reader = tables.reader(privilege::current_role())?;
-                Ok((tables, reader))
-            })
-            .unwrap_or_else(|unusable| unusable.raise())
+        Tables::for_caller(reading).unwrap_or_else(|unusable| unusable.raise())
+    }
+
+    /// `current_for_caller`, with what makes the tables unusable to the caller returned.
+    pub fn for_caller(reading: &[Table]) -> Result<(Tables, Oid), Unusable> {
+        let tables = Tables::locked(current_schema(), reading)?;
+        let reader = tables.reader(privilege::current_role())?;
+        Ok((tables, reader))
     }
 
     /// The tables of `schema` as `remembered`, those of them the statements that follow read

@@ -8,11 +8,9 @@ use crate::batch::coverage;
 use crate::extract::paths::MetadataPath;
 use crate::job::{self, JobPath, Origin};
 use crate::pg::error::{invalid_parameter, require_primary};
-use crate::pg::privilege;
 use crate::pg::subxact::in_subtransaction;
-use crate::pg::tables::{self, Table, Tables};
+use crate::pg::tables::{Table, Tables};
 use crate::pg::version;
-use crate::shmem;
 use pgrx::prelude::*;
 
 /// Queues the catch-up of `model` for every one of `paths` (none: nothing to do), unless the
@@ -24,22 +22,19 @@ pub(crate) fn queue(model: &str, paths: &[MetadataPath], origin: Origin) -> Opti
         return None;
     }
     let fill: Vec<JobPath> = paths.iter().map(|p| JobPath::new(p, false)).collect();
-    let job_id = job::insert_job(model, &fill, origin);
-    notice!(
-        "backfill job {job_id} queued for {model}: {} (catch-up: instances without a row for a key get one)",
-        JobPath::describe(&fill)
-    );
-    shmem::warn_if_no_worker(job_id);
-    Some(job_id)
+    Some(job::queue_job(
+        model,
+        &fill,
+        origin,
+        " (catch-up: instances without a row for a key get one)",
+    ))
 }
 
 /// False only when the instance table, read as the caller reads it, has no instance of `model`.
 fn may_have_instances(model: &str) -> bool {
     let looked = in_subtransaction(|| {
-        Tables::locked(tables::current_schema(), &[Table::Instances]).and_then(|tables| {
-            let reader = tables.reader(privilege::current_role())?;
-            Ok(coverage::has_instances(model, &tables, reader))
-        })
+        Tables::for_caller(&[Table::Instances])
+            .map(|(tables, reader)| coverage::has_instances(model, &tables, reader))
     });
     !matches!(looked, Ok(Ok(false)))
 }

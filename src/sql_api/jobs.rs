@@ -74,19 +74,13 @@ fn enqueue(
             "process model \"{process_model_identifier}\" has no metadata extraction paths to backfill"
         ));
     }
-    let job_id = job::insert_job(process_model_identifier, &chosen, Origin::Manual);
-    let held = match not_before {
-        Some(not_before) => {
-            store::hold(job_id, not_before);
-            format!("; no worker starts it before {not_before}")
-        }
-        None => String::new(),
-    };
-    notice!(
-        "backfill job {job_id} queued for {process_model_identifier}: {}{held}",
-        JobPath::describe(&chosen)
-    );
-    shmem::warn_if_no_worker(job_id);
+    let held = not_before
+        .map(|not_before| format!("; no worker starts it before {not_before}"))
+        .unwrap_or_default();
+    let job_id = job::queue_job(process_model_identifier, &chosen, Origin::Manual, &held);
+    if let Some(not_before) = not_before {
+        store::hold(job_id, not_before);
+    }
     job_id
 }
 

@@ -5,7 +5,7 @@ use crate::extract::jsonb::JsonbArg;
 use crate::extract::paths::parse_paths_lenient;
 use crate::job::{self, JobPath, Origin};
 use crate::pg::settings;
-use crate::shmem::{self, warn_if_no_worker};
+use crate::shmem;
 use pgrx::prelude::*;
 use serde_json::Value;
 use std::fmt;
@@ -84,9 +84,7 @@ fn enqueue_backfill_on_model_update<'a>(
         );
         return Ok(None);
     }
-    let job_id = job::insert_job(&model, &changes, Origin::ModelUpdate);
-    notice!("backfill job {job_id} queued for {model}: {keys}");
-    warn_if_no_worker(job_id);
+    job::queue_job(&model, &changes, Origin::ModelUpdate, "");
     Ok(None)
 }
 
