@@ -43,8 +43,3 @@ impl Target {
         Client::connect(&self.conninfo)
     }
 }
-
-/// A server's error, or libpq's, in one line: the message, its SQLSTATE and its hint.
-pub fn describe(e: &crate::pq::DbError) -> String {
-    e.to_string()
-}

@@ -19,7 +19,7 @@ mod wait;
 mod watch;
 
 use args::{parse_args, Args, Mode, Then, USAGE};
-use connect::{describe, read_dsn_file, Target};
+use connect::{read_dsn_file, Target};
 use std::process::ExitCode;
 
 /// How the command ends, as its exit status says.
@@ -71,7 +71,7 @@ fn run(args: &Args) -> Result<Exit, String> {
         Mode::WaitOnly { jobs } => {
             let mut client = target.connect()?;
             let jobs = match jobs.is_empty() {
-                true => wait::unfinished_jobs(&mut client).map_err(|e| describe(&e))?,
+                true => wait::unfinished_jobs(&mut client).map_err(|e| e.to_string())?,
                 false => jobs.clone(),
             };
             Ok(match wait::follow(&mut client, &jobs)? {
@@ -90,7 +90,7 @@ fn run(args: &Args) -> Result<Exit, String> {
             }
             let models = spec::read_models(&spec_dir)?;
             let mut client = target.connect()?;
-            let synced = sync::sync(&mut client, &models, *catch_up).map_err(|e| describe(&e))?;
+            let synced = sync::sync(&mut client, &models, *catch_up).map_err(|e| e.to_string())?;
             let jobs_ended = match then {
                 Then::WaitForJobs => wait::follow(&mut client, &synced.jobs)?,
                 Then::Exit => wait::Ended::AllSucceeded,

@@ -136,7 +136,7 @@ impl Client {
             let why = unsafe { owned(pq_sys::PQerrorMessage(self.conn.as_ptr())) };
             return Err(client_error(why.unwrap_or_else(|| "no result".into())));
         };
-        let result = Result_(result);
+        let result = PgResult(result);
         result.rows()
     }
 
@@ -154,9 +154,9 @@ impl Drop for Client {
 }
 
 /// A result, cleared when dropped.
-struct Result_(NonNull<pq_sys::PGresult>);
+struct PgResult(NonNull<pq_sys::PGresult>);
 
-impl Result_ {
+impl PgResult {
     fn field(&self, code: u8) -> Option<String> {
         // SAFETY: a result this value owns; the field is copied before the result is cleared.
         unsafe { owned(pq_sys::PQresultErrorField(self.0.as_ptr(), code as i32)) }
@@ -202,7 +202,7 @@ impl Result_ {
     }
 }
 
-impl Drop for Result_ {
+impl Drop for PgResult {
     fn drop(&mut self) {
         // SAFETY: the result is this value's and is cleared once, here.
         unsafe { pq_sys::PQclear(self.0.as_ptr()) }

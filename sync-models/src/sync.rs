@@ -1,7 +1,6 @@
 //! One sync: the models to `backfill.sync_process_models`, a line for each that changed or was
 //! rejected, and the jobs the changes queued.
 
-use crate::connect::describe;
 use crate::out;
 use crate::pq::{json_texts, Client, DbError};
 use crate::spec::Models;
@@ -141,7 +140,7 @@ fn one_by_one(client: &mut Client, models: &[Value]) -> Result<(Actions, Vec<i64
             }
             Err(e) if is_data_error(&e) => {
                 let id = model["id"].as_str().unwrap_or_default().to_owned();
-                actions.push((id, format!("rejected: {}", describe(&e))));
+                actions.push((id, format!("rejected: {e}")));
             }
             Err(e) => return Err(e),
         }

@@ -100,7 +100,6 @@ pub fn unfinished_jobs(client: &mut Client) -> Result<Vec<i64>, DbError> {
 
 /// Follows `jobs` until each has ended.
 pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
-    let describe = |e: DbError| crate::connect::describe(&e);
     let terminal = std::io::stdout().is_terminal();
     let bars = MultiProgress::with_draw_target(if terminal {
         ProgressDrawTarget::stdout()
@@ -127,7 +126,7 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
         ));
     }
     while !open.is_empty() {
-        let seen = read(client, &open).map_err(describe)?;
+        let seen = read(client, &open).map_err(|e| e.to_string())?;
         let print_lines = !terminal && last_line.elapsed() >= LINE_EVERY;
         if print_lines {
             last_line = Instant::now();
@@ -174,7 +173,7 @@ pub fn follow(client: &mut Client, jobs: &[i64]) -> Result<Ended, String> {
                     "SELECT backfill.wait($1::bigint, '60 s')",
                     &[&id.to_string()],
                 )
-                .map_err(describe)?;
+                .map_err(|e| e.to_string())?;
             all_succeeded &= job.state == "succeeded";
             match bar_of.remove(&id) {
                 Some(bar) => {

@@ -7,7 +7,7 @@
 //! A connection that fails is made again with back-off; after every new connection the whole
 //! directory is synced, so a change made while the server was down is not lost.
 
-use crate::connect::{describe, Target};
+use crate::connect::Target;
 use crate::out;
 use crate::pq::Client;
 use crate::spec::{read_models, Models};
@@ -219,7 +219,7 @@ impl Watch<'_> {
                 self.client = None;
                 self.synced = None;
             }
-            return Err(format!("sync failed: {}", describe(&e)));
+            return Err(format!("sync failed: {e}"));
         }
         for id in &removed {
             out::line(&format!(
