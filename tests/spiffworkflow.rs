@@ -482,6 +482,42 @@ fn a_superusers_job_on_attached_tables_runs_as_their_owner() {
         &stored(&mut admin, INVOICE, &["number"]),
         &reference(&mut admin, INVOICE, &[("number", "invoice.number")]),
     );
+
+    // Catch-up looks whether a model has instances: a superuser's model insert and its
+    // catch_up() read spiff's instance table as spiff, whose policy (forced on its own reads)
+    // says who reads.
+    spiff
+        .batch_execute(
+            "CREATE FUNCTION app.who_reads() RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE NOTICE 'instances read by % (superuser %)', current_user,
+                     (SELECT r.rolsuper::text FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
+                 RETURN true;
+             END $$;
+             ALTER TABLE app.process_instance ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE app.process_instance FORCE ROW LEVEL SECURITY;
+             CREATE POLICY who_reads ON app.process_instance USING (app.who_reads());",
+        )
+        .unwrap();
+    let (mut watched, notices) = cluster.connect_with_notices("spiff");
+    watched
+        .batch_execute(
+            "INSERT INTO backfill.process_model (id, metadata_extraction_paths)
+             VALUES ('hr/leave-request', '[{\"key\": \"days\", \"path\": \"days\"}]');
+             SELECT * FROM backfill.catch_up('finance/invoice');",
+        )
+        .unwrap();
+    let said = notices.lock().unwrap().join("\n");
+    assert_eq!(
+        said.matches("backfill job ").count(),
+        2,
+        "the insert and catch_up each queued a job: {said}"
+    );
+    assert!(
+        said.contains("instances read by spiff (superuser false)"),
+        "{said}"
+    );
+    assert!(!said.contains("superuser true"), "{said}");
 }
 
 #[test]
