@@ -50,7 +50,14 @@ struct Options {
     spiff_only: bool,
     live_seconds: u64,
     live_rounds: usize,
+    live_runs: usize,
     live_only: bool,
+    /// The server with default settings the live load runs on (scripts/bench starts it).
+    live_port: Option<u16>,
+    /// Instances of the model for the live load: on the extension's tables (a third as many
+    /// of another model besides) and on SpiffWorkflow's (a quarter as many besides).
+    live_instances: i64,
+    live_spiff_instances: i64,
     /// The coordinator of a Citus cluster (scripts/citus) to run P on beside the plain server.
     citus_port: Option<u16>,
 }
@@ -68,7 +75,11 @@ fn parse_options() -> Options {
         spiff_only: false,
         live_seconds: 10,
         live_rounds: 3,
+        live_runs: 1,
         live_only: false,
+        live_port: None,
+        live_instances: 75_000,
+        live_spiff_instances: 20_000,
         citus_port: None,
     };
     let mut args = std::env::args().skip(1);
@@ -89,7 +100,13 @@ fn parse_options() -> Options {
             "--spiff-only" => options.spiff_only = true,
             "--live-seconds" => options.live_seconds = value("--live-seconds") as u64,
             "--live-rounds" => options.live_rounds = value("--live-rounds").max(1) as usize,
+            "--live-runs" => options.live_runs = value("--live-runs").max(1) as usize,
             "--live-only" => options.live_only = true,
+            "--live-port" => options.live_port = Some(value("--live-port") as u16),
+            "--live-instances" => options.live_instances = value("--live-instances"),
+            "--live-spiff-instances" => {
+                options.live_spiff_instances = value("--live-spiff-instances")
+            }
             "--citus-port" => options.citus_port = Some(value("--citus-port") as u16),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -105,7 +122,8 @@ fn usage(problem: &str) -> ! {
         "{problem}\nusage: scripts/bench [--instances N (100000)] [--runs R (5, at least 3)] \
          [--scale-instances M (1000000; 0 skips the scale check)] [--json] \
          [--spiff-instances N (125000, 100000 of the model; 0 skips SpiffWorkflow's tables)] [--spiff-runs R (3; 0: only the cost of reading json text)] [--spiff-only] \
-         [--live-seconds S (10, each segment; 0 skips the live application load)] [--live-rounds R (3)] [--live-only] \
+         [--live-seconds S (10, each segment; 0 skips the live application load)] [--live-rounds R (3)] [--live-runs N (1)] [--live-only] \
+         [--live-port PORT (the server with default settings for the live load)] [--live-instances N (75000)] [--live-spiff-instances N (20000; 0 skips)] \
          [--citus-port PORT (a Citus coordinator: P on SpiffWorkflow's tables there too)]"
     );
     std::process::exit(2)
@@ -661,6 +679,60 @@ fn check(got: &[Row], reference: &[Row], what: &str) {
     }
 }
 
+/// The live load's runs (live.rs), each on freshly loaded tables of the server with default
+/// settings: the extension's, then SpiffWorkflow's.
+/// `shown` is called with each run as it ends.
+fn live_measure(options: &Options, shown: &mut dyn FnMut(&live::Run)) -> Vec<live::Run> {
+    let port = options
+        .live_port
+        .unwrap_or_else(|| usage("the live load needs --live-port (scripts/bench gives it)"));
+    let mut runs = Vec::new();
+    for run in 1..=options.live_runs {
+        let mut db = connect(port);
+        progress(&format!(
+            "live load, run {run} of {}: loading {} instances of {MODEL} on the server with default settings",
+            options.live_runs, options.live_instances
+        ));
+        setup(&mut db, options.live_instances);
+        db.batch_execute("DROP TABLE bench_base").unwrap();
+        runs.push(live::run(
+            port,
+            live::Tables::Extension,
+            options.live_seconds,
+            options.live_rounds,
+        ));
+        shown(runs.last().unwrap());
+        if options.live_spiff_instances > 0 {
+            progress(&format!(
+                "live load, run {run}: loading SpiffWorkflow's tables ({} instances of {})",
+                options.live_spiff_instances,
+                spiff::MODEL
+            ));
+            // A fifth of spiff_data.py's instances belong to another model.
+            spiff::load(&mut db, port, options.live_spiff_instances * 5 / 4, false);
+            runs.push(live::run(
+                port,
+                live::Tables::Spiff,
+                options.live_seconds,
+                options.live_rounds,
+            ));
+            shown(runs.last().unwrap());
+        }
+    }
+    runs
+}
+
+/// `--live-only`: each run printed as it ends, then the summary.
+fn live_runs(options: &Options) {
+    live::print_header(options.live_seconds);
+    let mut shown = 0;
+    let runs = live_measure(options, &mut |run| {
+        shown += 1;
+        live::print_run(shown, run);
+    });
+    live::print_summary(&runs);
+}
+
 fn main() {
     let options = parse_options();
     if options.spiff_only {
@@ -671,6 +743,10 @@ fn main() {
             options.citus_port,
         );
         spiff::print(&report);
+        return;
+    }
+    if options.live_only {
+        live_runs(&options);
         return;
     }
     let mut db = connect(options.port);
@@ -692,17 +768,6 @@ fn main() {
         "loaded in {:.0} s",
         loading.elapsed().as_secs_f64()
     ));
-    if options.live_only {
-        let report = live::run(
-            &mut db,
-            options.port,
-            options.live_seconds,
-            options.live_rounds,
-        );
-        live::print(&report);
-        return;
-    }
-
     // Warm-up, and the reference every run is compared with.
     reset(&mut db);
     run_l(&mut db);
@@ -764,14 +829,8 @@ fn main() {
     }
 
     // The JSON report covers the extension's own tables, without the application load.
-    let live_report = (options.live_seconds > 0 && !options.json).then(|| {
-        live::run(
-            &mut db,
-            options.port,
-            options.live_seconds,
-            options.live_rounds,
-        )
-    });
+    let live_report =
+        (options.live_seconds > 0 && !options.json).then(|| live_measure(&options, &mut |_| {}));
     let spiff_report = (options.spiff_instances > 0 && !options.json).then(|| {
         spiff::run(
             options.port,
@@ -789,7 +848,7 @@ fn main() {
         &scales,
     );
     if let Some(live_report) = live_report {
-        live::print(&live_report);
+        live::print(&live_report, options.live_seconds);
     }
     if let Some(spiff_report) = spiff_report {
         spiff::print(&spiff_report);

@@ -21,7 +21,7 @@ use postgres::Client;
 use std::process::Command;
 use std::time::Instant;
 
-const MODEL: &str = "finance/invoice";
+pub const MODEL: &str = "finance/invoice";
 const KEYS: [(&str, &str); 3] = [
     ("invoice_number", "invoice.number"),
     ("customer_city", "customer.address.city"),
@@ -52,7 +52,7 @@ fn distribution_ddl() -> String {
     page[start..end].to_owned()
 }
 
-fn load(db: &mut Client, port: u16, instances: i64, citus: bool) {
+pub fn load(db: &mut Client, port: u16, instances: i64, citus: bool) {
     db.batch_execute(
         "DROP SCHEMA IF EXISTS app CASCADE; CREATE SCHEMA app;
          SELECT backfill.detach();
