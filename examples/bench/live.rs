@@ -120,6 +120,10 @@ pub struct Round {
     pub alone: Phase,
     pub alone_p99s: (f64, f64),
     pub during: Phase,
+    /// "during" split: the saves up to the job's end (its batches), and those after, while
+    /// the job's coverage was counted (`count_seconds` long).
+    pub batches: (Phase, Phase),
+    pub count_seconds: f64,
     pub job_seconds: f64,
 }
 
@@ -299,7 +303,7 @@ fn settle(db: &mut Client, tables: Tables) {
 
 /// The model UPDATE adding two keys of their own (`job`-th of the run), then the job until it
 /// has succeeded; its seconds from the UPDATE's commit to the job's end, on the server's clock.
-fn backfill(db: &mut Client, tables: Tables, job: usize) -> f64 {
+fn backfill(db: &mut Client, tables: Tables, job: usize) -> Job {
     let [first, second] = tables.paths();
     let updated_at: String = db
         .query_one(
@@ -327,12 +331,26 @@ fn backfill(db: &mut Client, tables: Tables, job: usize) -> f64 {
         .unwrap()
         .get(0);
     assert_eq!(state, "succeeded", "a live-load job ended {state}");
-    db.query_one(
-        "SELECT extract(epoch FROM finished_at - $1::text::timestamptz)::float8 FROM backfill.job WHERE id = $2",
-        &[&updated_at, &job],
-    )
-    .unwrap()
-    .get(0)
+    // backfill.wait returns once the job's coverage is counted, in a transaction of its own
+    // after the job's last: from finished_at to now.
+    let row = db
+        .query_one(
+            "SELECT extract(epoch FROM finished_at - $1::text::timestamptz)::float8,
+                    extract(epoch FROM clock_timestamp() - finished_at)::float8
+               FROM backfill.job WHERE id = $2",
+            &[&updated_at, &job],
+        )
+        .unwrap();
+    Job {
+        seconds: row.get(0),
+        count_seconds: row.get(1),
+    }
+}
+
+/// A job's times: from the model UPDATE to the job's end, then until its coverage was counted.
+struct Job {
+    seconds: f64,
+    count_seconds: f64,
 }
 
 /// `rounds` rounds (see the module's comment) on `tables`, whose data the caller has just
@@ -385,7 +403,7 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
         (row.get(0), row.get(1))
     };
     let wal_before = wal(&mut db);
-    let idle_job_seconds = backfill(&mut db, tables, jobs);
+    let idle_job_seconds = backfill(&mut db, tables, jobs).seconds;
     let wal_after = wal(&mut db);
     let idle_job_wal = (wal_after.0 - wal_before.0, wal_after.1 - wal_before.1);
     jobs += 1;
@@ -415,7 +433,7 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
             "live load: round {round} of {rounds}: the backfill"
         ));
         let from = Instant::now();
-        let job_seconds = backfill(&mut db, tables, jobs);
+        let job = backfill(&mut db, tables, jobs);
         jobs += 1;
         let during = Segment {
             from,
@@ -423,7 +441,7 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
         };
         settle(&mut db, tables);
         let after = alone();
-        segments.push((before, during, after, job_seconds));
+        segments.push((before, during, after, job));
     }
     stop.store(true, Ordering::Relaxed);
     let saves: Vec<Save> = handles
@@ -433,14 +451,36 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
     let samples = sampler.join().unwrap();
     let rounds = segments
         .into_iter()
-        .map(|(before, during, after, job_seconds)| Round {
+        .map(|(before, during, after, job)| Round {
+            batches: {
+                let count_from = during.to - Duration::from_secs_f64(job.count_seconds);
+                (
+                    phase(
+                        &[Segment {
+                            from: during.from,
+                            to: count_from,
+                        }],
+                        &saves,
+                        &samples,
+                    ),
+                    phase(
+                        &[Segment {
+                            from: count_from,
+                            to: during.to,
+                        }],
+                        &saves,
+                        &samples,
+                    ),
+                )
+            },
+            count_seconds: job.count_seconds,
             alone: phase(&[before, after], &saves, &samples),
             alone_p99s: (
                 phase(&[before], &saves, &samples).p99_ms,
                 phase(&[after], &saves, &samples).p99_ms,
             ),
             during: phase(&[during], &saves, &samples),
-            job_seconds,
+            job_seconds: job.seconds,
         })
         .collect();
     Run {
@@ -500,6 +540,15 @@ pub fn print_run(n: usize, run: &Run) {
             round.job_seconds,
             round.job_seconds / run.idle_job_seconds,
             if round.met() { "met" } else { "MISSED" }
+        );
+        println!(
+            "      the job's batches: p99 {:.2} ms (ratio {:.2}), saves/s ratio {:.2}; then its coverage count, {:.0} ms: {} saves, p99 {:.2} ms",
+            round.batches.0.p99_ms,
+            round.batches.0.p99_ms / round.alone.p99_ms,
+            round.batches.0.saves_per_second() / round.alone.saves_per_second(),
+            round.count_seconds * 1000.0,
+            round.batches.1.saves,
+            round.batches.1.p99_ms,
         );
         println!(
             "      statements alone: {}; of those running 2 ms and more: {}",
