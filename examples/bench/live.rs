@@ -89,6 +89,12 @@ pub struct Phase {
     pub slow_waits: Vec<(String, f64)>,
 }
 
+impl Phase {
+    pub fn saves_per_second(&self) -> f64 {
+        self.saves as f64 / self.seconds
+    }
+}
+
 /// A sample of one client statement: when, its wait event (or CPU), whether it had run for
 /// 2 ms or more.
 type Sample = (Instant, String, bool);
@@ -107,12 +113,6 @@ fn shares<'a>(samples: impl Iterator<Item = &'a Sample>) -> Vec<(String, f64)> {
         .collect();
     shares.sort_by(|a, b| b.1.total_cmp(&a.1));
     shares
-}
-
-impl Phase {
-    pub fn saves_per_second(&self) -> f64 {
-        self.saves as f64 / self.seconds
-    }
 }
 
 pub struct Round {
@@ -390,7 +390,6 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
         schema = tables.schema()
     ))
     .unwrap();
-    let mut jobs = 0;
     settle(&mut db, tables);
     progress(&format!(
         "live load on {}: the job alone on the idle server",
@@ -403,10 +402,10 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
         (row.get(0), row.get(1))
     };
     let wal_before = wal(&mut db);
-    let idle_job_seconds = backfill(&mut db, tables, jobs).seconds;
+    // Job 0 is the idle one; round r's is job r.
+    let idle_job_seconds = backfill(&mut db, tables, 0).seconds;
     let wal_after = wal(&mut db);
     let idle_job_wal = (wal_after.0 - wal_before.0, wal_after.1 - wal_before.1);
-    jobs += 1;
     settle(&mut db, tables);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -433,8 +432,7 @@ pub fn run(port: u16, tables: Tables, seconds: u64, rounds: usize) -> Run {
             "live load: round {round} of {rounds}: the backfill"
         ));
         let from = Instant::now();
-        let job = backfill(&mut db, tables, jobs);
-        jobs += 1;
+        let job = backfill(&mut db, tables, round);
         let during = Segment {
             from,
             to: Instant::now(),

@@ -695,13 +695,12 @@ fn live_measure(options: &Options, shown: &mut dyn FnMut(&live::Run)) -> Vec<liv
         ));
         setup(&mut db, options.live_instances);
         db.batch_execute("DROP TABLE bench_base").unwrap();
-        runs.push(live::run(
-            port,
-            live::Tables::Extension,
-            options.live_seconds,
-            options.live_rounds,
-        ));
-        shown(runs.last().unwrap());
+        let mut measure = |tables| {
+            let run = live::run(port, tables, options.live_seconds, options.live_rounds);
+            shown(&run);
+            runs.push(run);
+        };
+        measure(live::Tables::Extension);
         if options.live_spiff_instances > 0 {
             progress(&format!(
                 "live load, run {run}: loading SpiffWorkflow's tables ({} instances of {})",
@@ -710,13 +709,7 @@ fn live_measure(options: &Options, shown: &mut dyn FnMut(&live::Run)) -> Vec<liv
             ));
             // A fifth of spiff_data.py's instances belong to another model.
             spiff::load(&mut db, port, options.live_spiff_instances * 5 / 4, false);
-            runs.push(live::run(
-                port,
-                live::Tables::Spiff,
-                options.live_seconds,
-                options.live_rounds,
-            ));
-            shown(runs.last().unwrap());
+            measure(live::Tables::Spiff);
         }
     }
     runs
